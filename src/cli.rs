@@ -1,0 +1,177 @@
+//! Command-line interface: the `embed` flags and their checks.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(name = "chatspace-mpi", version, about = "Embed large text datasets with MPI ranks (controller, loaders, encoders, writers)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed a dataset into Parquet shards plus a JSON manifest.
+    Embed(EmbedArgs),
+}
+
+/// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
+#[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
+pub struct EmbedArgs {
+    /// Input: a Parquet or JSONL file, a folder of them, or a glob (quote it).
+    #[arg(long)]
+    pub dataset: String,
+    /// Name used for the dataset in the output layout (default: derived from --dataset).
+    #[arg(long)]
+    pub dataset_name: Option<String>,
+    /// Subset (configuration) name, recorded in the layout and manifest.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Split name, recorded in the layout and manifest.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Column / JSON field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// The text field holds a list of {role, content}: embed the first assistant/model turn.
+    #[arg(long)]
+    pub extract_first_assistant: bool,
+    /// Embed only the first N input rows.
+    #[arg(long)]
+    pub max_rows: Option<u64>,
+    /// A sentence-transformers model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Name used for the model in the output layout (default: the model folder's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Output root folder.
+    #[arg(long, default_value = "out")]
+    pub output_root: PathBuf,
+    /// Rows per shard; each shard covers one contiguous range of row ids.
+    #[arg(long, default_value_t = 8192)]
+    pub rows_per_shard: u64,
+    /// Most rows in one encoder batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Token budget per batch (rows x padded length); overrides --batch-size when set.
+    #[arg(long)]
+    pub tokens_per_batch: Option<usize>,
+    /// Smallest bucket length in tokens.
+    #[arg(long, default_value_t = 16)]
+    pub bucket_min_tokens: usize,
+    /// Largest bucket length in tokens.
+    #[arg(long, default_value_t = 32768)]
+    pub bucket_max_tokens: usize,
+    /// Loader ranks (default: from the world size, see README).
+    #[arg(long)]
+    pub loaders: Option<usize>,
+    /// Writer ranks (default: from the world size, see README).
+    #[arg(long)]
+    pub writers: Option<usize>,
+    /// Encoders when running without mpirun (threads in one process).
+    #[arg(long, default_value_t = 1)]
+    pub local_encoders: usize,
+    /// Batches a loader may have in flight per encoder.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch_batches: usize,
+    /// Compute device: cpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Model dtype: float32.
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
+    /// Run id recorded in the manifest (default: from the start time).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Continue from an existing manifest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Delete existing output for this dataset/model/split first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// No progress bar or progress log lines.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10.0)]
+    pub progress_interval: f64,
+}
+
+impl EmbedArgs {
+    /// Checks the flags that clap cannot; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rows_per_shard == 0 {
+            return Err("--rows-per-shard must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("--batch-size must be at least 1".into());
+        }
+        if self.tokens_per_batch == Some(0) {
+            return Err("--tokens-per-batch must be at least 1".into());
+        }
+        if self.bucket_min_tokens == 0 || self.bucket_min_tokens > self.bucket_max_tokens {
+            return Err("--bucket-min-tokens must be at least 1 and at most --bucket-max-tokens".into());
+        }
+        if self.prefetch_batches == 0 {
+            return Err("--prefetch-batches must be at least 1".into());
+        }
+        if self.local_encoders == 0 {
+            return Err("--local-encoders must be at least 1".into());
+        }
+        if self.max_rows == Some(0) {
+            return Err("--max-rows must be at least 1".into());
+        }
+        if self.device != "cpu" {
+            return Err(format!("--device {}: only 'cpu' is supported by this build", self.device));
+        }
+        if self.dtype != "float32" {
+            return Err(format!("--dtype {}: only 'float32' is supported on cpu", self.dtype));
+        }
+        if self.text_field.is_empty() {
+            return Err("--text-field must not be empty".into());
+        }
+        if !(self.progress_interval > 0.0) {
+            return Err("--progress-interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> EmbedArgs {
+        let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Embed(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let a = parse(&[]);
+        assert_eq!(a.text_field, "text");
+        assert_eq!(a.rows_per_shard, 8192);
+        a.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        assert!(parse(&["--rows-per-shard", "0"]).validate().unwrap_err().contains("--rows-per-shard"));
+        assert!(parse(&["--device", "cuda"]).validate().unwrap_err().contains("--device"));
+        let e = parse(&["--bucket-min-tokens", "64", "--bucket-max-tokens", "32"]).validate().unwrap_err();
+        assert!(e.contains("--bucket-min-tokens"));
+    }
+
+    #[test]
+    fn resume_and_overwrite_conflict() {
+        let argv = ["chatspace-mpi", "embed", "--dataset", "d", "--model", "m", "--resume", "--overwrite"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+}

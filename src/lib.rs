@@ -1,0 +1,83 @@
+//! chatspace-mpi: embed large text datasets with MPI ranks (controller, loaders, encoders, writers) into
+//! Parquet shards and a JSON manifest that is the run's checkpoint.
+
+pub mod batching;
+pub mod cli;
+pub mod controller;
+pub mod input;
+pub mod layout;
+pub mod manifest;
+pub mod model;
+pub mod output;
+pub mod plan;
+pub mod protocol;
+pub mod roles;
+pub mod transport;
+pub mod writer;
+
+use std::sync::atomic::Ordering;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, EmbedArgs};
+use crate::layout::{Layout, Role};
+use crate::transport::{MpiWire, Router};
+
+/// Exit codes.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn run() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp_millis().init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Embed(args) => embed(args),
+    }
+}
+
+/// Runs `embed` on this rank: its roles on threads, its main thread routing messages (and MPI).
+pub fn embed(args: EmbedArgs) -> i32 {
+    let mut wire = MpiWire::init_if_launched();
+    let (rank, size) = wire.as_ref().map_or((0, 1), |w| (w.rank(), w.size()));
+    let layout = match Layout::new(size, args.loaders, args.writers, args.local_encoders) {
+        Ok(l) => l,
+        Err(e) => {
+            if rank == 0 {
+                eprintln!("error: {e}");
+            }
+            return EXIT_USAGE;
+        }
+    };
+    let mut router = Router::new(rank, layout.clone());
+    for e in layout.local_endpoints(rank) {
+        let mb = router.mailbox(e);
+        let (role, _) = layout.role_of(e);
+        let handle = match role {
+            Role::Controller => {
+                let (args, layout) = (args.clone(), layout.clone());
+                roles::spawn(role, mb, move |mb| controller::run(mb, &args, &layout))
+            }
+            Role::Loader => roles::spawn(role, mb, roles::loader),
+            Role::Encoder => roles::spawn(role, mb, roles::encoder),
+            Role::Writer => roles::spawn(role, mb, writer::run),
+        };
+        router.add_role(e, handle);
+    }
+    let outcome = router.run(&mut wire);
+    if let Some((_, Err(message))) = outcome.results.iter().find(|(e, _)| *e == layout.controller()) {
+        eprintln!("error: {message}");
+        if controller::NEEDS_ABORT.load(Ordering::SeqCst) {
+            if let Some(w) = &wire {
+                w.abort(EXIT_FAILED);
+            }
+        }
+        return EXIT_FAILED;
+    }
+    // Other roles' failures were reported to (and by) the controller.
+    if outcome.results.iter().any(|(_, r)| r.is_err()) {
+        return EXIT_FAILED;
+    }
+    EXIT_OK
+}

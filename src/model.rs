@@ -1,0 +1,360 @@
+//! Sentence-transformers model folders: what they declare (architecture, pooling, normalize, max length),
+//! the tokenizer, and the `Backend` contract that encoders run, with the candle BERT backend behind it.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::TokenBatch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model folder not found: {0}")]
+    NotFound(String),
+    #[error("model folder {folder} is missing {file}")]
+    MissingFile { folder: String, file: String },
+    #[error("{file}: {message}")]
+    BadFile { file: String, message: String },
+    #[error("{file}: unsupported architecture '{arch}' (supported: bert)")]
+    Unsupported { file: String, arch: String },
+    #[error("{file}: unsupported pooling ({mode}); supported: mean, cls, lasttoken")]
+    Pooling { file: String, mode: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("model: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("batch: {0}")]
+    Batch(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+    LastToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Bert,
+}
+
+/// What a model folder declares; small and serializable so it travels in the plan and the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub path: String,
+    pub name: String,
+    pub architecture: Architecture,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+    pub dim: usize,
+    pub weights_sha256: String,
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::BadFile { file: path.display().to_string(), message: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::BadFile { file: path.display().to_string(), message: format!("invalid JSON: {e}") })
+}
+
+fn require(folder: &Path, file: &str) -> Result<PathBuf, ModelError> {
+    let p = folder.join(file);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(ModelError::MissingFile { folder: folder.display().to_string(), file: file.to_string() })
+    }
+}
+
+impl ModelSpec {
+    /// Reads and checks a sentence-transformers folder (no weights are loaded; their sha256 is taken).
+    pub fn load(folder: &Path, name: Option<&str>) -> Result<ModelSpec, ModelError> {
+        if !folder.is_dir() {
+            return Err(ModelError::NotFound(folder.display().to_string()));
+        }
+        let modules_path = require(folder, "modules.json")?;
+        let modules: Vec<ModuleEntry> = serde_json::from_value(read_json(&modules_path)?)
+            .map_err(|e| ModelError::BadFile { file: modules_path.display().to_string(), message: e.to_string() })?;
+        let config_path = require(folder, "config.json")?;
+        require(folder, "tokenizer.json")?;
+        let weights = require(folder, "model.safetensors")?;
+        let config = read_json(&config_path)?;
+        let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let archs: Vec<String> = config
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let architecture = if model_type == "bert" || archs.iter().any(|a| a.starts_with("Bert")) {
+            Architecture::Bert
+        } else {
+            let arch = if model_type.is_empty() { archs.join(",") } else { model_type };
+            return Err(ModelError::Unsupported { file: config_path.display().to_string(), arch });
+        };
+        let dim = config.get("hidden_size").and_then(|v| v.as_u64()).ok_or_else(|| ModelError::BadFile {
+            file: config_path.display().to_string(),
+            message: "no hidden_size".into(),
+        })? as usize;
+        let max_pos = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
+
+        let mut pooling = Pooling::Cls; // transformers' default when no Pooling module: not used by ST models
+        let mut has_pooling = false;
+        let mut normalize = false;
+        for m in &modules {
+            if m.kind.ends_with("models.Pooling") {
+                let file = format!("{}/config.json", m.path);
+                let pcfg = read_json(&require(folder, &file)?)?;
+                let on = |k: &str| pcfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+                let modes: Vec<&str> = [
+                    "pooling_mode_cls_token",
+                    "pooling_mode_mean_tokens",
+                    "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens",
+                    "pooling_mode_lasttoken",
+                ]
+                .into_iter()
+                .filter(|k| on(k))
+                .collect();
+                pooling = match modes.as_slice() {
+                    ["pooling_mode_mean_tokens"] => Pooling::Mean,
+                    ["pooling_mode_cls_token"] => Pooling::Cls,
+                    ["pooling_mode_lasttoken"] => Pooling::LastToken,
+                    other => {
+                        return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: other.join("+") })
+                    }
+                };
+                has_pooling = true;
+            } else if m.kind.ends_with("models.Normalize") {
+                normalize = true;
+            }
+        }
+        if !has_pooling {
+            return Err(ModelError::BadFile { file: modules_path.display().to_string(), message: "no Pooling module".into() });
+        }
+        let sbert = folder.join("sentence_bert_config.json");
+        let max_seq_length = if sbert.is_file() {
+            read_json(&sbert)?.get("max_seq_length").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(max_pos)
+        } else {
+            max_pos
+        }
+        .min(max_pos);
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => std::fs::canonicalize(folder)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "model".into()),
+        };
+        Ok(ModelSpec {
+            path: folder.display().to_string(),
+            name,
+            architecture,
+            pooling,
+            normalize,
+            max_seq_length,
+            dim,
+            weights_sha256: sha256_file(&weights).map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?,
+        })
+    }
+
+    /// The tokenizer with truncation at `max_seq_length` and no fixed padding (tokenizer.json files often
+    /// ship padding/truncation settings of their own that would change results).
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, ModelError> {
+        let path = Path::new(&self.path).join("tokenizer.json");
+        let mut tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut trunc = tok.get_truncation().cloned().unwrap_or_default();
+        trunc.max_length = self.max_seq_length;
+        tok.with_truncation(Some(trunc)).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        tok.with_padding(None);
+        Ok(tok)
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
+/// model says so).
+pub trait Backend: Send {
+    fn dim(&self) -> usize;
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
+}
+
+/// BERT-family encoder on candle (CPU).
+pub struct BertBackend {
+    model: candle_transformers::models::bert::BertModel,
+    spec: ModelSpec,
+    device: Device,
+}
+
+impl BertBackend {
+    pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
+        let folder = Path::new(&spec.path);
+        let config_path = folder.join("config.json");
+        let config: candle_transformers::models::bert::Config = serde_json::from_value(read_json(&config_path)?)
+            .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
+        let device = Device::Cpu;
+        let weights = folder.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let model = candle_transformers::models::bert::BertModel::load(vb, &config)?;
+        Ok(BertBackend { model, spec: spec.clone(), device })
+    }
+}
+
+impl Backend for BertBackend {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+        let (b, l) = (batch.rows(), batch.max_len());
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        if l == 0 || l > self.spec.max_seq_length {
+            return Err(ModelError::Batch(format!("row length {l} outside 1..={}", self.spec.max_seq_length)));
+        }
+        let (ids, mask) = pad_right(batch, l);
+        let ids = Tensor::from_vec(ids, (b, l), &self.device)?;
+        let mask_t = Tensor::from_vec(mask.clone(), (b, l), &self.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask_t))?; // (b, l, dim)
+        let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+        Ok(pool(&hidden, &batch.lengths, l, self.spec.dim, self.spec.pooling, self.spec.normalize))
+    }
+}
+
+/// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.
+pub fn pad_right(batch: &TokenBatch, len: usize) -> (Vec<u32>, Vec<u32>) {
+    let b = batch.rows();
+    let mut ids = vec![0u32; b * len];
+    let mut mask = vec![0u32; b * len];
+    let mut at = 0;
+    for (r, &n) in batch.lengths.iter().enumerate() {
+        let n = n as usize;
+        ids[r * len..r * len + n].copy_from_slice(&batch.ids[at..at + n]);
+        mask[r * len..r * len + n].fill(1);
+        at += n;
+    }
+    (ids, mask)
+}
+
+/// Pools `hidden` (`rows x len x dim`, right-padded) into `rows x dim`, then L2-normalizes if asked.
+pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
+    let mut out = vec![0f32; lengths.len() * dim];
+    for (r, &n) in lengths.iter().enumerate() {
+        let n = n as usize;
+        let row = &mut out[r * dim..(r + 1) * dim];
+        let tok = |t: usize| &hidden[(r * len + t) * dim..(r * len + t + 1) * dim];
+        match pooling {
+            Pooling::Cls => row.copy_from_slice(tok(0)),
+            Pooling::LastToken => row.copy_from_slice(tok(n - 1)),
+            Pooling::Mean => {
+                for t in 0..n {
+                    for (o, v) in row.iter_mut().zip(tok(t)) {
+                        *o += v;
+                    }
+                }
+                let inv = 1.0 / n.max(1) as f32;
+                row.iter_mut().for_each(|o| *o *= inv);
+            }
+        }
+        if normalize {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_modes_on_a_padded_batch() {
+        // 2 rows, len 3, dim 2. Row 0 has 2 tokens, row 1 has 3.
+        let hidden = [1., 2., 3., 4., 99., 99., 1., 0., 0., 1., 2., 2.];
+        let lens = [2, 3];
+        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Mean, false), vec![2., 3., 1., 1.]);
+        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Cls, false), vec![1., 2., 1., 0.]);
+        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::LastToken, false), vec![3., 4., 2., 2.]);
+        let n = pool(&hidden, &lens, 3, 2, Pooling::LastToken, true);
+        assert!((n[0] - 0.6).abs() < 1e-6 && (n[1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pad_right_builds_ids_and_mask() {
+        let b = TokenBatch { row_ids: vec![0, 1], lengths: vec![1, 3], ids: vec![7, 1, 2, 3] };
+        let (ids, mask) = pad_right(&b, 3);
+        assert_eq!(ids, vec![7, 0, 0, 1, 2, 3]);
+        assert_eq!(mask, vec![1, 0, 0, 1, 1, 1]);
+    }
+
+    fn folder_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, body) in files {
+            let p = d.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        d
+    }
+
+    const MODULES: &str = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+        {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#;
+
+    #[test]
+    fn folder_errors_name_the_missing_file_and_architecture() {
+        let d = folder_with(&[("modules.json", MODULES), ("config.json", r#"{"model_type":"bert","hidden_size":8}"#)]);
+        let e = ModelSpec::load(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("missing tokenizer.json"), "{e}");
+        let d = folder_with(&[
+            ("modules.json", MODULES),
+            ("config.json", r#"{"model_type":"t5","hidden_size":8}"#),
+            ("tokenizer.json", "{}"),
+            ("model.safetensors", ""),
+            ("1_Pooling/config.json", r#"{"pooling_mode_mean_tokens":true}"#),
+        ]);
+        let e = ModelSpec::load(d.path(), None).unwrap_err().to_string();
+        assert!(e.contains("unsupported architecture 't5'"), "{e}");
+        let e = ModelSpec::load(Path::new("/nonexistent/model"), None).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/model"), "{e}");
+    }
+
+    #[test]
+    fn spec_reads_pooling_normalize_and_max_length() {
+        let d = folder_with(&[
+            ("modules.json", &MODULES.replace("]", r#",{"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#)),
+            ("config.json", r#"{"model_type":"bert","hidden_size":8,"max_position_embeddings":512}"#),
+            ("tokenizer.json", "{}"),
+            ("model.safetensors", "w"),
+            ("sentence_bert_config.json", r#"{"max_seq_length":256}"#),
+            ("1_Pooling/config.json", r#"{"pooling_mode_cls_token":true}"#),
+        ]);
+        let s = ModelSpec::load(d.path(), Some("m")).unwrap();
+        assert_eq!((s.pooling, s.normalize, s.max_seq_length, s.dim), (Pooling::Cls, true, 256, 8));
+        assert_eq!(s.weights_sha256, "50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326");
+    }
+}

@@ -1,0 +1,292 @@
+//! The run plan: input files with their row counts, the chunks (row-id ranges) to embed, and the settings
+//! every rank needs. Rank 0 builds it; everyone else receives it.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::EmbedArgs;
+use crate::layout::Layout;
+use crate::model::ModelSpec;
+use crate::output::OutputPaths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("dataset not found: {0}")]
+    NotFound(String),
+    #[error("no .parquet or .jsonl files found in {0}")]
+    Empty(String),
+    #[error("{0}: unsupported dataset file (expected .parquet, .jsonl, .ndjson or .json)")]
+    Extension(String),
+    #[error("bad glob pattern in --dataset {0}: {1}")]
+    Glob(String, String),
+    #[error("{path}: cannot read: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a valid Parquet file: {message}")]
+    Parquet { path: String, message: String },
+    #[error("{path}: text field '{field}' not found (--text-field); columns: {columns}")]
+    MissingField { path: String, field: String, columns: String },
+    #[error("{path}:{line}: {message}")]
+    Jsonl { path: String, line: u64, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Jsonl,
+}
+
+/// One input file and where its rows sit in the global row-id space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: String,
+    pub format: Format,
+    /// Rows in the file (JSONL: lines, blank ones included).
+    pub rows: u64,
+    pub bytes: u64,
+    /// Global row id of the file's first row.
+    pub first_row: u64,
+    /// JSONL only: `(local line, byte offset)` of every line that starts a chunk, so loaders seek directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<(u64, u64)>,
+}
+
+/// A contiguous range of row ids; one chunk becomes one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSpec {
+    pub index: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub args: EmbedArgs,
+    pub layout: Layout,
+    pub inputs: Vec<InputFile>,
+    /// Rows in scope (after --max-rows).
+    pub rows_total: u64,
+    pub model: ModelSpec,
+    pub output: OutputPaths,
+    pub run_id: String,
+    pub created_at: String,
+}
+
+impl Plan {
+    pub fn chunk_count(&self) -> u64 {
+        self.rows_total.div_ceil(self.args.rows_per_shard)
+    }
+
+    pub fn chunk(&self, index: u64) -> ChunkSpec {
+        let r = self.args.rows_per_shard;
+        ChunkSpec { index, start: index * r, end: ((index + 1) * r).min(self.rows_total) }
+    }
+}
+
+/// Expands `--dataset` (file, folder or glob) into a sorted list of input files.
+pub fn discover(dataset: &str) -> Result<Vec<(PathBuf, Format)>, PlanError> {
+    let is_glob = dataset.contains(['*', '?', '[']);
+    let mut files: Vec<PathBuf> = if is_glob {
+        let paths = glob::glob(dataset).map_err(|e| PlanError::Glob(dataset.into(), e.to_string()))?;
+        paths.filter_map(Result::ok).filter(|p| p.is_file()).collect()
+    } else {
+        let p = Path::new(dataset);
+        if p.is_file() {
+            let format = format_of(p).ok_or_else(|| PlanError::Extension(dataset.into()))?;
+            return Ok(vec![(p.to_path_buf(), format)]);
+        } else if p.is_dir() {
+            let mut out = Vec::new();
+            walk(p, &mut out).map_err(|source| PlanError::Io { path: dataset.into(), source })?;
+            out
+        } else {
+            return Err(PlanError::NotFound(dataset.into()));
+        }
+    };
+    files.sort();
+    let found: Vec<_> = files.into_iter().filter_map(|p| format_of(&p).map(|f| (p, f))).collect();
+    if found.is_empty() {
+        return Err(if is_glob { PlanError::Empty(dataset.into()) } else { PlanError::Empty(dataset.into()) });
+    }
+    Ok(found)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn format_of(p: &Path) -> Option<Format> {
+    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "parquet" => Some(Format::Parquet),
+        "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+        _ => None,
+    }
+}
+
+/// Counts rows of every file (stopping once `max_rows` are covered) and checks the text field exists.
+pub fn scan_inputs(
+    files: &[(PathBuf, Format)],
+    text_field: &str,
+    rows_per_chunk: u64,
+    max_rows: Option<u64>,
+) -> Result<(Vec<InputFile>, u64), PlanError> {
+    let mut inputs = Vec::new();
+    let mut next = 0u64;
+    for (path, format) in files {
+        if max_rows.is_some_and(|m| next >= m) {
+            break;
+        }
+        let name = path.display().to_string();
+        let bytes = std::fs::metadata(path).map_err(|source| PlanError::Io { path: name.clone(), source })?.len();
+        let (rows, offsets) = match format {
+            Format::Parquet => (parquet_rows(path, text_field)?, Vec::new()),
+            Format::Jsonl => {
+                let fields = crate::input::jsonl_field_names(path)?;
+                if !fields.is_empty() && !fields.iter().any(|f| f == text_field) {
+                    return Err(PlanError::MissingField { path: name, field: text_field.into(), columns: fields.join(", ") });
+                }
+                let limit = max_rows.map(|m| m - next);
+                jsonl_lines(path, next, rows_per_chunk, limit)?
+            }
+        };
+        inputs.push(InputFile { path: name, format: *format, rows, bytes, first_row: next, offsets });
+        next += rows;
+    }
+    let total = max_rows.map_or(next, |m| next.min(m));
+    Ok((inputs, total))
+}
+
+fn parquet_rows(path: &Path, text_field: &str) -> Result<u64, PlanError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| PlanError::Parquet { path: name.clone(), message: e.to_string() })?;
+    let schema = builder.schema();
+    if schema.field_with_name(text_field).is_err() {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(PlanError::MissingField { path: name, field: text_field.into(), columns: columns.join(", ") });
+    }
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Counts lines (a final line without '\n' counts) and records the byte offset of each line whose global
+/// row id starts a chunk. Stops after `limit` lines.
+fn jsonl_lines(path: &Path, first_row: u64, rows_per_chunk: u64, limit: Option<u64>) -> Result<(u64, Vec<(u64, u64)>), PlanError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offsets = Vec::new();
+    let (mut lines, mut pos, mut at_line_start) = (0u64, 0u64, true);
+    loop {
+        if limit.is_some_and(|l| lines >= l) {
+            break;
+        }
+        let buf = reader.fill_buf().map_err(|source| PlanError::Io { path: name.clone(), source })?;
+        if buf.is_empty() {
+            break;
+        }
+        let mut consumed = 0;
+        while consumed < buf.len() {
+            if at_line_start {
+                if limit.is_some_and(|l| lines >= l) {
+                    break;
+                }
+                if (first_row + lines) % rows_per_chunk == 0 {
+                    offsets.push((lines, pos + consumed as u64));
+                }
+                at_line_start = false;
+            }
+            match memchr::memchr(b'\n', &buf[consumed..]) {
+                Some(i) => {
+                    consumed += i + 1;
+                    lines += 1;
+                    at_line_start = true;
+                }
+                None => consumed = buf.len(),
+            }
+        }
+        pos += consumed as u64;
+        reader.consume(consumed);
+    }
+    if !at_line_start {
+        lines += 1; // last line without a trailing newline
+    }
+    Ok((lines, offsets))
+}
+
+/// Reads up to `n` bytes from the start of a file (used to sniff JSONL field names).
+pub fn read_head(path: &Path, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.take(n as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::File::create(&p).unwrap().write_all(body.as_bytes()).unwrap();
+        p
+    }
+
+    #[test]
+    fn jsonl_line_counts_and_chunk_offsets() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.jsonl", "{\"text\":\"a\"}\n{\"text\":\"bb\"}\n\n{\"text\":\"c\"}");
+        // Rows 0..4; chunks of 2 rows starting at global row 0 -> lines 0 and 2 start chunks.
+        let (rows, offs) = jsonl_lines(&p, 0, 2, None).unwrap();
+        assert_eq!(rows, 4);
+        assert_eq!(offs, vec![(0, 0), (2, 27)]);
+        // The same file placed at global row 1: lines 1 and 3 start chunks.
+        let (_, offs) = jsonl_lines(&p, 1, 2, None).unwrap();
+        assert_eq!(offs, vec![(1, 13), (3, 28)]);
+        let (rows, _) = jsonl_lines(&p, 0, 2, Some(3)).unwrap();
+        assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn discovery_of_files_folders_and_globs() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "b.jsonl", "{}\n");
+        write(d.path(), "a.jsonl", "{}\n");
+        write(d.path(), "notes.txt", "x");
+        let found = discover(d.path().to_str().unwrap()).unwrap();
+        let names: Vec<_> = found.iter().map(|(p, _)| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["a.jsonl", "b.jsonl"]);
+        let g = format!("{}/b*.jsonl", d.path().display());
+        assert_eq!(discover(&g).unwrap().len(), 1);
+        let missing = discover("/nonexistent/data.jsonl").unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/data.jsonl"), "{missing}");
+        let empty = format!("{}/*.parquet", d.path().display());
+        assert!(matches!(discover(&empty), Err(PlanError::Empty(_))));
+    }
+
+    #[test]
+    fn scan_spans_files_and_honours_max_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let a = write(d.path(), "a.jsonl", "{\"text\":\"1\"}\n{\"text\":\"2\"}\n{\"text\":\"3\"}\n");
+        let b = write(d.path(), "b.jsonl", "{\"text\":\"4\"}\n{\"text\":\"5\"}\n");
+        let files = vec![(a, Format::Jsonl), (b, Format::Jsonl)];
+        let (inputs, total) = scan_inputs(&files, "text", 2, None).unwrap();
+        assert_eq!(total, 5);
+        assert_eq!(inputs[1].first_row, 3);
+        assert_eq!(inputs[1].offsets, vec![(1, 13)]);
+        let (inputs, total) = scan_inputs(&files, "text", 2, Some(2)).unwrap();
+        assert_eq!((inputs.len(), total), (1, 2));
+        let err = scan_inputs(&files, "body", 2, None).unwrap_err().to_string();
+        assert!(err.contains("'body'") && err.contains("a.jsonl"), "{err}");
+    }
+}

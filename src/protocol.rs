@@ -1,0 +1,259 @@
+//! The messages roles exchange, and their wire format: a small typed header plus raw little-endian payloads.
+//!
+//! A message on the wire is `[from u32][to u32][header_len u32][header JSON][payload bytes]`. Headers are
+//! tiny (a few hundred bytes at most); token ids, row ids and embeddings travel as raw `u32`/`u64`/`f32`
+//! arrays in the payload, never serialized per row.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::ShardEntry;
+use crate::plan::{ChunkSpec, Plan};
+
+/// Index of a role instance (controller, a loader, an encoder, a writer). See `layout`.
+pub type Endpoint = u32;
+
+/// What a message says. The bulk data a variant refers to lives in [`Message::payload`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Header {
+    /// Controller -> every role: what to run. Sent once, before any work.
+    Plan(Box<Plan>),
+    /// Controller -> loader: read this chunk and send its results to `writer`.
+    Assign { chunk: ChunkSpec, writer: Endpoint },
+    /// Loader -> encoder: `rows` tokenized rows. Payload: row ids `u64[rows]`, lengths `u32[rows]`, then
+    /// all token ids `u32[sum(lengths)]` back to back (a flat token batch).
+    Batch { chunk: u64, writer: Endpoint, rows: u32 },
+    /// Encoder -> loader: one batch of this loader's is done (returns one credit).
+    Credit,
+    /// Encoder -> writer: embeddings. Payload: row ids `u64[rows]`, then `f32[rows * dim]` row-major.
+    Embedded { chunk: u64, rows: u32, dim: u32 },
+    /// Loader -> writer: the rows of a chunk that will be embedded, with their text and source columns.
+    /// Payload: row ids `u64[rows]`, then an Arrow IPC stream holding one record batch of `rows` rows.
+    ChunkData { chunk: u64, rows: u32, skipped: u64 },
+    /// Loader -> controller: a chunk has been read and fully handed out.
+    ChunkLoaded { chunk: u64, rows: u64, skipped: u64, tokens: u64 },
+    /// Encoder -> controller: a batch was embedded.
+    Progress { rows: u64, tokens: u64, padded_tokens: u64 },
+    /// Writer -> controller: a shard is durable on disk (fsynced and renamed) and may be committed.
+    ShardWritten(Box<ShardEntry>),
+    /// Any role -> controller: this role cannot go on.
+    Failed { role: String, message: String },
+    /// Controller -> every role: stop after finishing nothing further.
+    Shutdown,
+}
+
+impl Header {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Header::Plan(_) => "Plan",
+            Header::Assign { .. } => "Assign",
+            Header::Batch { .. } => "Batch",
+            Header::Credit => "Credit",
+            Header::Embedded { .. } => "Embedded",
+            Header::ChunkData { .. } => "ChunkData",
+            Header::ChunkLoaded { .. } => "ChunkLoaded",
+            Header::Progress { .. } => "Progress",
+            Header::ShardWritten(_) => "ShardWritten",
+            Header::Failed { .. } => "Failed",
+            Header::Shutdown => "Shutdown",
+        }
+    }
+}
+
+/// One message between two endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("message too short ({0} bytes)")]
+    Short(usize),
+    #[error("bad message header: {0}")]
+    Header(#[from] serde_json::Error),
+    #[error("payload of {what} has {got} bytes, expected {expected}")]
+    PayloadSize { what: &'static str, got: usize, expected: usize },
+}
+
+impl Envelope {
+    pub fn new(from: Endpoint, to: Endpoint, header: Header) -> Self {
+        Envelope { from, to, header, payload: Vec::new() }
+    }
+
+    pub fn with_payload(mut self, payload: Vec<u8>) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Serializes for a transport that moves bytes (MPI).
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).expect("headers always serialize; this is a bug");
+        let mut out = Vec::with_capacity(12 + header.len() + self.payload.len());
+        out.extend_from_slice(&self.from.to_le_bytes());
+        out.extend_from_slice(&self.to.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub fn decode(mut bytes: Vec<u8>) -> Result<Self, ProtocolError> {
+        if bytes.len() < 12 {
+            return Err(ProtocolError::Short(bytes.len()));
+        }
+        let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let (from, to, hlen) = (word(0), word(4), word(8) as usize);
+        if bytes.len() < 12 + hlen {
+            return Err(ProtocolError::Short(bytes.len()));
+        }
+        let header: Header = serde_json::from_slice(&bytes[12..12 + hlen])?;
+        let payload = bytes.split_off(12 + hlen);
+        Ok(Envelope { from, to, header, payload })
+    }
+}
+
+/// Appends a slice of plain numbers to a payload as raw bytes.
+pub fn put<T: bytemuck::Pod>(buf: &mut Vec<u8>, values: &[T]) {
+    buf.extend_from_slice(bytemuck::cast_slice(values));
+}
+
+/// Reads payload sections in order.
+pub struct PayloadReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> PayloadReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        PayloadReader { bytes }
+    }
+
+    /// Takes `n` values of `T` (copied, since the buffer need not be aligned).
+    pub fn take<T: bytemuck::Pod>(&mut self, what: &'static str, n: usize) -> Result<Vec<T>, ProtocolError> {
+        let size = n * std::mem::size_of::<T>();
+        if self.bytes.len() < size {
+            return Err(ProtocolError::PayloadSize { what, got: self.bytes.len(), expected: size });
+        }
+        let (head, rest) = self.bytes.split_at(size);
+        self.bytes = rest;
+        Ok(bytemuck::pod_collect_to_vec(head))
+    }
+
+    pub fn rest(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Errors unless every byte was consumed.
+    pub fn finish(self, what: &'static str) -> Result<(), ProtocolError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::PayloadSize { what, got: self.bytes.len(), expected: 0 })
+        }
+    }
+}
+
+/// A tokenized batch as it travels from a loader to an encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    pub row_ids: Vec<u64>,
+    pub lengths: Vec<u32>,
+    /// All rows' token ids back to back.
+    pub ids: Vec<u32>,
+}
+
+impl TokenBatch {
+    pub fn rows(&self) -> usize {
+        self.row_ids.len()
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0) as usize
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.rows() * 12 + self.ids.len() * 4);
+        put(&mut buf, &self.row_ids);
+        put(&mut buf, &self.lengths);
+        put(&mut buf, &self.ids);
+        buf
+    }
+
+    pub fn from_payload(rows: usize, payload: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = PayloadReader::new(payload);
+        let row_ids = r.take::<u64>("batch row ids", rows)?;
+        let lengths = r.take::<u32>("batch lengths", rows)?;
+        let total: usize = lengths.iter().map(|&l| l as usize).sum();
+        let ids = r.take::<u32>("batch token ids", total)?;
+        r.finish("batch")?;
+        Ok(TokenBatch { row_ids, lengths, ids })
+    }
+}
+
+/// Embeddings as they travel from an encoder to a writer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub row_ids: Vec<u64>,
+    pub dim: usize,
+    /// Row-major `rows x dim`.
+    pub values: Vec<f32>,
+}
+
+impl Embeddings {
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.row_ids.len() * 8 + self.values.len() * 4);
+        put(&mut buf, &self.row_ids);
+        put(&mut buf, &self.values);
+        buf
+    }
+
+    pub fn from_payload(rows: usize, dim: usize, payload: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = PayloadReader::new(payload);
+        let row_ids = r.take::<u64>("embedding row ids", rows)?;
+        let values = r.take::<f32>("embeddings", rows * dim)?;
+        r.finish("embeddings")?;
+        Ok(Embeddings { row_ids, dim, values })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_keeps_header_and_payload() {
+        let batch = TokenBatch { row_ids: vec![7, 3], lengths: vec![2, 3], ids: vec![101, 102, 101, 5, 102] };
+        let env = Envelope::new(2, 5, Header::Batch { chunk: 9, writer: 5, rows: 2 }).with_payload(batch.to_payload());
+        let back = Envelope::decode(env.encode()).unwrap();
+        assert_eq!(back, env);
+        let Header::Batch { rows, .. } = back.header else { panic!("wrong header") };
+        assert_eq!(TokenBatch::from_payload(rows as usize, &back.payload).unwrap(), batch);
+    }
+
+    #[test]
+    fn embeddings_round_trip_is_bit_exact() {
+        let e = Embeddings { row_ids: vec![1, 2], dim: 3, values: vec![0.1, -2.5, f32::MIN_POSITIVE, 1e-30, 3.0, -0.0] };
+        let back = Embeddings::from_payload(2, 3, &e.to_payload()).unwrap();
+        assert_eq!(back.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), e.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(back.row_ids, e.row_ids);
+    }
+
+    #[test]
+    fn truncated_payloads_are_errors_not_panics() {
+        let e = Embeddings { row_ids: vec![1, 2], dim: 3, values: vec![0.0; 6] };
+        let mut p = e.to_payload();
+        p.truncate(p.len() - 1);
+        assert!(Embeddings::from_payload(2, 3, &p).is_err());
+        assert!(Envelope::decode(vec![1, 2, 3]).is_err());
+        let mut bad = Envelope::new(0, 1, Header::Credit).encode();
+        bad[8] = 200; // header length beyond the buffer
+        assert!(Envelope::decode(bad).is_err());
+    }
+}

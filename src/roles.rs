@@ -1,0 +1,197 @@
+//! Loader and encoder roles, and what every role shares: waiting for the plan, reporting a failure to the
+//! controller, and running on its own thread.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::batching::Bucketing;
+use crate::input::{ChunkReader, TextRule};
+use crate::layout::Role;
+use crate::model::{Backend, BertBackend};
+use crate::plan::{ChunkSpec, Plan};
+use crate::protocol::{put, Embeddings, Endpoint, Header, TokenBatch};
+use crate::transport::{Mailbox, TransportError};
+
+/// Why a role stopped early. `message` is one line for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleError {
+    pub message: String,
+}
+
+impl RoleError {
+    pub fn new(message: impl Into<String>) -> Self {
+        RoleError { message: message.into() }
+    }
+
+    pub fn from_display(e: impl std::fmt::Display) -> Self {
+        RoleError::new(e.to_string())
+    }
+}
+
+impl From<TransportError> for RoleError {
+    fn from(e: TransportError) -> Self {
+        RoleError::new(e.to_string())
+    }
+}
+
+pub type RoleResult = Result<(), RoleError>;
+
+/// Runs a role on its own thread. A failure (or panic) is reported to the controller before the thread ends.
+pub fn spawn(role: Role, mb: Mailbox, body: impl FnOnce(&Mailbox) -> RoleResult + Send + 'static) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::Builder::new()
+        .name(role.name().into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mb)))
+                .unwrap_or_else(|p| Err(RoleError::new(crate::transport::panic_message(&p))));
+            if let Err(e) = &result {
+                if role != Role::Controller {
+                    let _ = mb.send(0, Header::Failed { role: role.name().into(), message: e.message.clone() }, Vec::new());
+                }
+            }
+            result.map_err(|e| e.message)
+        })
+        .expect("spawning a role thread")
+}
+
+/// Waits for the controller's plan; `None` if told to shut down first.
+pub fn wait_for_plan(mb: &Mailbox) -> Result<Option<Arc<Plan>>, RoleError> {
+    loop {
+        if let Some(env) = mb.recv_timeout(Duration::from_millis(200))? {
+            match env.header {
+                Header::Plan(p) => return Ok(Some(Arc::new(*p))),
+                Header::Shutdown => return Ok(None),
+                other => return Err(RoleError::new(format!("expected the plan, got {}", other.kind()))),
+            }
+        }
+    }
+}
+
+/// An optional fault for tests of failure handling: `CHATSPACE_FAULT=encoder-row:N` makes the encoder that
+/// receives row N fail, as a model error would.
+fn injected_fault_row() -> Option<u64> {
+    std::env::var("CHATSPACE_FAULT").ok()?.strip_prefix("encoder-row:")?.parse().ok()
+}
+
+pub fn encoder(mb: &Mailbox) -> RoleResult {
+    let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
+    let mut backend = BertBackend::load(&plan.model).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;
+    let fault = injected_fault_row();
+    let dim = backend.dim();
+    loop {
+        let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
+        match env.header {
+            Header::Shutdown => return Ok(()),
+            Header::Batch { chunk, writer, rows } => {
+                let batch = TokenBatch::from_payload(rows as usize, &env.payload).map_err(RoleError::from_display)?;
+                if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
+                    return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
+                }
+                let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+                let padded = (batch.rows() * batch.max_len()) as u64;
+                let tokens = batch.tokens() as u64;
+                let out = Embeddings { row_ids: batch.row_ids, dim, values };
+                mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
+                mb.send(env.from, Header::Credit, Vec::new())?;
+                mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded }, Vec::new())?;
+            }
+            other => return Err(RoleError::new(format!("encoder got unexpected {}", other.kind()))),
+        }
+    }
+}
+
+/// Batches waiting for an encoder credit.
+struct Outgoing {
+    chunk: u64,
+    writer: Endpoint,
+    batch: TokenBatch,
+}
+
+pub fn loader(mb: &Mailbox) -> RoleResult {
+    let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
+    let tokenizer = plan.model.tokenizer().map_err(RoleError::from_display)?;
+    let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.args.text_field.clone(), extract_first_assistant: plan.args.extract_first_assistant })
+        .map_err(RoleError::from_display)?;
+    let bucketing = Bucketing {
+        batch_size: plan.args.batch_size,
+        tokens_per_batch: plan.args.tokens_per_batch,
+        min_tokens: plan.args.bucket_min_tokens,
+        max_tokens: plan.args.bucket_max_tokens,
+    };
+    let encoders: Vec<Endpoint> = (0..plan.layout.encoders).map(|i| plan.layout.encoder(i)).collect();
+    // Flow control: at most `prefetch_batches` batches of this loader are queued at each encoder.
+    let mut credits = vec![plan.args.prefetch_batches; encoders.len()];
+    let mut queue: VecDeque<Outgoing> = VecDeque::new();
+    let mut next_encoder = 0usize;
+    loop {
+        // Hand out batches while encoders have room.
+        while !queue.is_empty() {
+            let Some(k) = (0..encoders.len()).map(|j| (next_encoder + j) % encoders.len()).max_by_key(|&k| credits[k]).filter(|&k| credits[k] > 0) else {
+                break;
+            };
+            let o = queue.pop_front().expect("non-empty");
+            credits[k] -= 1;
+            next_encoder = (k + 1) % encoders.len();
+            let rows = o.batch.rows() as u32;
+            mb.send(encoders[k], Header::Batch { chunk: o.chunk, writer: o.writer, rows }, o.batch.to_payload())?;
+        }
+        let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
+        match env.header {
+            Header::Shutdown => return Ok(()),
+            Header::Credit => {
+                let k = encoders.iter().position(|&e| e == env.from).ok_or_else(|| RoleError::new("credit from a non-encoder"))?;
+                credits[k] += 1;
+            }
+            Header::Assign { chunk, writer } => {
+                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk)?;
+                mb.send(writer, Header::ChunkData { chunk: chunk.index, rows: loaded.rows as u32, skipped: loaded.skipped }, loaded.payload)?;
+                mb.send(
+                    plan.layout.controller(),
+                    Header::ChunkLoaded { chunk: chunk.index, rows: loaded.rows, skipped: loaded.skipped, tokens: loaded.tokens },
+                    Vec::new(),
+                )?;
+                queue.extend(batches.into_iter().map(|batch| Outgoing { chunk: chunk.index, writer, batch }));
+            }
+            other => return Err(RoleError::new(format!("loader got unexpected {}", other.kind()))),
+        }
+    }
+}
+
+struct Loaded {
+    rows: u64,
+    skipped: u64,
+    tokens: u64,
+    /// ChunkData payload: row ids then the Arrow IPC stream of the columns.
+    payload: Vec<u8>,
+}
+
+/// Reads, tokenizes and batches one chunk.
+fn load_chunk(reader: &ChunkReader, tokenizer: &tokenizers::Tokenizer, bucketing: &Bucketing, chunk: &ChunkSpec) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
+    let rows = reader.read(chunk).map_err(RoleError::from_display)?;
+    let encodings = tokenizer
+        .encode_batch(rows.texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+        .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;
+    let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+    let batches = bucketing
+        .plan(&lengths)
+        .into_iter()
+        .map(|idx| {
+            let mut b = TokenBatch { row_ids: Vec::with_capacity(idx.len()), lengths: Vec::with_capacity(idx.len()), ids: Vec::new() };
+            for i in idx {
+                b.row_ids.push(rows.row_ids[i]);
+                b.lengths.push(lengths[i] as u32);
+                b.ids.extend_from_slice(encodings[i].get_ids());
+            }
+            b
+        })
+        .collect();
+    let mut payload = Vec::new();
+    put(&mut payload, &rows.row_ids);
+    {
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut payload, &rows.columns.schema()).map_err(RoleError::from_display)?;
+        w.write(&rows.columns).map_err(RoleError::from_display)?;
+        w.finish().map_err(RoleError::from_display)?;
+    }
+    let loaded = Loaded { rows: rows.row_ids.len() as u64, skipped: rows.skipped, tokens: lengths.iter().sum::<usize>() as u64, payload };
+    Ok((batches, loaded))
+}

@@ -1,0 +1,272 @@
+//! Moving envelopes between endpoints: in-process channels between the roles of one rank, and MPI between
+//! ranks. Every MPI call of the program lives in this module.
+//!
+//! Each role runs on its own thread with a [`Mailbox`]. The rank's main thread runs the [`Router`]: it
+//! forwards envelopes from local roles to local inboxes or, through non-blocking MPI sends, to other ranks,
+//! and it polls MPI for incoming envelopes. Only the main thread calls MPI (MPI_THREAD_FUNNELED). Waiting is a
+//! poll with a short sleep: an MPI rank blocked in a receive spins a core at 100%, which on small nodes steals
+//! the encoder's CPU.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::layout::Layout;
+use crate::protocol::{Endpoint, Envelope, Header};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the router of this rank has stopped")]
+    Closed,
+}
+
+/// A role's connection to the rest of the job.
+pub struct Mailbox {
+    pub me: Endpoint,
+    inbox: Receiver<Envelope>,
+    out: Sender<Envelope>,
+}
+
+impl Mailbox {
+    pub fn send(&self, to: Endpoint, header: Header, payload: Vec<u8>) -> Result<(), TransportError> {
+        self.out.send(Envelope { from: self.me, to, header, payload }).map_err(|_| TransportError::Closed)
+    }
+
+    /// Waits up to `timeout` for a message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Envelope>, TransportError> {
+        match self.inbox.recv_timeout(timeout) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(TransportError::Closed),
+        }
+    }
+
+    pub fn try_recv(&self) -> Result<Option<Envelope>, TransportError> {
+        match self.inbox.try_recv() {
+            Ok(e) => Ok(Some(e)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(TransportError::Closed),
+        }
+    }
+}
+
+/// The MPI side of a rank, or nothing for a single-process run.
+pub struct MpiWire {
+    _universe: mpi::environment::Universe,
+    world: mpi::topology::SimpleCommunicator,
+    /// Non-blocking sends not yet complete; the buffer must live until MPI is done with it.
+    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+}
+
+const TAG: i32 = 7;
+
+impl MpiWire {
+    /// Initializes MPI when the process was started by mpirun/srun; `None` for a plain process.
+    pub fn init_if_launched() -> Option<MpiWire> {
+        let launched = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some());
+        if !launched {
+            return None;
+        }
+        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
+        let world = universe.world();
+        Some(MpiWire { _universe: universe, world, pending: Vec::new() })
+    }
+
+    pub fn rank(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.rank() as usize
+    }
+
+    pub fn size(&self) -> usize {
+        use mpi::topology::Communicator;
+        self.world.size() as usize
+    }
+
+    fn send(&mut self, rank: usize, bytes: Vec<u8>) {
+        use mpi::datatype::Equivalence;
+        use mpi::raw::AsRaw;
+        // SAFETY: the buffer is kept in `pending` (its heap storage does not move) until MPI_Test reports the
+        // send complete; the datatype/communicator handles are valid for the life of `self`.
+        unsafe {
+            let mut req: mpi::ffi::MPI_Request = std::mem::zeroed();
+            mpi::ffi::MPI_Isend(
+                bytes.as_ptr() as *const std::ffi::c_void,
+                bytes.len() as i32,
+                u8::equivalent_datatype().as_raw(),
+                rank as i32,
+                TAG,
+                self.world.as_raw(),
+                &mut req,
+            );
+            self.pending.push((bytes, req));
+        }
+    }
+
+    /// Completes finished sends; returns how many are still pending.
+    fn progress_sends(&mut self) -> usize {
+        self.pending.retain_mut(|(_, req)| {
+            let mut flag = 0;
+            // SAFETY: `req` came from MPI_Isend and has not completed yet (completed ones are dropped here).
+            unsafe {
+                let mut status = std::mem::MaybeUninit::<mpi::ffi::MPI_Status>::uninit();
+                mpi::ffi::MPI_Test(req, &mut flag, status.as_mut_ptr());
+            }
+            flag == 0
+        });
+        self.pending.len()
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        use mpi::point_to_point::{MatchedReceiveVec, Source};
+        use mpi::topology::Communicator;
+        let probed = self.world.any_process().immediate_matched_probe_with_tag(TAG)?;
+        Some(probed.matched_receive_vec::<u8>().0)
+    }
+
+    /// Kills every rank of the job (MPI_Abort).
+    pub fn abort(&self, code: i32) -> ! {
+        use mpi::topology::Communicator;
+        self.world.abort(code)
+    }
+}
+
+/// How a rank's roles ended.
+pub struct RouterOutcome {
+    /// Each local role's result, by endpoint.
+    pub results: Vec<(Endpoint, Result<(), String>)>,
+}
+
+/// Runs local role threads and moves their messages until they have all finished.
+pub struct Router {
+    rank: usize,
+    layout: Layout,
+    inboxes: HashMap<Endpoint, Sender<Envelope>>,
+    out_rx: Receiver<Envelope>,
+    out_tx: Sender<Envelope>,
+    roles: Vec<(Endpoint, JoinHandle<Result<(), String>>)>,
+}
+
+impl Router {
+    pub fn new(rank: usize, layout: Layout) -> Router {
+        let (out_tx, out_rx) = channel();
+        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new() }
+    }
+
+    /// A mailbox for a local endpoint.
+    pub fn mailbox(&mut self, me: Endpoint) -> Mailbox {
+        let (tx, rx) = channel();
+        self.inboxes.insert(me, tx);
+        Mailbox { me, inbox: rx, out: self.out_tx.clone() }
+    }
+
+    pub fn add_role(&mut self, me: Endpoint, handle: JoinHandle<Result<(), String>>) {
+        self.roles.push((me, handle));
+    }
+
+    fn deliver(&mut self, env: Envelope, wire: &mut Option<MpiWire>) {
+        let rank = self.layout.ranks.get(env.to as usize).copied();
+        match (rank, wire) {
+            (Some(r), Some(w)) if r != self.rank => w.send(r, env.encode()),
+            _ => {
+                if let Some(tx) = self.inboxes.get(&env.to) {
+                    // A role that already exited drops what is sent to it.
+                    let _ = tx.send(env);
+                } else {
+                    log::warn!("rank {}: dropping {} for unknown endpoint {}", self.rank, env.header.kind(), env.to);
+                }
+            }
+        }
+    }
+
+    /// Routes until every local role has finished and every outgoing message has left.
+    pub fn run(mut self, wire: &mut Option<MpiWire>) -> RouterOutcome {
+        let mut results = Vec::new();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let mut busy = false;
+            while let Ok(env) = self.out_rx.try_recv() {
+                busy = true;
+                self.deliver(env, wire);
+            }
+            if let Some(w) = wire.as_mut() {
+                while let Some(bytes) = w.try_recv() {
+                    busy = true;
+                    match Envelope::decode(bytes) {
+                        Ok(env) => self.deliver(env, &mut None),
+                        Err(e) => log::error!("rank {}: dropping undecodable message: {e}", self.rank),
+                    }
+                }
+            }
+            let pending = wire.as_mut().map_or(0, |w| w.progress_sends());
+            // Collect finished roles.
+            let mut i = 0;
+            while i < self.roles.len() {
+                if self.roles[i].1.is_finished() {
+                    let (me, h) = self.roles.swap_remove(i);
+                    let r = h.join().unwrap_or_else(|p| Err(panic_message(&p)));
+                    results.push((me, r));
+                    busy = true;
+                } else {
+                    i += 1;
+                }
+            }
+            if self.roles.is_empty() {
+                // Drain what the last roles sent, then wait (bounded) for MPI to take the sends.
+                while let Ok(env) = self.out_rx.try_recv() {
+                    self.deliver(env, wire);
+                }
+                let pending = wire.as_mut().map_or(0, |w| w.progress_sends());
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if pending == 0 || since.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+            if !busy {
+                std::thread::sleep(if pending > 0 { Duration::from_micros(50) } else { Duration::from_micros(300) });
+            }
+        }
+        RouterOutcome { results }
+    }
+}
+
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_router_delivers_between_roles_and_collects_results() {
+        let layout = Layout::new(1, None, None, 1).unwrap();
+        let mut router = Router::new(0, layout);
+        let a = router.mailbox(0);
+        let b = router.mailbox(1);
+        let ha = std::thread::spawn(move || {
+            a.send(1, Header::Credit, vec![1, 2, 3]).unwrap();
+            let reply = a.recv_timeout(Duration::from_secs(5)).unwrap().expect("reply");
+            assert_eq!(reply.from, 1);
+            Ok(())
+        });
+        let hb = std::thread::spawn(move || {
+            let got = b.recv_timeout(Duration::from_secs(5)).unwrap().expect("message");
+            assert_eq!((got.from, got.payload.clone()), (0, vec![1, 2, 3]));
+            b.send(0, Header::Shutdown, vec![]).unwrap();
+            Err("b stops with an error".to_string())
+        });
+        router.add_role(0, ha);
+        router.add_role(1, hb);
+        let mut out = router.run(&mut None).results;
+        out.sort_by_key(|(e, _)| *e);
+        assert!(out[0].1.is_ok());
+        assert_eq!(out[1].1, Err("b stops with an error".to_string()));
+    }
+}

@@ -1,0 +1,216 @@
+//! Writer role: gathers a chunk's rows (from its loader) and embeddings (from encoders), writes the shard
+//! durably (tmp -> fsync -> rename) and reports it to the controller, which commits it in the manifest.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{now_rfc3339, ShardEntry, TOOL};
+use crate::output::write_atomic;
+use crate::plan::{ChunkSpec, Plan};
+use crate::protocol::{Embeddings, Header, PayloadReader};
+use crate::roles::{RoleError, RoleResult};
+use crate::transport::Mailbox;
+
+/// A chunk being assembled.
+struct Pending {
+    spec: ChunkSpec,
+    /// From the loader: row ids kept (sorted) and their columns.
+    rows: Option<(Vec<u64>, RecordBatch, u64)>,
+    dim: usize,
+    /// `values[(row_id - start) * dim ..]`; `filled[row_id - start]` marks arrival.
+    values: Vec<f32>,
+    filled: Vec<bool>,
+    arrived: usize,
+}
+
+impl Pending {
+    fn new(spec: ChunkSpec) -> Self {
+        Pending { spec, rows: None, dim: 0, values: Vec::new(), filled: vec![false; (spec.end - spec.start) as usize], arrived: 0 }
+    }
+
+    fn add(&mut self, e: &Embeddings) -> Result<(), String> {
+        if self.dim == 0 {
+            self.dim = e.dim;
+            self.values = vec![0.0; self.filled.len() * e.dim];
+        } else if self.dim != e.dim {
+            return Err(format!("chunk {}: embedding dim changed from {} to {}", self.spec.index, self.dim, e.dim));
+        }
+        for (k, &id) in e.row_ids.iter().enumerate() {
+            if id < self.spec.start || id >= self.spec.end {
+                return Err(format!("row {id} does not belong to chunk {} ({}..{})", self.spec.index, self.spec.start, self.spec.end));
+            }
+            let i = (id - self.spec.start) as usize;
+            if self.filled[i] {
+                return Err(format!("row {id} was embedded twice"));
+            }
+            self.filled[i] = true;
+            self.arrived += 1;
+            self.values[i * self.dim..(i + 1) * self.dim].copy_from_slice(&e.values[k * e.dim..(k + 1) * e.dim]);
+        }
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        matches!(&self.rows, Some((ids, _, _)) if ids.len() == self.arrived)
+    }
+}
+
+pub fn run(mb: &Mailbox) -> RoleResult {
+    let Some(plan) = crate::roles::wait_for_plan(mb)? else { return Ok(()) };
+    let mut chunks: HashMap<u64, Pending> = HashMap::new();
+    std::fs::create_dir_all(&plan.output.shard_dir).map_err(|e| RoleError::new(format!("{}: {e}", plan.output.shard_dir.display())))?;
+    loop {
+        let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
+        let index = match env.header {
+            Header::Shutdown => return Ok(()),
+            Header::ChunkData { chunk, rows, skipped } => {
+                let mut r = PayloadReader::new(&env.payload);
+                let ids = r.take::<u64>("chunk row ids", rows as usize).map_err(RoleError::from_display)?;
+                let batch = read_ipc(r.rest()).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+                let p = chunks.entry(chunk).or_insert_with(|| Pending::new(plan.chunk(chunk)));
+                p.rows = Some((ids, batch, skipped));
+                chunk
+            }
+            Header::Embedded { chunk, rows, dim } => {
+                let e = Embeddings::from_payload(rows as usize, dim as usize, &env.payload).map_err(RoleError::from_display)?;
+                let p = chunks.entry(chunk).or_insert_with(|| Pending::new(plan.chunk(chunk)));
+                p.add(&e).map_err(RoleError::new)?;
+                chunk
+            }
+            other => return Err(RoleError::new(format!("writer got unexpected {}", other.kind()))),
+        };
+        if chunks[&index].complete() {
+            let p = chunks.remove(&index).expect("present");
+            let entry = write_shard(&plan, p)?;
+            mb.send(plan.layout.controller(), Header::ShardWritten(Box::new(entry)), Vec::new())?;
+        }
+    }
+}
+
+fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, String> {
+    let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let schema = reader.schema();
+    let batches: Result<Vec<_>, _> = reader.collect();
+    let batches = batches.map_err(|e| e.to_string())?;
+    arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())
+}
+
+/// Columns in a shard: `row_id`, `text`, `embedding`, then the source columns.
+pub fn shard_batch(ids: &[u64], columns: &RecordBatch, dim: usize, values: Vec<f32>) -> Result<RecordBatch, String> {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let emb = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None).map_err(|e| e.to_string())?;
+    let mut fields = vec![Field::new("row_id", DataType::UInt64, false)];
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids.to_vec()))];
+    let schema = columns.schema();
+    for (i, f) in schema.fields().iter().enumerate() {
+        fields.push(f.as_ref().clone());
+        cols.push(columns.column(i).clone());
+        if i == 0 {
+            fields.push(Field::new("embedding", emb.data_type().clone(), false));
+            cols.push(Arc::new(emb.clone()));
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
+}
+
+fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
+    let (ids, columns, skipped) = p.rows.expect("complete chunks have rows; this is a bug");
+    let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
+    // Gather embeddings in row-id order (ids are sorted).
+    let mut values = Vec::with_capacity(ids.len() * dim);
+    let (mut min_norm, mut max_norm) = (None::<f32>, None::<f32>);
+    for &id in &ids {
+        let i = (id - p.spec.start) as usize;
+        let v = &p.values[i * dim..(i + 1) * dim];
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        min_norm = Some(min_norm.map_or(n, |m| m.min(n)));
+        max_norm = Some(max_norm.map_or(n, |m| m.max(n)));
+        values.extend_from_slice(v);
+    }
+    let batch = shard_batch(&ids, &columns, dim, values).map_err(RoleError::new)?;
+    let created_at = now_rfc3339();
+    let meta = [
+        ("chatspace.model", plan.model.name.clone()),
+        ("chatspace.model_sha256", plan.model.weights_sha256.clone()),
+        ("chatspace.run_id", plan.run_id.clone()),
+        ("chatspace.created_at", created_at.clone()),
+        ("chatspace.dtype", plan.args.dtype.clone()),
+        ("chatspace.pooling", format!("{:?}", plan.model.pooling).to_lowercase()),
+        ("chatspace.normalize", plan.model.normalize.to_string()),
+        ("chatspace.row_start", p.spec.start.to_string()),
+        ("chatspace.row_end", p.spec.end.to_string()),
+        ("chatspace.tool", TOOL.to_string()),
+    ];
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_key_value_metadata(Some(meta.iter().map(|(k, v)| KeyValue::new(k.to_string(), v.clone())).collect()));
+    // Float embeddings do not compress as dictionaries; byte-stream-split helps zstd a little.
+    for leaf in ["list.item", "list.element"] {
+        let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());
+        props = props.set_column_dictionary_enabled(path.clone(), false).set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+    }
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.build())).map_err(RoleError::from_display)?;
+    w.write(&batch).map_err(RoleError::from_display)?;
+    w.close().map_err(RoleError::from_display)?;
+    let path = plan.output.shard_path(p.spec.index);
+    write_atomic(&path, &buf).map_err(|e| RoleError::new(format!("{}: {e}", path.display())))?;
+    Ok(ShardEntry {
+        path: plan.output.shard_entry_path(p.spec.index),
+        shard_index: p.spec.index,
+        rows: ids.len() as u64,
+        rows_skipped: skipped,
+        row_start: p.spec.start,
+        row_end: p.spec.end,
+        bytes: buf.len() as u64,
+        sha256: crate::model::hex(&Sha256::digest(&buf)),
+        embedding_dim: dim,
+        min_norm,
+        max_norm,
+        created_at,
+        tool: TOOL.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_chunk_tracks_arrivals_and_rejects_strays() {
+        let mut p = Pending::new(ChunkSpec { index: 1, start: 10, end: 14 });
+        let cols = RecordBatch::new_empty(Arc::new(Schema::empty()));
+        p.rows = Some((vec![10, 12, 13], cols, 1));
+        p.add(&Embeddings { row_ids: vec![13, 10], dim: 2, values: vec![3., 3., 1., 1.] }).unwrap();
+        assert!(!p.complete());
+        assert!(p.add(&Embeddings { row_ids: vec![10], dim: 2, values: vec![0., 0.] }).unwrap_err().contains("twice"));
+        assert!(p.add(&Embeddings { row_ids: vec![14], dim: 2, values: vec![0., 0.] }).unwrap_err().contains("does not belong"));
+        p.add(&Embeddings { row_ids: vec![12], dim: 2, values: vec![2., 2.] }).unwrap();
+        assert!(p.complete());
+        assert_eq!(&p.values[4..6], &[2., 2.]);
+    }
+
+    #[test]
+    fn shard_columns_are_row_id_text_embedding_then_source() {
+        let cols = RecordBatch::try_from_iter(vec![
+            ("text", Arc::new(arrow_array::StringArray::from(vec!["a", "b"])) as ArrayRef),
+            ("model", Arc::new(arrow_array::StringArray::from(vec!["x", "y"])) as ArrayRef),
+        ])
+        .unwrap();
+        let b = shard_batch(&[4, 9], &cols, 2, vec![1., 2., 3., 4.]).unwrap();
+        let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["row_id", "text", "embedding", "model"]);
+        assert_eq!(b.num_rows(), 2);
+    }
+}
