@@ -10,7 +10,6 @@ use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
@@ -152,9 +151,10 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
         ("chatspace.row_end", p.spec.end.to_string()),
         ("chatspace.tool", TOOL.to_string()),
     ];
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
-        .set_key_value_metadata(Some(meta.iter().map(|(k, v)| KeyValue::new(k.to_string(), v.clone())).collect()));
+    // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
+    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::HashMap<_, _>>()));
+    let batch = batch.with_schema(schema).map_err(RoleError::from_display)?;
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")));
     // Float embeddings do not compress as dictionaries; byte-stream-split helps zstd a little.
     for leaf in ["list.item", "list.element"] {
         let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());

@@ -1,0 +1,161 @@
+//! Helpers for the integration tests: the binary, the real model, mpirun, and reading shards back.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, UInt64Array};
+use chatspace_mpi::manifest::Manifest;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chatspace-mpi"))
+}
+
+/// The real all-MiniLM-L6-v2 folder (scripts/fetch-model.sh puts it there).
+pub fn model() -> PathBuf {
+    let p = std::env::var_os("CHATSPACE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| root().join("models/all-MiniLM-L6-v2"));
+    assert!(p.join("model.safetensors").is_file(), "real model weights missing at {}: run scripts/fetch-model.sh", p.display());
+    p
+}
+
+pub fn reference() -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root().join("tests/fixtures/minilm-l6-v2-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `chatspace-mpi embed` as a plain process.
+pub fn embed_cmd() -> Command {
+    let mut c = Command::new(bin());
+    c.arg("embed").env("RUST_LOG", "warn").env_remove("OMPI_COMM_WORLD_SIZE");
+    c
+}
+
+/// `mpirun -n N chatspace-mpi embed`.
+pub fn mpirun_cmd(n: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RUST_LOG", "warn")
+        .arg(bin())
+        .arg("embed");
+    c
+}
+
+/// Runs with a time limit so a hang fails the test instead of blocking CI.
+pub fn run_limited(cmd: &mut Command, secs: u64) -> Output {
+    let mut t = Command::new("timeout");
+    t.arg("-k").arg("5").arg(secs.to_string()).arg(cmd.get_program());
+    t.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    let out = t.output().expect("running the command");
+    assert_ne!(out.status.code(), Some(124), "timed out after {secs}s: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The only manifest under an output root.
+pub fn manifest_path(out: &Path) -> PathBuf {
+    let idx = out.join("indexes");
+    let mut found = Vec::new();
+    for m in std::fs::read_dir(&idx).unwrap() {
+        for d in std::fs::read_dir(m.unwrap().path()).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                if p.file_name().unwrap().to_string_lossy().starts_with("manifest-") {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+/// row_id -> embedding from every shard the manifest names; also checks sizes and hashes.
+pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use sha2::Digest;
+    let mp = manifest_path(out);
+    let m = Manifest::read(&mp).unwrap();
+    let mut rows = BTreeMap::new();
+    for s in &m.shards {
+        let p = mp.parent().unwrap().join(&s.path);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len() as u64, s.bytes, "{}", s.path);
+        assert_eq!(chatspace_mpi::model::hex(&sha2::Sha256::digest(&bytes)), s.sha256, "{}", s.path);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
+        let mut n = 0;
+        let mut last = None;
+        for b in reader {
+            let b = b.unwrap();
+            let ids = b.column_by_name("row_id").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap().clone();
+            let emb = b.column_by_name("embedding").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap().clone();
+            for i in 0..b.num_rows() {
+                let id = ids.value(i);
+                assert!(id >= s.row_start && id < s.row_end, "row {id} outside {}..{}", s.row_start, s.row_end);
+                assert!(last.is_none_or(|l| l < id), "rows not sorted by row_id in {}", s.path);
+                last = Some(id);
+                let v = emb.value(i);
+                let v = v.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
+                assert!(rows.insert(id, v).is_none(), "row {id} appears twice");
+                n += 1;
+            }
+        }
+        assert_eq!(n, s.rows, "{}", s.path);
+    }
+    (m, rows)
+}
+
+/// Checks the manifest's bookkeeping: shards tile 0..rows_total and the counts add up.
+pub fn check_complete(m: &Manifest, rows: &BTreeMap<u64, Vec<f32>>) {
+    assert_eq!(m.status, chatspace_mpi::manifest::Status::Complete);
+    let mut next = 0;
+    for s in &m.shards {
+        assert_eq!(s.row_start, next, "gap or overlap at shard {}", s.shard_index);
+        next = s.row_end;
+    }
+    assert_eq!(next, m.rows_total);
+    assert_eq!(m.rows_embedded as usize, rows.len());
+    assert_eq!(m.rows_embedded + m.rows_skipped, m.rows_total);
+    assert_eq!(m.shards.iter().map(|s| s.rows).sum::<u64>(), m.rows_embedded);
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A JSONL dataset: the reference texts, then rows from the bundled sample (with its empty rows).
+pub fn write_mixed_dataset(path: &Path, sample_rows: usize) -> usize {
+    let mut lines: Vec<String> = reference().iter().map(|r| serde_json::json!({"text": r["text"], "model": "kept"}).to_string()).collect();
+    let sample = std::fs::read_to_string(root().join("data/sample.jsonl")).unwrap();
+    lines.extend(sample.lines().take(sample_rows).map(String::from));
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    lines.len()
+}

@@ -1,0 +1,96 @@
+//! End-to-end runs of the binary: plain, and under real mpirun with 1, 2, 4 and 6 ranks.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn python() -> String {
+    std::env::var("CHATSPACE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[test]
+fn every_world_size_gives_the_same_rows_and_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mixed.jsonl");
+    let total = write_mixed_dataset(&data, 130);
+    let refs = reference();
+    // (ranks or None for a plain process, extra flags): batching differs on purpose.
+    let runs: Vec<(Option<usize>, Vec<&str>)> = vec![
+        (None, vec!["--batch-size", "8", "--local-encoders", "2", "--rows-per-shard", "50"]),
+        (Some(1), vec!["--batch-size", "32", "--rows-per-shard", "50"]),
+        (Some(2), vec!["--batch-size", "5", "--rows-per-shard", "64"]),
+        (Some(4), vec!["--tokens-per-batch", "1024", "--rows-per-shard", "50"]),
+        (Some(6), vec!["--batch-size", "3", "--rows-per-shard", "37"]),
+    ];
+    let mut baseline = None;
+    for (n, extra) in runs {
+        let out = dir.path().join(format!("out-{}", n.map_or("plain".to_string(), |n| n.to_string())));
+        let mut cmd = match n {
+            Some(n) => mpirun_cmd(n),
+            None => embed_cmd(),
+        };
+        cmd.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out).arg("--no-progress");
+        cmd.args(&extra);
+        let o = run_limited(&mut cmd, 300);
+        assert!(o.status.success(), "n={n:?} failed: {}", stderr(&o));
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        assert_eq!(m.rows_total as usize, total);
+        assert_eq!(m.rows_skipped, 1, "the sample's one empty-text row in the first 130");
+        assert_eq!(m.runs[0].world_size, n.unwrap_or(1));
+        // The reference texts (rows 0..64) match Python sentence-transformers.
+        for (i, r) in refs.iter().enumerate() {
+            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let got = &rows[&(i as u64)];
+            assert!(cosine(got, &want) >= 0.99999 && max_abs_diff(got, &want) <= 1e-4, "n={n:?} row {i}");
+        }
+        match &baseline {
+            None => baseline = Some(rows),
+            Some(base) => {
+                assert_eq!(base.keys().collect::<Vec<_>>(), rows.keys().collect::<Vec<_>>(), "row ids differ for n={n:?}");
+                for (id, v) in &rows {
+                    let d = max_abs_diff(v, &base[id]);
+                    assert!(d <= 1e-5, "n={n:?}: row {id} differs by {d}");
+                }
+            }
+        }
+        if n == Some(4) {
+            check_with_pyarrow(&out, &m);
+        }
+    }
+}
+
+/// A real Parquet client reads the shards: schema, row counts, metadata, norms, the source `model` column.
+fn check_with_pyarrow(out: &std::path::Path, m: &chatspace_mpi::manifest::Manifest) {
+    let script = r#"
+import json, sys, pyarrow as pa, pyarrow.parquet as pq, os
+mp = sys.argv[1]
+m = json.load(open(mp))
+total = 0
+for s in m["shards"]:
+    t = pq.read_table(os.path.join(os.path.dirname(mp), s["path"]))
+    sch = t.schema
+    assert sch.names[:3] == ["row_id", "text", "embedding"], sch.names
+    assert sch.field("row_id").type == pa.uint64()
+    assert sch.field("text").type == pa.string()
+    assert sch.field("embedding").type.list_size == 384 and sch.field("embedding").type.value_type == pa.float32()
+    assert "model" in sch.names and "source_text" not in sch.names, sch.names
+    meta = sch.metadata
+    assert meta[b"chatspace.model"] == b"all-MiniLM-L6-v2", meta
+    ids = t.column("row_id").to_pylist()
+    assert ids == sorted(ids) and all(s["row_start"] <= i < s["row_end"] for i in ids)
+    for v in t.column("embedding").to_pylist():
+        n = sum(x * x for x in v) ** 0.5
+        assert abs(n - 1) < 1e-4, n
+    models = set(t.column("model").to_pylist()) - {None}
+    assert models <= {"kept"}, models
+    total += t.num_rows
+assert total == m["rows_embedded"], (total, m["rows_embedded"])
+print("pyarrow ok", total)
+"#;
+    let o = Command::new(python()).arg("-c").arg(script).arg(manifest_path(out)).output().expect("python3 with pyarrow (see .ci/run)");
+    assert!(o.status.success(), "pyarrow check failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("pyarrow ok {}", m.rows_embedded)));
+}
