@@ -87,6 +87,7 @@ fn sniff_jsonl(path: &Path) -> Result<(Schema, Vec<String>), InputError> {
 /// Parses one JSONL line; `None` for a blank line.
 fn parse_line(path: &str, line: u64, bytes: &[u8]) -> Result<Option<serde_json::Map<String, Value>>, InputError> {
     let err = |message: String| InputError::Line { path: path.to_string(), line, message };
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| err(format!("line is not valid UTF-8 ({e})")))?;
     if text.trim().is_empty() {
         return Ok(None);

@@ -1,0 +1,139 @@
+//! Bad input and failures: one clear line naming the file/row/flag, a non-zero exit, nothing committed lost.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn embed(dataset: &Path, model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut c = embed_cmd();
+    c.arg("--dataset").arg(dataset).arg("--model").arg(model).arg("--output-root").arg(out).arg("--no-progress").args(extra);
+    let o = run_limited(&mut c, 120);
+    (o.status.success(), stderr(&o))
+}
+
+fn error_line(stderr: &str) -> &str {
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line in: {stderr}"))
+}
+
+/// A model folder linking to the real files, with some left out or replaced.
+fn model_variant(dir: &Path, skip: &str, replace: Option<(&str, &str)>) -> std::path::PathBuf {
+    let m = dir.join(format!("model-{}", skip.replace('.', "_")));
+    std::fs::create_dir_all(m.join("1_Pooling")).unwrap();
+    for f in ["modules.json", "config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json", "1_Pooling/config.json"] {
+        if f != skip {
+            std::os::unix::fs::symlink(model().join(f), m.join(f)).unwrap();
+        }
+    }
+    if let Some((f, body)) = replace {
+        std::fs::remove_file(m.join(f)).unwrap();
+        std::fs::write(m.join(f), body).unwrap();
+    }
+    m
+}
+
+#[test]
+fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let good = d.path().join("good.jsonl");
+    std::fs::write(&good, "{\"text\":\"hello\"}\n{\"text\":\"world\"}\n").unwrap();
+    let m = model();
+
+    let (ok, e) = embed(&d.path().join("missing.jsonl"), &m, &out, &[]);
+    assert!(!ok && error_line(&e).contains("dataset not found") && e.contains("missing.jsonl"), "{e}");
+
+    let (ok, e) = embed(&good, &m, &out, &["--text-field", "body"]);
+    assert!(!ok && error_line(&e).contains("text field 'body' not found") && e.contains("columns: text"), "{e}");
+
+    let bad_utf8 = d.path().join("bad.jsonl");
+    std::fs::write(&bad_utf8, b"{\"text\":\"a\"}\n{\"text\":\"\xff\xfe\"}\n").unwrap();
+    let (ok, e) = embed(&bad_utf8, &m, &out, &[]);
+    assert!(!ok && error_line(&e).contains("bad.jsonl:2:") && e.contains("not valid UTF-8"), "{e}");
+
+    let bad_pq = d.path().join("broken.parquet");
+    std::fs::write(&bad_pq, b"PAR1 this is not parquet").unwrap();
+    let (ok, e) = embed(&bad_pq, &m, &out, &[]);
+    assert!(!ok && error_line(&e).contains("broken.parquet: not a valid Parquet file"), "{e}");
+
+    let no_tok = model_variant(d.path(), "tokenizer.json", None);
+    let (ok, e) = embed(&good, &no_tok, &out, &[]);
+    assert!(!ok && error_line(&e).contains("is missing tokenizer.json"), "{e}");
+
+    let t5 = model_variant(d.path(), "none", Some(("config.json", r#"{"model_type":"t5","hidden_size":384}"#)));
+    let (ok, e) = embed(&good, &t5, &out, &[]);
+    assert!(!ok && error_line(&e).contains("unsupported architecture 't5'"), "{e}");
+
+    let file = d.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (ok, e) = embed(&good, &m, &file.join("out"), &[]);
+    assert!(!ok && error_line(&e).contains("--output-root") && e.contains("not writable"), "{e}");
+
+    let (ok, e) = embed(&good, &m, &out, &["--batch-size", "0"]);
+    assert!(!ok && error_line(&e).contains("--batch-size"), "{e}");
+}
+
+#[test]
+fn existing_output_is_refused_without_overwrite_and_kept_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let data = d.path().join("d.jsonl");
+    std::fs::write(&data, "{\"text\":\"one\"}\n{\"text\":\"two\"}\n{\"text\":\"three\"}\n").unwrap();
+    let (ok, e) = embed(&data, &model(), &out, &["--rows-per-shard", "2"]);
+    assert!(ok, "{e}");
+    let mp = manifest_path(&out);
+    let before = std::fs::read(&mp).unwrap();
+    let (ok, e) = embed(&data, &model(), &out, &[]);
+    assert!(!ok && error_line(&e).contains("output already exists") && e.contains("--overwrite"), "{e}");
+    assert_eq!(std::fs::read(&mp).unwrap(), before, "a refused run must not touch the manifest");
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    let (ok, e) = embed(&data, &model(), &out, &["--overwrite", "--rows-per-shard", "3"]);
+    assert!(ok, "{e}");
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!(m.shards.len(), 1);
+}
+
+/// A loader hits a malformed line after shards were committed (under mpirun, 4 ranks): the controller prints
+/// which rank and line, the job ends non-zero, and every committed shard stays valid.
+#[test]
+fn a_rank_failing_mid_run_stops_the_job_and_keeps_committed_shards() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let data = d.path().join("d.jsonl");
+    let mut body: String = (0..1400).map(|i| format!("{{\"text\":\"row number {i}\"}}\n")).collect();
+    body.push_str("{\"text\": \"unterminated\n");
+    std::fs::write(&data, body).unwrap();
+    let mut c = mpirun_cmd(4);
+    c.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out).args(["--rows-per-shard", "100", "--no-progress"]);
+    let o = run_limited(&mut c, 120);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    let line = error_line(&e);
+    assert!(line.contains("rank 1 (loader 0)") && line.contains("d.jsonl:1401: invalid JSON"), "{e}");
+    let (m, _rows) = read_output(&out); // checks sizes, hashes and row ranges of every committed shard
+    assert_eq!(m.status, chatspace_mpi::manifest::Status::Failed);
+    assert!(m.error.as_deref().unwrap_or("").contains("d.jsonl:1401"));
+    assert!(m.shards.iter().all(|s| s.row_end <= 1400));
+}
+
+/// An encoder error (injected) under mpirun reaches rank 0 with the rank, role and row.
+#[test]
+fn an_encoder_error_is_reported_by_rank_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let data = d.path().join("d.jsonl");
+    std::fs::write(&data, (0..50).map(|i| format!("{{\"text\":\"text {i}\"}}\n")).collect::<String>()).unwrap();
+    let mut c = mpirun_cmd(4);
+    c.env("CHATSPACE_FAULT", "encoder-row:42");
+    c.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out).args(["--rows-per-shard", "10", "--no-progress"]);
+    let o = run_limited(&mut c, 120);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    let line = error_line(&e);
+    assert!(line.contains("rank 2 (encoder 0)") && line.contains("row 42"), "{e}");
+    let (m, _) = read_output(&out);
+    assert!(m.shards.iter().all(|s| !(s.row_start..s.row_end).contains(&42)), "the failed range is not committed");
+}
