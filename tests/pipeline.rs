@@ -94,3 +94,49 @@ print("pyarrow ok", total)
     assert!(o.status.success(), "pyarrow check failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("pyarrow ok {}", m.rows_embedded)));
 }
+
+/// Parquet input (several files, several row groups) with chat turns: the first assistant turn is embedded,
+/// rows without one are skipped and counted, and source columns (a `model` column included) are kept.
+#[test]
+fn parquet_chat_input_embeds_first_assistant_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("chats");
+    std::fs::create_dir(&data).unwrap();
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+d = sys.argv[1]
+def conv(i):
+    if i % 5 == 0:
+        return [{"role": "user", "content": f"question {i}"}]
+    return [{"role": "user", "content": f"question {i}"}, {"role": "ASSISTANT" if i % 2 else "model", "content": f"  answer number {i}  "}]
+for f in range(2):
+    ids = list(range(f * 30, f * 30 + 30))
+    t = pa.table({"messages": [conv(i) for i in ids], "model": [f"m{i}" for i in ids]})
+    pq.write_table(t, f"{d}/part-{f}.parquet", row_group_size=7)
+"#;
+    let o = Command::new(python()).arg("-c").arg(script).arg(&data).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("out");
+    let mut cmd = embed_cmd();
+    cmd.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out);
+    cmd.args(["--text-field", "messages", "--extract-first-assistant", "--rows-per-shard", "16", "--no-progress"]);
+    let o = run_limited(&mut cmd, 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!((m.rows_total, m.rows_skipped), (60, 12));
+    assert!(rows.keys().all(|id| id % 5 != 0));
+    let check = r#"
+import json, sys, os, pyarrow.parquet as pq
+mp = sys.argv[1]; m = json.load(open(mp))
+for s in m["shards"]:
+    t = pq.read_table(os.path.join(os.path.dirname(mp), s["path"])).to_pylist()
+    for r in t:
+        assert r["text"] == f"answer number {r['row_id']}", r["text"]
+        assert r["model"] == f"m{r['row_id']}", r["model"]
+        assert r["messages"][0]["content"] == f"question {r['row_id']}"
+print("ok")
+"#;
+    let o = Command::new(python()).arg("-c").arg(check).arg(manifest_path(&out)).output().unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
