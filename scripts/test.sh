@@ -7,4 +7,13 @@ scripts/setup-debian.sh
 source scripts/env.sh
 scripts/fetch-model.sh
 export CHATSPACE_PYTHON="$(chatspace_python "$PWD")"
-cargo test --locked -- --test-threads=2 "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests -- --test-threads=2 "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
