@@ -16,6 +16,16 @@ pub struct Cli {
 pub enum Command {
     /// Embed a dataset into Parquet shards plus a JSON manifest.
     Embed(EmbedArgs),
+    /// Check a manifest and its shards (existence, size, sha256, schema, row ids); non-zero exit on problems.
+    Verify {
+        /// Path to a manifest-{split}.json.
+        manifest: PathBuf,
+    },
+    /// Show a run's progress from its manifest: status, rows done/remaining, runs, throughput, time left.
+    Status {
+        /// Path to a manifest-{split}.json.
+        manifest: PathBuf,
+    },
 }
 
 /// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
@@ -87,9 +97,13 @@ pub struct EmbedArgs {
     /// Run id recorded in the manifest (default: from the start time).
     #[arg(long)]
     pub run_id: Option<String>,
-    /// Continue from an existing manifest.
+    /// Continue from an existing manifest: embed only the rows it does not cover (any world size).
     #[arg(long)]
     pub resume: bool,
+    /// Seconds a drain (after SIGTERM/SIGINT/SIGUSR1/SIGUSR2) may take before the job stops at once, keeping
+    /// what is committed. Fits Slurm's default KillWait (30 s).
+    #[arg(long, default_value_t = 20.0)]
+    pub drain_timeout: f64,
     /// Delete existing output for this dataset/model/split first.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
@@ -134,6 +148,9 @@ impl EmbedArgs {
         if self.text_field.is_empty() {
             return Err("--text-field must not be empty".into());
         }
+        if !(self.drain_timeout > 0.0) {
+            return Err("--drain-timeout must be positive".into());
+        }
         if !(self.progress_interval > 0.0) {
             return Err("--progress-interval must be positive".into());
         }
@@ -150,6 +167,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Embed(a) => a,
+            _ => unreachable!("embed was parsed"),
         }
     }
 

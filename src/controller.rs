@@ -1,116 +1,75 @@
-//! Controller (rank 0): builds the plan, hands chunks to loaders, commits shards to the manifest, reports
-//! progress and failures. Its decisions are a plain state machine ([`Scheduler`]: events in, actions out);
-//! [`run`] does the I/O around it.
+//! Controller (rank 0): builds the plan (or resumes one from its manifest), drives the [`Scheduler`], commits
+//! shards to the manifest, reports progress, and turns signals into a drain and failures into one error line.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cli::EmbedArgs;
 use crate::layout::Layout;
-use crate::manifest::{now_rfc3339, Manifest, Preprocessing, RunRecord, ShardEntry, Source, SourceFile, Status, MANIFEST_VERSION, TOOL};
+use crate::manifest::{now_rfc3339, Fingerprint, Manifest, Preprocessing, RunRecord, Source, SourceFile, Status, MANIFEST_VERSION, TOOL};
 use crate::model::ModelSpec;
-use crate::output::{dataset_name, ensure_writable, OutputPaths};
+use crate::output::{dataset_name, ensure_writable, resolve_shard_path, OutputPaths};
 use crate::plan::{discover, scan_inputs, Plan};
 use crate::protocol::{Endpoint, Header};
+use crate::ranges;
 use crate::roles::{RoleError, RoleResult};
+use crate::scheduler::{Action, Event, Scheduler, Work};
 use crate::transport::Mailbox;
 
-/// Set when the controller failed after work started: the launcher then aborts every rank (MPI_Abort),
-/// since a rank may be mid-batch. Failures before the plan is sent shut ranks down cleanly instead.
+/// Exit code of a run that stopped early but left a resumable manifest (EX_TEMPFAIL).
+pub const EXIT_PREEMPTED: i32 = 75;
+
+/// Set when the controller stops after work started while ranks may be mid-batch: the launcher then ends
+/// every rank at once (MPI_Abort). Failures before the plan is sent shut ranks down cleanly instead.
 pub static NEEDS_ABORT: AtomicBool = AtomicBool::new(false);
+/// The exit code the controller decided on.
+pub static EXIT_CODE: AtomicI32 = AtomicI32::new(0);
 
 /// Chunks a loader may have assigned and not yet committed (bounds memory: each chunk's rows, texts and
 /// embeddings are held until its shard is written).
 pub const CHUNKS_IN_FLIGHT_PER_LOADER: usize = 3;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    Start,
-    ShardWritten(ShardEntry),
-    Failed { from: String, message: String },
+/// A plan ready to run: the manifest to extend and the work left.
+pub struct Prepared {
+    pub plan: Plan,
+    pub manifest: Manifest,
+    pub work: Vec<Work>,
+    pub first_shard: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Assign { loader: usize, chunk: u64, writer: usize },
-    Commit(ShardEntry),
-    Finish,
-    Fail(String),
+pub enum Start {
+    Run(Box<Prepared>),
+    /// `--resume` of a manifest that is already complete.
+    AlreadyComplete(PathBuf),
 }
 
-/// Which chunk goes where, and when the run is over.
-#[derive(Debug)]
-pub struct Scheduler {
-    pending: VecDeque<u64>,
-    loaders_inflight: Vec<usize>,
-    owner: HashMap<u64, usize>,
-    writers: usize,
-    cap: usize,
-    committed: BTreeSet<u64>,
-    total: usize,
-    done: bool,
-}
-
-impl Scheduler {
-    pub fn new(chunks: impl IntoIterator<Item = u64>, loaders: usize, writers: usize, cap: usize) -> Self {
-        let pending: VecDeque<u64> = chunks.into_iter().collect();
-        let total = pending.len();
-        Scheduler { pending, loaders_inflight: vec![0; loaders], owner: HashMap::new(), writers, cap, committed: BTreeSet::new(), total, done: false }
-    }
-
-    pub fn committed(&self) -> usize {
-        self.committed.len()
-    }
-
-    pub fn handle(&mut self, event: Event) -> Vec<Action> {
-        if self.done {
-            return Vec::new();
-        }
-        let mut actions = Vec::new();
-        match event {
-            Event::Start => {}
-            Event::ShardWritten(entry) => {
-                let Some(loader) = self.owner.remove(&entry.shard_index) else {
-                    self.done = true;
-                    return vec![Action::Fail(format!("shard {} reported but not in flight (this is a bug)", entry.shard_index))];
-                };
-                self.loaders_inflight[loader] -= 1;
-                self.committed.insert(entry.shard_index);
-                actions.push(Action::Commit(entry));
-            }
-            Event::Failed { from, message } => {
-                self.done = true;
-                return vec![Action::Fail(format!("{from}: {message}"))];
-            }
-        }
-        // Fill every loader up to its cap, least loaded first.
-        while !self.pending.is_empty() {
-            let (loader, &n) = self.loaders_inflight.iter().enumerate().min_by_key(|(_, n)| **n).expect("at least one loader");
-            if n >= self.cap {
-                break;
-            }
-            let chunk = self.pending.pop_front().expect("non-empty");
-            self.loaders_inflight[loader] += 1;
-            self.owner.insert(chunk, loader);
-            actions.push(Action::Assign { loader, chunk, writer: (chunk as usize) % self.writers });
-        }
-        if self.committed.len() == self.total {
-            self.done = true;
-            actions.push(Action::Finish);
-        }
-        actions
+fn fingerprint(plan: &Plan) -> Fingerprint {
+    Fingerprint {
+        dataset: plan.args.dataset_name.clone().unwrap_or_else(|| dataset_name(&plan.args.dataset)),
+        subset: plan.args.subset.clone(),
+        split: plan.args.split.clone(),
+        files: plan.inputs.iter().map(|f| SourceFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
+        text_field: plan.args.text_field.clone(),
+        extract_first_assistant: plan.args.extract_first_assistant,
+        max_rows: plan.args.max_rows,
+        rows_per_shard: plan.args.rows_per_shard,
+        model_sha256: plan.model.weights_sha256.clone(),
+        architecture: plan.model.architecture,
+        pooling: plan.model.pooling,
+        normalize: plan.model.normalize,
+        max_seq_length: plan.model.max_seq_length,
+        dim: plan.model.dim,
+        dtype: plan.args.dtype.clone(),
     }
 }
 
 /// Builds the plan from the flags, checking inputs, model and output; errors are one line for the user.
-pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Plan> {
+pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     use anyhow::Context;
     args.validate().map_err(anyhow::Error::msg)?;
-    if args.resume {
-        anyhow::bail!("--resume: resuming from a manifest is not supported by this version yet");
-    }
     let model = ModelSpec::load(&args.model, args.model_name.as_deref())?;
     let files = discover(&args.dataset)?;
     if files.iter().any(|(_, f)| *f != files[0].1) {
@@ -123,45 +82,139 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Plan> {
     let dataset = args.dataset_name.clone().unwrap_or_else(|| dataset_name(&args.dataset));
     let output = OutputPaths::new(&args.output_root, &model.name, &dataset, args.subset.as_deref(), &args.split);
     ensure_writable(&args.output_root).with_context(|| format!("--output-root {} is not writable", args.output_root.display()))?;
-    let existing = output.manifest.exists() || std::fs::read_dir(&output.shard_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let created_at = now_rfc3339();
+    let run_id = args.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
+    let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at };
+    let all_work = |covered: &dyn Fn(u64) -> Vec<ranges::Range>| -> Vec<Work> {
+        (0..plan.chunk_count())
+            .filter_map(|c| {
+                let spec = plan.chunk(c);
+                let todo = ranges::subtract(&[(spec.start, spec.end)], &covered(c));
+                (!todo.is_empty()).then_some(Work { chunk: c, todo })
+            })
+            .collect()
+    };
+    if args.resume {
+        let m = resume_manifest(&plan)?;
+        if m.status == Status::Complete && m.rows_done() == m.rows_total {
+            return Ok(Start::AlreadyComplete(plan.output.manifest.clone()));
+        }
+        let work = all_work(&|c| m.covered(c));
+        let first_shard = m.next_shard_index();
+        let mut manifest = m;
+        manifest.status = Status::Running;
+        manifest.error = None;
+        manifest.run_id = plan.run_id.clone();
+        manifest.run_config = plan.args.clone();
+        manifest.runs.push(run_record(&plan));
+        return Ok(Start::Run(Box::new(Prepared { manifest, work, first_shard, plan })));
+    }
+    let existing = plan.output.manifest.exists() || std::fs::read_dir(&plan.output.shard_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if existing {
         if !args.overwrite {
             anyhow::bail!(
                 "output already exists: {} (pass --resume to continue it or --overwrite to replace it)",
-                output.manifest.display()
+                plan.output.manifest.display()
             );
         }
-        for p in [&output.manifest, &output.run_summary] {
+        for p in [&plan.output.manifest, &plan.output.run_summary] {
             if p.exists() {
                 std::fs::remove_file(p).with_context(|| format!("--overwrite: removing {}", p.display()))?;
             }
         }
-        if output.shard_dir.exists() {
-            std::fs::remove_dir_all(&output.shard_dir).with_context(|| format!("--overwrite: removing {}", output.shard_dir.display()))?;
+        if plan.output.shard_dir.exists() {
+            std::fs::remove_dir_all(&plan.output.shard_dir).with_context(|| format!("--overwrite: removing {}", plan.output.shard_dir.display()))?;
         }
     }
-    for d in [&output.shard_dir, output.manifest.parent().expect("manifest has a folder")] {
+    for d in [&plan.output.shard_dir, plan.output.manifest.parent().expect("manifest has a folder")] {
         ensure_writable(d).with_context(|| format!("--output-root: cannot write {}", d.display()))?;
     }
-    let created_at = now_rfc3339();
-    let run_id = args.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
-    Ok(Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at })
+    let work = all_work(&|_| Vec::new());
+    let manifest = new_manifest(&plan);
+    Ok(Start::Run(Box::new(Prepared { manifest, work, first_shard: 0, plan })))
+}
+
+/// Reads the manifest to resume, refusing anything that would lose or duplicate rows: other settings, a
+/// shard that is missing or changed, a path outside the output, overlapping shards. Then removes leftovers
+/// (temporaries, shard files the manifest does not name).
+fn resume_manifest(plan: &Plan) -> anyhow::Result<Manifest> {
+    let path = &plan.output.manifest;
+    if !path.exists() {
+        anyhow::bail!("--resume: no manifest at {} (nothing to resume; run without --resume)", path.display());
+    }
+    let m = Manifest::read(path).map_err(|e| anyhow::anyhow!("--resume: {e}"))?;
+    let diffs = m.fingerprint.differences(&fingerprint(plan));
+    if !diffs.is_empty() {
+        anyhow::bail!("--resume: {} was made with other settings: {}", path.display(), diffs.join("; "));
+    }
+    let mut named = std::collections::HashSet::new();
+    for s in &m.shards {
+        let p = resolve_shard_path(path, &s.path).map_err(|e| anyhow::anyhow!("--resume: {}: {e}", path.display()))?;
+        let meta = std::fs::metadata(&p).map_err(|e| anyhow::anyhow!("--resume: shard {} named by the manifest: {e} (run `chatspace-mpi verify`)", s.path))?;
+        let sha = crate::model::sha256_file(&p)?;
+        if meta.len() != s.bytes || sha != s.sha256 {
+            anyhow::bail!("--resume: shard {} does not match the manifest (bytes {} vs {}, sha256 {} vs {}); refusing to continue", s.path, meta.len(), s.bytes, sha, s.sha256);
+        }
+        named.insert(std::fs::canonicalize(&p)?);
+    }
+    let mut all: Vec<ranges::Range> = Vec::new();
+    for s in &m.shards {
+        if ranges::overlaps(&ranges::normalize(all.clone()), &ranges::normalize(s.row_ranges.clone())) {
+            anyhow::bail!("--resume: shard {} overlaps rows of another shard; the manifest is inconsistent", s.path);
+        }
+        all.extend(s.row_ranges.iter().copied());
+    }
+    // Leftovers of interrupted runs: uncommitted shards and temporaries.
+    let mut removed = 0;
+    if let Ok(dir) = std::fs::read_dir(&plan.output.shard_dir) {
+        for entry in dir.flatten() {
+            let p = entry.path();
+            if p.is_file() && !named.contains(&std::fs::canonicalize(&p)?) {
+                std::fs::remove_file(&p)?;
+                removed += 1;
+            }
+        }
+    }
+    if let Some(idx) = path.parent() {
+        for entry in std::fs::read_dir(idx)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        log::warn!("--resume: removed {removed} uncommitted file(s) left by an interrupted run");
+    }
+    Ok(m)
+}
+
+fn run_record(plan: &Plan) -> RunRecord {
+    RunRecord {
+        run_id: plan.run_id.clone(),
+        started_at: plan.created_at.clone(),
+        ended_at: None,
+        world_size: plan.layout.world_size,
+        layout: plan.layout.summary(),
+        exit: None,
+        restart_count: std::env::var("SLURM_RESTART_COUNT").ok().and_then(|v| v.parse().ok()),
+        rows_embedded: 0,
+        duration_seconds: 0.0,
+    }
 }
 
 fn new_manifest(plan: &Plan) -> Manifest {
-    let dataset = plan.args.dataset_name.clone().unwrap_or_else(|| dataset_name(&plan.args.dataset));
+    let fp = fingerprint(plan);
     Manifest {
         version: MANIFEST_VERSION,
         status: Status::Running,
-        dataset,
+        dataset: fp.dataset.clone(),
         subset: plan.args.subset.clone(),
         split: plan.args.split.clone(),
         model: plan.model.name.clone(),
         model_info: plan.model.clone(),
-        source: Source {
-            kind: "local".into(),
-            files: plan.inputs.iter().map(|f| SourceFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
-        },
+        source: Source { kind: "local".into(), files: fp.files.clone() },
         rows_total: plan.rows_total,
         rows_embedded: 0,
         rows_skipped: 0,
@@ -182,16 +235,10 @@ fn new_manifest(plan: &Plan) -> Manifest {
             dtype: plan.args.dtype.clone(),
         },
         run_config: plan.args.clone(),
-        runs: vec![RunRecord {
-            run_id: plan.run_id.clone(),
-            started_at: plan.created_at.clone(),
-            ended_at: None,
-            world_size: plan.layout.world_size,
-            layout: plan.layout.summary(),
-            exit: None,
-        }],
+        runs: vec![run_record(plan)],
         error: None,
         tool: TOOL.into(),
+        fingerprint: fp,
     }
 }
 
@@ -199,6 +246,7 @@ fn new_manifest(plan: &Plan) -> Manifest {
 struct Progress {
     start: Instant,
     last: Instant,
+    /// Rows this run has to do.
     total: u64,
     rows: u64,
     skipped: u64,
@@ -214,7 +262,7 @@ impl Progress {
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         let done = self.rows + self.skipped;
         let rate = self.rows as f64 / secs;
-        let eta = if rate > 0.0 { format!("{:.0}s", (self.total.saturating_sub(done)) as f64 / ((done as f64) / secs)) } else { "?".into() };
+        let eta = if done > 0 { format!("{:.0}s", (self.total.saturating_sub(done)) as f64 / ((done as f64) / secs)) } else { "?".into() };
         format!(
             "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, ETA {eta}",
             self.total,
@@ -245,9 +293,9 @@ impl Progress {
     }
 }
 
-fn broadcast(mb: &Mailbox, layout: &Layout, header: &Header, payload: &[u8]) -> RoleResult {
+fn broadcast(mb: &Mailbox, layout: &Layout, header: &Header) -> RoleResult {
     for e in 1..layout.endpoints() as Endpoint {
-        mb.send(e, header.clone(), payload.to_vec())?;
+        mb.send(e, header.clone(), Vec::new())?;
     }
     Ok(())
 }
@@ -268,27 +316,45 @@ fn write_summary(plan: &Plan, m: &Manifest, secs: f64) {
     }
 }
 
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGUSR1 => "SIGUSR1",
+        signal_hook::consts::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
 /// The controller role.
 pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
-    let plan = match build_plan(args, layout) {
-        Ok(p) => p,
+    let prepared = match build_plan(args, layout) {
+        Ok(Start::Run(p)) => *p,
+        Ok(Start::AlreadyComplete(path)) => {
+            eprintln!("done: {} is already complete; nothing to resume", path.display());
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: 0 });
+            return Ok(());
+        }
         Err(e) => {
-            let _ = broadcast(mb, layout, &Header::Shutdown, &[]);
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: 1 });
+            EXIT_CODE.store(crate::EXIT_FAILED, Ordering::SeqCst);
             return Err(RoleError::new(format!("{e:#}")));
         }
     };
+    let Prepared { plan, mut manifest, work, first_shard } = prepared;
     log::info!("layout: {}", layout.summary());
-    broadcast(mb, layout, &Header::Plan(Box::new(plan.clone())), &[])?;
+    broadcast(mb, layout, &Header::Plan(Box::new(plan.clone())))?;
     NEEDS_ABORT.store(layout.world_size > 1, Ordering::SeqCst);
-    let mut manifest = new_manifest(&plan);
     let manifest_path = plan.output.manifest.clone();
     let write_manifest = |m: &mut Manifest| m.write(&manifest_path).map_err(|e| RoleError::new(format!("{}: {e}", manifest_path.display())));
     write_manifest(&mut manifest)?;
-    let mut sched = Scheduler::new(0..plan.chunk_count(), layout.loaders, layout.writers, CHUNKS_IN_FLIGHT_PER_LOADER);
+    let embedded_before = manifest.rows_embedded;
+    let remaining = ranges::total(&work.iter().flat_map(|w| w.todo.iter().copied()).collect::<Vec<_>>());
+    let mut sched = Scheduler::new(work, layout.loaders, layout.writers, CHUNKS_IN_FLIGHT_PER_LOADER, first_shard);
     let mut progress = Progress {
         start: Instant::now(),
         last: Instant::now(),
-        total: plan.rows_total,
+        total: remaining,
         rows: 0,
         skipped: 0,
         tokens: 0,
@@ -297,58 +363,94 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
         tty: std::io::stderr().is_terminal(),
         interval: Duration::from_secs_f64(args.progress_interval),
     };
+    let mut drain: Option<(Instant, String)> = None;
     let mut events = VecDeque::from([Event::Start]);
+    // Ends the run: manifest, summary, final line, every rank told its exit code.
+    let mut end = |manifest: &mut Manifest, status: Status, exit: String, code: i32, progress: &Progress| -> RoleResult {
+        manifest.status = status;
+        let secs = progress.start.elapsed().as_secs_f64();
+        if let Some(r) = manifest.runs.last_mut() {
+            r.ended_at = Some(now_rfc3339());
+            r.exit = Some(exit);
+            r.rows_embedded = manifest.rows_embedded - embedded_before;
+            r.duration_seconds = secs;
+        }
+        write_manifest(manifest)?;
+        write_summary(&plan, manifest, secs);
+        EXIT_CODE.store(code, Ordering::SeqCst);
+        let _ = broadcast(mb, layout, &Header::Shutdown { code });
+        Ok(())
+    };
     loop {
         while let Some(ev) = events.pop_front() {
             for action in sched.handle(ev) {
                 match action {
-                    Action::Assign { loader, chunk, writer } => {
-                        let header = Header::Assign { chunk: plan.chunk(chunk), writer: layout.writer(writer) };
+                    Action::Assign { loader, work, writer, shard } => {
+                        let header = Header::Assign { chunk: plan.chunk(work.chunk), todo: work.todo, writer: layout.writer(writer), shard };
                         mb.send(layout.loader(loader), header, Vec::new())?;
                     }
                     Action::Commit(entry) => {
                         manifest.add_shard(entry);
                         write_manifest(&mut manifest)?;
                     }
-                    Action::Finish => {
-                        manifest.status = Status::Complete;
-                        finish_run(&mut manifest, "complete");
-                        write_manifest(&mut manifest)?;
-                        let secs = progress.start.elapsed().as_secs_f64();
-                        write_summary(&plan, &manifest, secs);
+                    Action::Drain => {
+                        for i in 0..layout.loaders {
+                            mb.send(layout.loader(i), Header::Drain, Vec::new())?;
+                        }
+                    }
+                    Action::Finish { drained } => {
                         progress.tick(true);
                         progress.end_line();
-                        let waste = 100.0 * (1.0 - progress.tokens as f64 / progress.padded.max(1) as f64);
-                        eprintln!(
-                            "done: {} rows embedded, {} skipped, {} shards in {secs:.1}s ({:.1} rows/s, {:.0} tokens/s, {waste:.1}% padding); manifest {}",
-                            manifest.rows_embedded,
-                            manifest.rows_skipped,
-                            manifest.shards.len(),
-                            manifest.rows_embedded as f64 / secs.max(1e-9),
-                            progress.tokens as f64 / secs.max(1e-9),
-                            manifest_path.display()
-                        );
-                        broadcast(mb, layout, &Header::Shutdown, &[])?;
+                        let secs = progress.start.elapsed().as_secs_f64().max(1e-9);
+                        let complete = manifest.rows_done() == manifest.rows_total;
+                        if complete {
+                            let waste = 100.0 * (1.0 - progress.tokens as f64 / progress.padded.max(1) as f64);
+                            eprintln!(
+                                "done: {} rows embedded, {} skipped, {} shards; this run {} rows in {secs:.1}s ({:.1} rows/s, {:.0} tokens/s, {waste:.1}% padding); manifest {}",
+                                manifest.rows_embedded,
+                                manifest.rows_skipped,
+                                manifest.shards.len(),
+                                progress.rows,
+                                progress.rows as f64 / secs,
+                                progress.tokens as f64 / secs,
+                                manifest_path.display()
+                            );
+                            end(&mut manifest, Status::Complete, "complete".into(), crate::EXIT_OK, &progress)?;
+                        } else {
+                            let reason = drain.as_ref().map(|d| d.1.clone()).unwrap_or_else(|| "drained".into());
+                            eprintln!(
+                                "preempted ({reason}): drained in {:.2}s; {}/{} rows committed in {} shards; continue with --resume (manifest {})",
+                                drain.as_ref().map_or(0.0, |d| d.0.elapsed().as_secs_f64()),
+                                manifest.rows_done(),
+                                manifest.rows_total,
+                                manifest.shards.len(),
+                                manifest_path.display()
+                            );
+                            debug_assert!(drained, "an undrained run that finishes is complete");
+                            end(&mut manifest, Status::Preempted, format!("preempted: {reason}"), EXIT_PREEMPTED, &progress)?;
+                        }
                         NEEDS_ABORT.store(false, Ordering::SeqCst);
                         return Ok(());
                     }
                     Action::Fail(message) => {
                         progress.end_line();
-                        manifest.status = Status::Failed;
                         manifest.error = Some(message.clone());
-                        finish_run(&mut manifest, "failed");
-                        if let Err(e) = write_manifest(&mut manifest) {
+                        if let Err(e) = end(&mut manifest, Status::Failed, "failed".into(), crate::EXIT_FAILED, &progress) {
                             eprintln!("warning: {}", e.message);
                         }
-                        write_summary(&plan, &manifest, progress.start.elapsed().as_secs_f64());
-                        let _ = broadcast(mb, layout, &Header::Shutdown, &[]);
                         return Err(RoleError::new(message));
                     }
                 }
             }
         }
+        if let Some((since, reason)) = &drain {
+            if since.elapsed().as_secs_f64() > args.drain_timeout {
+                let why = format!("{reason}; drain took longer than --drain-timeout {}s", args.drain_timeout);
+                return stop_now(&mut end, &mut manifest, &progress, why);
+            }
+        }
         progress.tick(false);
-        let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
+        let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
         match env.header {
             Header::Progress { rows, tokens, padded_tokens } => {
                 progress.rows += rows;
@@ -357,84 +459,40 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
             }
             Header::ChunkLoaded { skipped, .. } => progress.skipped += skipped,
             Header::ShardWritten(entry) => events.push_back(Event::ShardWritten(*entry)),
+            Header::Released { chunk } => events.push_back(Event::Released { chunk }),
+            Header::Signal { rank, signal, count } => {
+                let what = format!("{} on rank {rank}", signal_name(signal));
+                if count >= 2 {
+                    return stop_now(&mut end, &mut manifest, &progress, format!("second signal ({what})"));
+                }
+                if drain.is_none() {
+                    progress.end_line();
+                    eprintln!("draining: {what}; finishing in-flight batches (a second signal stops at once)");
+                    drain = Some((Instant::now(), what));
+                    events.push_back(Event::Drain);
+                }
+            }
             Header::Failed { role: _, message } => events.push_back(Event::Failed { from: layout.describe(env.from), message }),
             other => events.push_back(Event::Failed { from: "controller".into(), message: format!("unexpected {} message (this is a bug)", other.kind()) }),
         }
     }
 }
 
-fn finish_run(m: &mut Manifest, exit: &str) {
-    if let Some(r) = m.runs.last_mut() {
-        r.ended_at = Some(now_rfc3339());
-        r.exit = Some(exit.into());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(i: u64) -> ShardEntry {
-        let mut m = crate::manifest::tests_support::empty_manifest();
-        m.shards.clear();
-        ShardEntry {
-            path: format!("s{i}"),
-            shard_index: i,
-            rows: 1,
-            rows_skipped: 0,
-            row_start: i,
-            row_end: i + 1,
-            bytes: 0,
-            sha256: String::new(),
-            embedding_dim: 4,
-            min_norm: None,
-            max_norm: None,
-            created_at: String::new(),
-            tool: m.tool,
-        }
-    }
-
-    fn assigns(actions: &[Action]) -> Vec<(usize, u64, usize)> {
-        actions.iter().filter_map(|a| if let Action::Assign { loader, chunk, writer } = a { Some((*loader, *chunk, *writer)) } else { None }).collect()
-    }
-
-    #[test]
-    fn start_fills_loaders_up_to_the_cap() {
-        let mut s = Scheduler::new(0..10, 2, 3, 2);
-        let a = assigns(&s.handle(Event::Start));
-        assert_eq!(a, vec![(0, 0, 0), (1, 1, 1), (0, 2, 2), (1, 3, 0)]);
-    }
-
-    #[test]
-    fn each_commit_frees_a_slot_and_the_last_one_finishes() {
-        let mut s = Scheduler::new(0..3, 1, 1, 2);
-        assert_eq!(assigns(&s.handle(Event::Start)).len(), 2);
-        let a = s.handle(Event::ShardWritten(entry(1)));
-        assert_eq!(a[0], Action::Commit(entry(1)));
-        assert_eq!(assigns(&a), vec![(0, 2, 0)]);
-        assert!(!a.contains(&Action::Finish));
-        s.handle(Event::ShardWritten(entry(0)));
-        let a = s.handle(Event::ShardWritten(entry(2)));
-        assert_eq!(a, vec![Action::Commit(entry(2)), Action::Finish]);
-        assert_eq!(s.committed(), 3);
-        assert!(s.handle(Event::Start).is_empty(), "a finished scheduler does nothing");
-    }
-
-    #[test]
-    fn unknown_or_duplicate_shards_and_failures_stop_the_run() {
-        let mut s = Scheduler::new(0..2, 1, 1, 1);
-        s.handle(Event::Start);
-        assert!(matches!(s.handle(Event::ShardWritten(entry(1)))[0], Action::Fail(_)));
-        let mut s = Scheduler::new(0..2, 1, 1, 1);
-        s.handle(Event::Start);
-        let a = s.handle(Event::Failed { from: "rank 2 (encoder 0)".into(), message: "boom".into() });
-        assert_eq!(a, vec![Action::Fail("rank 2 (encoder 0): boom".into())]);
-        assert!(s.handle(Event::ShardWritten(entry(0))).is_empty());
-    }
-
-    #[test]
-    fn empty_plan_finishes_at_once() {
-        let mut s = Scheduler::new(0..0, 1, 1, 1);
-        assert_eq!(s.handle(Event::Start), vec![Action::Finish]);
-    }
+/// Stops without waiting for in-flight work: what is committed stays; the manifest says preempted.
+fn stop_now(
+    end: &mut impl FnMut(&mut Manifest, Status, String, i32, &Progress) -> RoleResult,
+    manifest: &mut Manifest,
+    progress: &Progress,
+    why: String,
+) -> RoleResult {
+    progress.end_line();
+    eprintln!(
+        "preempted: stopping now ({why}); {}/{} rows committed in {} shards; continue with --resume",
+        manifest.rows_done(),
+        manifest.rows_total,
+        manifest.shards.len()
+    );
+    end(manifest, Status::Preempted, format!("aborted: {why}"), EXIT_PREEMPTED, progress)?;
+    // Ranks may be mid-batch: the launcher ends them at once.
+    Ok(())
 }

@@ -10,7 +10,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, LargeListArray, LargeStringArra
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
-use crate::plan::{ChunkSpec, Format, InputFile, PlanError};
+use crate::plan::{Format, InputFile, PlanError};
 
 /// Lines sniffed to infer a JSONL schema.
 const SNIFF_LINES: usize = 1000;
@@ -161,22 +161,28 @@ impl ChunkReader {
         Ok(ChunkReader { inputs, rule, jsonl_schema })
     }
 
-    pub fn read(&self, chunk: &ChunkSpec) -> Result<ChunkRows, InputError> {
+    /// Reads the rows with ids in `ranges` (sorted, disjoint), in row-id order.
+    pub fn read(&self, ranges: &[(u64, u64)]) -> Result<ChunkRows, InputError> {
         let mut parts = Vec::new();
-        for f in &self.inputs {
-            let (lo, hi) = (chunk.start.max(f.first_row), chunk.end.min(f.first_row + f.rows));
-            if lo >= hi {
-                continue;
+        for &(start, end) in ranges {
+            for f in &self.inputs {
+                let (lo, hi) = (start.max(f.first_row), end.min(f.first_row + f.rows));
+                if lo >= hi {
+                    continue;
+                }
+                let (a, b) = (lo - f.first_row, hi - f.first_row);
+                let part = match f.format {
+                    Format::Jsonl => self.read_jsonl(f, a, b)?,
+                    Format::Parquet => self.read_parquet(f, a, b)?,
+                };
+                parts.push((part, f.path.as_str()));
             }
-            let (a, b) = (lo - f.first_row, hi - f.first_row);
-            parts.push(match f.format {
-                Format::Jsonl => self.read_jsonl(f, a, b)?,
-                Format::Parquet => self.read_parquet(f, a, b)?,
-            });
         }
         let mut out = ChunkRows { row_ids: Vec::new(), texts: Vec::new(), columns: RecordBatch::new_empty(Arc::new(Schema::empty())), skipped: 0 };
         let mut batches = Vec::new();
-        for p in parts {
+        let mut paths = Vec::new();
+        for (p, path) in parts {
+            paths.push(path);
             out.row_ids.extend(p.row_ids);
             out.texts.extend(p.texts);
             out.skipped += p.skipped;
@@ -184,9 +190,9 @@ impl ChunkReader {
         }
         if let Some(first) = batches.first() {
             let schema = first.schema();
-            for (b, f) in batches.iter().zip(&self.inputs) {
+            for (b, path) in batches.iter().zip(&paths) {
                 if b.schema().fields() != schema.fields() {
-                    return Err(file_err(&f.path, "columns differ from the first input file's; all files must share one schema"));
+                    return Err(file_err(path, "columns differ from the first input file's; all files must share one schema"));
                 }
             }
             out.columns = arrow_select::concat::concat_batches(&schema, &batches)
@@ -394,16 +400,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let inputs = jsonl(d.path(), b"{\"text\":\"a\",\"model\":\"m1\",\"n\":1}\n{\"text\":\"  \",\"model\":\"m2\",\"n\":2}\n\n{\"text\":null,\"n\":4}\n{\"text\":\"e\",\"model\":\"m5\",\"n\":5}\n");
         let r = ChunkReader::new(inputs, rule(false)).unwrap();
-        let c0 = r.read(&ChunkSpec { index: 0, start: 0, end: 2 }).unwrap();
+        let c0 = r.read(&[(0, 2)]).unwrap();
         assert_eq!((c0.row_ids.clone(), c0.texts.clone(), c0.skipped), (vec![0], vec!["a".to_string()], 1));
-        let c2 = r.read(&ChunkSpec { index: 2, start: 4, end: 5 }).unwrap();
+        let c2 = r.read(&[(4, 5)]).unwrap();
         assert_eq!(c2.row_ids, vec![4]);
         let names: Vec<_> = c2.columns.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, vec!["text", "model", "n"]);
         let model = c2.columns.column(1).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(model.value(0), "m5");
-        let c1 = r.read(&ChunkSpec { index: 1, start: 2, end: 4 }).unwrap();
+        let c1 = r.read(&[(2, 4)]).unwrap();
         assert_eq!((c1.row_ids.len(), c1.skipped), (0, 2));
+        let some = r.read(&[(0, 1), (4, 5)]).unwrap();
+        assert_eq!((some.row_ids, some.texts, some.skipped), (vec![0, 4], vec!["a".to_string(), "e".to_string()], 0));
     }
 
     #[test]
@@ -418,9 +426,9 @@ mod tests {
         let mut body = b"{\"text\":\"a\"}\n".repeat(1002);
         body.extend_from_slice(b"{\"text\":\"b\xff\"}\n{\"text\":\"c\"}\n{\"text\": 5}\n");
         let r = ChunkReader::new(jsonl(d.path(), &body), rule(false)).unwrap();
-        let e = r.read(&ChunkSpec { index: 0, start: 1000, end: 1004 }).unwrap_err().to_string();
+        let e = r.read(&[(1000, 1004)]).unwrap_err().to_string();
         assert!(e.contains("d.jsonl:1003:") && e.contains("UTF-8"), "{e}");
-        let e = r.read(&ChunkSpec { index: 0, start: 1003, end: 1005 }).unwrap_err().to_string();
+        let e = r.read(&[(1003, 1005)]).unwrap_err().to_string();
         assert!(e.contains("d.jsonl:1005:") && e.contains("a number"), "{e}");
     }
 
@@ -431,7 +439,7 @@ mod tests {
 {"messages":[{"role":"user","content":"only user"}]}
 "#;
         let r = ChunkReader::new(jsonl(d.path(), body), rule(true)).unwrap();
-        let c = r.read(&ChunkSpec { index: 0, start: 0, end: 2 }).unwrap();
+        let c = r.read(&[(0, 2)]).unwrap();
         assert_eq!((c.texts.clone(), c.skipped), (vec!["answer".to_string()], 1));
     }
 
@@ -453,7 +461,7 @@ mod tests {
         let (inputs, total) = scan_inputs(&[(p, Format::Parquet)], "text", 4, None).unwrap();
         assert_eq!(total, 10);
         let r = ChunkReader::new(inputs, rule(false)).unwrap();
-        let c = r.read(&ChunkSpec { index: 0, start: 2, end: 7 }).unwrap();
+        let c = r.read(&[(2, 7)]).unwrap();
         assert_eq!(c.row_ids, vec![2, 4, 5, 6]);
         assert_eq!(c.texts, vec!["row 2", "row 4", "row 5", "row 6"]);
         assert_eq!(c.skipped, 1);

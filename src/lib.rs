@@ -5,12 +5,15 @@ pub mod batching;
 pub mod cli;
 pub mod controller;
 pub mod input;
+pub mod inspect;
 pub mod layout;
 pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod plan;
 pub mod protocol;
+pub mod scheduler;
+pub mod ranges;
 pub mod roles;
 pub mod transport;
 pub mod writer;
@@ -27,6 +30,7 @@ use crate::transport::{MpiWire, Router};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+pub use controller::EXIT_PREEMPTED;
 
 /// Parses the command line and runs it; returns the process exit code.
 pub fn run() -> i32 {
@@ -34,6 +38,8 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Embed(args) => embed(args),
+        Command::Verify { manifest } => inspect::verify_command(&manifest),
+        Command::Status { manifest } => inspect::status_command(&manifest),
     }
 }
 
@@ -50,6 +56,10 @@ pub fn embed(args: EmbedArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if let Err(e) = transport::install_signal_handlers() {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return EXIT_FAILED;
+    }
     let mut router = Router::new(rank, layout.clone());
     for e in layout.local_endpoints(rank) {
         let mb = router.mailbox(e);
@@ -66,18 +76,28 @@ pub fn embed(args: EmbedArgs) -> i32 {
         router.add_role(e, handle);
     }
     let outcome = router.run(&mut wire);
-    if let Some((_, Err(message))) = outcome.results.iter().find(|(e, _)| *e == layout.controller()) {
-        eprintln!("error: {message}");
-        if controller::NEEDS_ABORT.load(Ordering::SeqCst) {
-            if let Some(w) = &wire {
-                w.abort(EXIT_FAILED);
+    let controller_result = outcome.results.iter().find(|(e, _)| *e == layout.controller()).map(|(_, r)| r);
+    let code = match controller_result {
+        Some(result) => {
+            if let Err(message) = result {
+                eprintln!("error: {message}");
             }
+            let code = controller::EXIT_CODE.load(Ordering::SeqCst);
+            if controller::NEEDS_ABORT.load(Ordering::SeqCst) {
+                // Ranks may be mid-batch or stuck: end them all now. Committed shards and the manifest are safe.
+                if let Some(w) = &wire {
+                    w.abort(code);
+                }
+            }
+            code
         }
-        return EXIT_FAILED;
+        // Other ranks: the controller's verdict, or a failure of a local role (reported to rank 0).
+        None => outcome.shutdown_code.unwrap_or(if outcome.results.iter().any(|(_, r)| r.is_err()) { EXIT_FAILED } else { EXIT_OK }),
+    };
+    if transport::TERMINATING.load(Ordering::SeqCst) {
+        // mpirun is tearing the job down: MPI_Finalize would block until SIGKILL. Everything is committed.
+        std::process::exit(code);
     }
-    // Other roles' failures were reported to (and by) the controller.
-    if outcome.results.iter().any(|(_, r)| r.is_err()) {
-        return EXIT_FAILED;
-    }
-    EXIT_OK
+    drop(wire);
+    code
 }

@@ -27,13 +27,15 @@ pub struct ShardEntry {
     /// Relative to the manifest's folder.
     pub path: String,
     pub shard_index: u64,
+    /// The chunk (`rows_per_shard` row ids) the shard belongs to; a chunk cut short by a drain is finished by
+    /// later shards.
+    pub chunk: u64,
     /// Rows in the file.
     pub rows: u64,
-    /// Input rows of the range that were skipped (empty text, no assistant turn).
+    /// Input rows of the covered ranges that were skipped (empty text, no assistant turn).
     pub rows_skipped: u64,
-    /// The shard covers row ids `row_start..row_end` (end exclusive); every row id in it is in the file or skipped.
-    pub row_start: u64,
-    pub row_end: u64,
+    /// Row ids the shard accounts for, as sorted half-open ranges: each is in the file or was skipped.
+    pub row_ranges: Vec<(u64, u64)>,
     pub bytes: u64,
     pub sha256: String,
     pub embedding_dim: usize,
@@ -74,6 +76,11 @@ pub struct RunRecord {
     pub world_size: usize,
     pub layout: String,
     pub exit: Option<String>,
+    /// SLURM_RESTART_COUNT when the run started under Slurm.
+    pub restart_count: Option<u64>,
+    /// Rows this run embedded and its wall time, for throughput estimates.
+    pub rows_embedded: u64,
+    pub duration_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +109,47 @@ pub struct Manifest {
     pub runs: Vec<RunRecord>,
     pub error: Option<String>,
     pub tool: String,
+    /// What must not change between a run and its resumption.
+    pub fingerprint: Fingerprint,
+}
+
+/// Everything that decides which rows exist and what their embeddings are. `--resume` refuses a mismatch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub dataset: String,
+    pub subset: Option<String>,
+    pub split: String,
+    pub files: Vec<SourceFile>,
+    pub text_field: String,
+    pub extract_first_assistant: bool,
+    pub max_rows: Option<u64>,
+    pub rows_per_shard: u64,
+    pub model_sha256: String,
+    pub architecture: crate::model::Architecture,
+    pub pooling: crate::model::Pooling,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+    pub dim: usize,
+    pub dtype: String,
+}
+
+impl Fingerprint {
+    /// Names of the fields that differ, with both values.
+    pub fn differences(&self, other: &Fingerprint) -> Vec<String> {
+        let a = serde_json::to_value(self).expect("serializes");
+        let b = serde_json::to_value(other).expect("serializes");
+        let (a, b) = (a.as_object().expect("object"), b.as_object().expect("object"));
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| {
+                let show = |v: &serde_json::Value| {
+                    let s = v.to_string();
+                    if s.len() > 120 { format!("{}...", &s[..117]) } else { s }
+                };
+                format!("{k} (manifest {}, now {})", show(v), show(b.get(k).unwrap_or(&serde_json::Value::Null)))
+            })
+            .collect()
+    }
 }
 
 impl Manifest {
@@ -115,8 +163,18 @@ impl Manifest {
         self.shards.insert(pos, shard);
     }
 
+    /// Input rows accounted for (embedded or skipped) by committed shards.
     pub fn rows_done(&self) -> u64 {
-        self.shards.iter().map(|s| s.row_end - s.row_start).sum()
+        self.shards.iter().map(|s| crate::ranges::total(&s.row_ranges)).sum()
+    }
+
+    /// Row ids of `chunk` already covered by committed shards.
+    pub fn covered(&self, chunk: u64) -> Vec<(u64, u64)> {
+        crate::ranges::normalize(self.shards.iter().filter(|s| s.chunk == chunk).flat_map(|s| s.row_ranges.iter().copied()).collect())
+    }
+
+    pub fn next_shard_index(&self) -> u64 {
+        self.shards.iter().map(|s| s.shard_index + 1).max().unwrap_or(0)
     }
 
     pub fn write(&mut self, path: &Path) -> std::io::Result<()> {
@@ -189,9 +247,9 @@ mod tests {
             path: format!("s{i}"),
             shard_index: i,
             rows,
+            chunk: i,
             rows_skipped: skipped,
-            row_start: i * 10,
-            row_end: i * 10 + rows + skipped,
+            row_ranges: vec![(i * 10, i * 10 + rows + skipped)],
             bytes: 1,
             sha256: String::new(),
             embedding_dim: 4,
@@ -203,12 +261,27 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_differences_name_the_fields() {
+        let a = crate::manifest::tests_support::empty_manifest().fingerprint;
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.text_field = "body".into();
+        b.model_sha256 = "ff".into();
+        let d = a.differences(&b);
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().any(|x| x.starts_with("text_field (manifest \"text\", now \"body\")")), "{d:?}");
+        assert!(d.iter().any(|x| x.starts_with("model_sha256")));
+    }
+
+    #[test]
     fn shards_stay_sorted_and_totals_add_up() {
         let mut m = crate::manifest::tests_support::empty_manifest();
         m.add_shard(shard(2, 5, 1, (0.9, 1.0)));
         m.add_shard(shard(0, 10, 0, (0.99, 1.1)));
         assert_eq!(m.shards.iter().map(|s| s.shard_index).collect::<Vec<_>>(), vec![0, 2]);
         assert_eq!((m.rows_embedded, m.rows_skipped, m.rows_done()), (15, 1, 16));
+        assert_eq!(m.covered(2), vec![(20, 26)]);
+        assert_eq!(m.next_shard_index(), 3);
         assert_eq!((m.min_norm, m.max_norm), (Some(0.9), Some(1.1)));
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("manifest.json");
@@ -226,6 +299,7 @@ pub(crate) mod tests_support {
     pub fn empty_manifest() -> Manifest {
         let args = match <crate::cli::Cli as clap::Parser>::parse_from(["x", "embed", "--dataset", "d", "--model", "m"]).command {
             crate::cli::Command::Embed(a) => a,
+            _ => unreachable!("embed was parsed"),
         };
         Manifest {
             version: MANIFEST_VERSION,
@@ -268,6 +342,23 @@ pub(crate) mod tests_support {
             runs: vec![],
             error: None,
             tool: TOOL.into(),
+            fingerprint: Fingerprint {
+                dataset: "d".into(),
+                subset: None,
+                split: "train".into(),
+                files: vec![],
+                text_field: "text".into(),
+                extract_first_assistant: false,
+                max_rows: None,
+                rows_per_shard: 10,
+                model_sha256: String::new(),
+                architecture: crate::model::Architecture::Bert,
+                pooling: crate::model::Pooling::Mean,
+                normalize: true,
+                max_seq_length: 8,
+                dim: 4,
+                dtype: "float32".into(),
+            },
         }
     }
 }

@@ -99,6 +99,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Removes `.` and `..` components without touching the file system.
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The output root of a manifest at `{root}/indexes/{M}/{D}/manifest-{S}.json`.
+pub fn root_of_manifest(manifest: &Path) -> PathBuf {
+    normalize_lexically(&manifest.join("../../../.."))
+}
+
+/// A shard path from a manifest, resolved; refused if absolute or if it leaves `{root}/embeddings`.
+pub fn resolve_shard_path(manifest: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if p.is_absolute() {
+        return Err(format!("shard path {rel} is absolute; shard paths must be relative to the manifest"));
+    }
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let resolved = normalize_lexically(&dir.join(p));
+    let inside = root_of_manifest(manifest).join("embeddings");
+    if !resolved.starts_with(&inside) {
+        return Err(format!("shard path {rel} points outside the output root ({})", inside.display()));
+    }
+    Ok(resolved)
+}
+
 /// Checks that a folder can be created and written to (creates it).
 pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -133,6 +168,16 @@ mod tests {
             acc
         });
         assert_eq!(norm, o.shard_path(3));
+    }
+
+    #[test]
+    fn shard_paths_must_stay_inside_the_output() {
+        let m = Path::new("/o/indexes/M/D/manifest-train.json");
+        assert_eq!(root_of_manifest(m), Path::new("/o"));
+        assert_eq!(resolve_shard_path(m, "../../../embeddings/M/D/train/shard-00000.parquet").unwrap(), Path::new("/o/embeddings/M/D/train/shard-00000.parquet"));
+        assert!(resolve_shard_path(m, "/etc/passwd").unwrap_err().contains("absolute"));
+        assert!(resolve_shard_path(m, "../../../../etc/passwd").unwrap_err().contains("outside"));
+        assert!(resolve_shard_path(m, "../../../indexes/M/D/manifest-train.json").unwrap_err().contains("outside"));
     }
 
     #[test]

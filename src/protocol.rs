@@ -17,8 +17,9 @@ pub type Endpoint = u32;
 pub enum Header {
     /// Controller -> every role: what to run. Sent once, before any work.
     Plan(Box<Plan>),
-    /// Controller -> loader: read this chunk and send its results to `writer`.
-    Assign { chunk: ChunkSpec, writer: Endpoint },
+    /// Controller -> loader: read the rows `todo` (sub-ranges of `chunk`) and send them to `writer`, who
+    /// writes them as shard number `shard`.
+    Assign { chunk: ChunkSpec, todo: Vec<(u64, u64)>, writer: Endpoint, shard: u64 },
     /// Loader -> encoder: `rows` tokenized rows. Payload: row ids `u64[rows]`, lengths `u32[rows]`, then
     /// all token ids `u32[sum(lengths)]` back to back (a flat token batch).
     Batch { chunk: u64, writer: Endpoint, rows: u32 },
@@ -28,17 +29,25 @@ pub enum Header {
     Embedded { chunk: u64, rows: u32, dim: u32 },
     /// Loader -> writer: the rows of a chunk that will be embedded, with their text and source columns.
     /// Payload: row ids `u64[rows]`, then an Arrow IPC stream holding one record batch of `rows` rows.
-    ChunkData { chunk: u64, rows: u32, skipped: u64 },
+    ChunkData { chunk: u64, shard: u64, todo: Vec<(u64, u64)>, rows: u32, skipped: u64 },
     /// Loader -> controller: a chunk has been read and fully handed out.
     ChunkLoaded { chunk: u64, rows: u64, skipped: u64, tokens: u64 },
     /// Encoder -> controller: a batch was embedded.
     Progress { rows: u64, tokens: u64, padded_tokens: u64 },
     /// Writer -> controller: a shard is durable on disk (fsynced and renamed) and may be committed.
     ShardWritten(Box<ShardEntry>),
+    /// Writer or loader -> controller: an assigned chunk ended (drain) with nothing to commit.
+    Released { chunk: u64 },
+    /// Controller -> loaders: stop handing out batches; cut in-flight chunks down to what was sent.
+    Drain,
+    /// Loader -> writer (drain): these rows of the chunk (payload `u64[rows]`) will not come.
+    Cut { chunk: u64, rows: u32 },
+    /// A rank's router -> controller: the rank got a signal (`count` signals so far).
+    Signal { rank: u32, signal: i32, count: u32 },
     /// Any role -> controller: this role cannot go on.
     Failed { role: String, message: String },
-    /// Controller -> every role: stop after finishing nothing further.
-    Shutdown,
+    /// Controller -> every role: stop now; the rank exits with `code`.
+    Shutdown { code: i32 },
 }
 
 impl Header {
@@ -54,8 +63,12 @@ impl Header {
             Header::ChunkLoaded { .. } => "ChunkLoaded",
             Header::Progress { .. } => "Progress",
             Header::ShardWritten(_) => "ShardWritten",
+            Header::Released { .. } => "Released",
+            Header::Drain => "Drain",
+            Header::Cut { .. } => "Cut",
+            Header::Signal { .. } => "Signal",
             Header::Failed { .. } => "Failed",
-            Header::Shutdown => "Shutdown",
+            Header::Shutdown { .. } => "Shutdown",
         }
     }
 }

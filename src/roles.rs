@@ -60,7 +60,7 @@ pub fn wait_for_plan(mb: &Mailbox) -> Result<Option<Arc<Plan>>, RoleError> {
         if let Some(env) = mb.recv_timeout(Duration::from_millis(200))? {
             match env.header {
                 Header::Plan(p) => return Ok(Some(Arc::new(*p))),
-                Header::Shutdown => return Ok(None),
+                Header::Shutdown { .. } => return Ok(None),
                 other => return Err(RoleError::new(format!("expected the plan, got {}", other.kind()))),
             }
         }
@@ -81,7 +81,7 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
     loop {
         let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
         match env.header {
-            Header::Shutdown => return Ok(()),
+            Header::Shutdown { .. } => return Ok(()),
             Header::Batch { chunk, writer, rows } => {
                 let batch = TokenBatch::from_payload(rows as usize, &env.payload).map_err(RoleError::from_display)?;
                 if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
@@ -123,6 +123,7 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
     let mut credits = vec![plan.args.prefetch_batches; encoders.len()];
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
     let mut next_encoder = 0usize;
+    let mut draining = false;
     loop {
         // Hand out batches while encoders have room.
         while !queue.is_empty() {
@@ -137,14 +138,31 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
         }
         let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
         match env.header {
-            Header::Shutdown => return Ok(()),
+            Header::Shutdown { .. } => return Ok(()),
             Header::Credit => {
                 let k = encoders.iter().position(|&e| e == env.from).ok_or_else(|| RoleError::new("credit from a non-encoder"))?;
                 credits[k] += 1;
             }
-            Header::Assign { chunk, writer } => {
-                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk)?;
-                mb.send(writer, Header::ChunkData { chunk: chunk.index, rows: loaded.rows as u32, skipped: loaded.skipped }, loaded.payload)?;
+            Header::Drain => {
+                // Batches not yet sent will not be embedded in this run: tell each chunk's writer which rows.
+                draining = true;
+                let mut cut: std::collections::BTreeMap<(u64, Endpoint), Vec<u64>> = Default::default();
+                for o in queue.drain(..) {
+                    cut.entry((o.chunk, o.writer)).or_default().extend(o.batch.row_ids);
+                }
+                for ((chunk, writer), ids) in cut {
+                    let mut payload = Vec::new();
+                    put(&mut payload, &ids);
+                    mb.send(writer, Header::Cut { chunk, rows: ids.len() as u32 }, payload)?;
+                }
+            }
+            Header::Assign { chunk, .. } if draining => {
+                mb.send(plan.layout.controller(), Header::Released { chunk: chunk.index }, Vec::new())?;
+            }
+            Header::Assign { chunk, todo, writer, shard } => {
+                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk, &todo)?;
+                let header = Header::ChunkData { chunk: chunk.index, shard, todo, rows: loaded.rows as u32, skipped: loaded.skipped };
+                mb.send(writer, header, loaded.payload)?;
                 mb.send(
                     plan.layout.controller(),
                     Header::ChunkLoaded { chunk: chunk.index, rows: loaded.rows, skipped: loaded.skipped, tokens: loaded.tokens },
@@ -166,8 +184,14 @@ struct Loaded {
 }
 
 /// Reads, tokenizes and batches one chunk.
-fn load_chunk(reader: &ChunkReader, tokenizer: &tokenizers::Tokenizer, bucketing: &Bucketing, chunk: &ChunkSpec) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
-    let rows = reader.read(chunk).map_err(RoleError::from_display)?;
+fn load_chunk(
+    reader: &ChunkReader,
+    tokenizer: &tokenizers::Tokenizer,
+    bucketing: &Bucketing,
+    chunk: &ChunkSpec,
+    todo: &[(u64, u64)],
+) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
+    let rows = reader.read(todo).map_err(RoleError::from_display)?;
     let encodings = tokenizer
         .encode_batch(rows.texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
         .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;

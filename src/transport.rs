@@ -8,6 +8,7 @@
 //! the encoder's CPU.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +20,31 @@ use crate::protocol::{Endpoint, Envelope, Header};
 pub enum TransportError {
     #[error("the router of this rank has stopped")]
     Closed,
+}
+
+/// Signals seen by this process (the handlers only touch these atomics).
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// SIGTERM or SIGINT was seen: mpirun is tearing the job down, so MPI_Finalize would block until SIGKILL.
+pub static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Installs handlers for SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 that only count the signal; the router turns
+/// a new count into a message to the controller, which drains the job.
+pub fn install_signal_handlers() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2] {
+        // SAFETY: the handler only performs atomic stores/increments, which are async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                LAST_SIGNAL.store(sig, Ordering::SeqCst);
+                if sig == SIGTERM || sig == SIGINT {
+                    TERMINATING.store(true, Ordering::SeqCst);
+                }
+                SIGNALS.fetch_add(1, Ordering::SeqCst);
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A role's connection to the rest of the job.
@@ -135,6 +161,8 @@ impl MpiWire {
 pub struct RouterOutcome {
     /// Each local role's result, by endpoint.
     pub results: Vec<(Endpoint, Result<(), String>)>,
+    /// The exit code the controller sent with `Shutdown`, if it reached this rank.
+    pub shutdown_code: Option<i32>,
 }
 
 /// Runs local role threads and moves their messages until they have all finished.
@@ -145,12 +173,13 @@ pub struct Router {
     out_rx: Receiver<Envelope>,
     out_tx: Sender<Envelope>,
     roles: Vec<(Endpoint, JoinHandle<Result<(), String>>)>,
+    shutdown_code: Option<i32>,
 }
 
 impl Router {
     pub fn new(rank: usize, layout: Layout) -> Router {
         let (out_tx, out_rx) = channel();
-        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new() }
+        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None }
     }
 
     /// A mailbox for a local endpoint.
@@ -169,6 +198,9 @@ impl Router {
         match (rank, wire) {
             (Some(r), Some(w)) if r != self.rank => w.send(r, env.encode()),
             _ => {
+                if let Header::Shutdown { code } = env.header {
+                    self.shutdown_code = Some(code);
+                }
                 if let Some(tx) = self.inboxes.get(&env.to) {
                     // A role that already exited drops what is sent to it.
                     let _ = tx.send(env);
@@ -183,8 +215,17 @@ impl Router {
     pub fn run(mut self, wire: &mut Option<MpiWire>) -> RouterOutcome {
         let mut results = Vec::new();
         let mut idle_since: Option<Instant> = None;
+        let mut signals_seen = 0;
+        let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
         loop {
             let mut busy = false;
+            let count = SIGNALS.load(Ordering::SeqCst);
+            if count > signals_seen {
+                signals_seen = count;
+                let signal = LAST_SIGNAL.load(Ordering::SeqCst);
+                let header = Header::Signal { rank: self.rank as u32, signal, count };
+                self.deliver(Envelope::new(me, self.layout.controller(), header), wire);
+            }
             while let Ok(env) = self.out_rx.try_recv() {
                 busy = true;
                 self.deliver(env, wire);
@@ -226,7 +267,7 @@ impl Router {
                 std::thread::sleep(if pending > 0 { Duration::from_micros(50) } else { Duration::from_micros(300) });
             }
         }
-        RouterOutcome { results }
+        RouterOutcome { results, shutdown_code: self.shutdown_code }
     }
 }
 
@@ -259,12 +300,14 @@ mod tests {
         let hb = std::thread::spawn(move || {
             let got = b.recv_timeout(Duration::from_secs(5)).unwrap().expect("message");
             assert_eq!((got.from, got.payload.clone()), (0, vec![1, 2, 3]));
-            b.send(0, Header::Shutdown, vec![]).unwrap();
+            b.send(0, Header::Shutdown { code: 3 }, vec![]).unwrap();
             Err("b stops with an error".to_string())
         });
         router.add_role(0, ha);
         router.add_role(1, hb);
-        let mut out = router.run(&mut None).results;
+        let outcome = router.run(&mut None);
+        assert_eq!(outcome.shutdown_code, Some(3));
+        let mut out = outcome.results;
         out.sort_by_key(|(e, _)| *e);
         assert!(out[0].1.is_ok());
         assert_eq!(out[1].1, Err("b stops with an error".to_string()));

@@ -17,15 +17,27 @@ use sha2::{Digest, Sha256};
 use crate::manifest::{now_rfc3339, ShardEntry, TOOL};
 use crate::output::write_atomic;
 use crate::plan::{ChunkSpec, Plan};
+use crate::ranges::{self, Range};
 use crate::protocol::{Embeddings, Header, PayloadReader};
 use crate::roles::{RoleError, RoleResult};
 use crate::transport::Mailbox;
 
+/// What the loader sent about a chunk: the rows to embed (sorted ids, columns), rows skipped, and the
+/// row ranges the chunk had to do in this run.
+struct ChunkRows {
+    ids: Vec<u64>,
+    columns: RecordBatch,
+    skipped: u64,
+    todo: Vec<Range>,
+    shard: u64,
+}
+
 /// A chunk being assembled.
 struct Pending {
     spec: ChunkSpec,
-    /// From the loader: row ids kept (sorted) and their columns.
-    rows: Option<(Vec<u64>, RecordBatch, u64)>,
+    rows: Option<ChunkRows>,
+    /// Rows a drain cut off (sorted): they will not arrive and are not covered by the shard.
+    dropped: Vec<u64>,
     dim: usize,
     /// `values[(row_id - start) * dim ..]`; `filled[row_id - start]` marks arrival.
     values: Vec<f32>,
@@ -35,7 +47,7 @@ struct Pending {
 
 impl Pending {
     fn new(spec: ChunkSpec) -> Self {
-        Pending { spec, rows: None, dim: 0, values: Vec::new(), filled: vec![false; (spec.end - spec.start) as usize], arrived: 0 }
+        Pending { spec, rows: None, dropped: Vec::new(), dim: 0, values: Vec::new(), filled: vec![false; (spec.end - spec.start) as usize], arrived: 0 }
     }
 
     fn add(&mut self, e: &Embeddings) -> Result<(), String> {
@@ -61,7 +73,7 @@ impl Pending {
     }
 
     fn complete(&self) -> bool {
-        matches!(&self.rows, Some((ids, _, _)) if ids.len() == self.arrived)
+        matches!(&self.rows, Some(r) if r.ids.len() == self.arrived + self.dropped.len())
     }
 }
 
@@ -72,13 +84,20 @@ pub fn run(mb: &Mailbox) -> RoleResult {
     loop {
         let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
         let index = match env.header {
-            Header::Shutdown => return Ok(()),
-            Header::ChunkData { chunk, rows, skipped } => {
+            Header::Shutdown { .. } => return Ok(()),
+            Header::ChunkData { chunk, shard, todo, rows, skipped } => {
                 let mut r = PayloadReader::new(&env.payload);
                 let ids = r.take::<u64>("chunk row ids", rows as usize).map_err(RoleError::from_display)?;
-                let batch = read_ipc(r.rest()).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+                let columns = read_ipc(r.rest()).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
                 let p = chunks.entry(chunk).or_insert_with(|| Pending::new(plan.chunk(chunk)));
-                p.rows = Some((ids, batch, skipped));
+                p.rows = Some(ChunkRows { ids, columns, skipped, todo, shard });
+                chunk
+            }
+            Header::Cut { chunk, rows } => {
+                let mut dropped = PayloadReader::new(&env.payload).take::<u64>("cut row ids", rows as usize).map_err(RoleError::from_display)?;
+                dropped.sort_unstable();
+                let p = chunks.entry(chunk).or_insert_with(|| Pending::new(plan.chunk(chunk)));
+                p.dropped = dropped;
                 chunk
             }
             Header::Embedded { chunk, rows, dim } => {
@@ -91,8 +110,11 @@ pub fn run(mb: &Mailbox) -> RoleResult {
         };
         if chunks[&index].complete() {
             let p = chunks.remove(&index).expect("present");
-            let entry = write_shard(&plan, p)?;
-            mb.send(plan.layout.controller(), Header::ShardWritten(Box::new(entry)), Vec::new())?;
+            let header = match write_shard(&plan, p)? {
+                Some(entry) => Header::ShardWritten(Box::new(entry)),
+                None => Header::Released { chunk: index },
+            };
+            mb.send(plan.layout.controller(), header, Vec::new())?;
         }
     }
 }
@@ -123,8 +145,21 @@ pub fn shard_batch(ids: &[u64], columns: &RecordBatch, dim: usize, values: Vec<f
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
 }
 
-fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
-    let (ids, columns, skipped) = p.rows.expect("complete chunks have rows; this is a bug");
+/// Writes the chunk's shard; `None` when a drain left it with nothing done.
+fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError> {
+    let ChunkRows { ids, columns, skipped, todo, shard } = p.rows.expect("complete chunks have rows; this is a bug");
+    let (ids, columns, covered) = if p.dropped.is_empty() {
+        (ids, columns, todo)
+    } else {
+        let covered = ranges::subtract(&todo, &ranges::from_sorted_ids(&p.dropped));
+        if covered.is_empty() {
+            return Ok(None);
+        }
+        let keep: Vec<bool> = ids.iter().map(|id| p.dropped.binary_search(id).is_err()).collect();
+        let columns = arrow_select::filter::filter_record_batch(&columns, &arrow_array::BooleanArray::from(keep.clone())).map_err(RoleError::from_display)?;
+        let ids: Vec<u64> = ids.iter().zip(&keep).filter(|(_, k)| **k).map(|(id, _)| *id).collect();
+        (ids, columns, covered)
+    };
     let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
     // Gather embeddings in row-id order (ids are sorted).
     let mut values = Vec::with_capacity(ids.len() * dim);
@@ -147,8 +182,8 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
         ("chatspace.dtype", plan.args.dtype.clone()),
         ("chatspace.pooling", format!("{:?}", plan.model.pooling).to_lowercase()),
         ("chatspace.normalize", plan.model.normalize.to_string()),
-        ("chatspace.row_start", p.spec.start.to_string()),
-        ("chatspace.row_end", p.spec.end.to_string()),
+        ("chatspace.chunk", p.spec.index.to_string()),
+        ("chatspace.row_ranges", serde_json::to_string(&covered).expect("ranges serialize")),
         ("chatspace.tool", TOOL.to_string()),
     ];
     // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
@@ -164,15 +199,15 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.build())).map_err(RoleError::from_display)?;
     w.write(&batch).map_err(RoleError::from_display)?;
     w.close().map_err(RoleError::from_display)?;
-    let path = plan.output.shard_path(p.spec.index);
+    let path = plan.output.shard_path(shard);
     write_atomic(&path, &buf).map_err(|e| RoleError::new(format!("{}: {e}", path.display())))?;
-    Ok(ShardEntry {
-        path: plan.output.shard_entry_path(p.spec.index),
-        shard_index: p.spec.index,
+    Ok(Some(ShardEntry {
+        path: plan.output.shard_entry_path(shard),
+        shard_index: shard,
+        chunk: p.spec.index,
         rows: ids.len() as u64,
         rows_skipped: skipped,
-        row_start: p.spec.start,
-        row_end: p.spec.end,
+        row_ranges: covered,
         bytes: buf.len() as u64,
         sha256: crate::model::hex(&Sha256::digest(&buf)),
         embedding_dim: dim,
@@ -180,7 +215,7 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<ShardEntry, RoleError> {
         max_norm,
         created_at,
         tool: TOOL.to_string(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -190,8 +225,8 @@ mod tests {
     #[test]
     fn pending_chunk_tracks_arrivals_and_rejects_strays() {
         let mut p = Pending::new(ChunkSpec { index: 1, start: 10, end: 14 });
-        let cols = RecordBatch::new_empty(Arc::new(Schema::empty()));
-        p.rows = Some((vec![10, 12, 13], cols, 1));
+        let columns = RecordBatch::new_empty(Arc::new(Schema::empty()));
+        p.rows = Some(ChunkRows { ids: vec![10, 12, 13], columns, skipped: 1, todo: vec![(10, 14)], shard: 0 });
         p.add(&Embeddings { row_ids: vec![13, 10], dim: 2, values: vec![3., 3., 1., 1.] }).unwrap();
         assert!(!p.complete());
         assert!(p.add(&Embeddings { row_ids: vec![10], dim: 2, values: vec![0., 0.] }).unwrap_err().contains("twice"));

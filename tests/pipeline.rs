@@ -80,7 +80,7 @@ for s in m["shards"]:
     meta = sch.metadata
     assert meta[b"chatspace.model"] == b"all-MiniLM-L6-v2", meta
     ids = t.column("row_id").to_pylist()
-    assert ids == sorted(ids) and all(s["row_start"] <= i < s["row_end"] for i in ids)
+    assert ids == sorted(ids) and all(any(a <= i < b for a, b in s["row_ranges"]) for i in ids)
     for v in t.column("embedding").to_pylist():
         n = sum(x * x for x in v) ** 0.5
         assert abs(n - 1) < 1e-4, n

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, UInt64Array};
 use chatspace_mpi::manifest::Manifest;
+use chatspace_mpi::ranges;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -112,7 +113,7 @@ pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
             let emb = b.column_by_name("embedding").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap().clone();
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                assert!(id >= s.row_start && id < s.row_end, "row {id} outside {}..{}", s.row_start, s.row_end);
+                assert!(ranges::contains(&s.row_ranges, id), "row {id} outside {:?}", s.row_ranges);
                 assert!(last.is_none_or(|l| l < id), "rows not sorted by row_id in {}", s.path);
                 last = Some(id);
                 let v = emb.value(i);
@@ -129,12 +130,9 @@ pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
 /// Checks the manifest's bookkeeping: shards tile 0..rows_total and the counts add up.
 pub fn check_complete(m: &Manifest, rows: &BTreeMap<u64, Vec<f32>>) {
     assert_eq!(m.status, chatspace_mpi::manifest::Status::Complete);
-    let mut next = 0;
-    for s in &m.shards {
-        assert_eq!(s.row_start, next, "gap or overlap at shard {}", s.shard_index);
-        next = s.row_end;
-    }
-    assert_eq!(next, m.rows_total);
+    let all: Vec<_> = m.shards.iter().flat_map(|s| s.row_ranges.iter().copied()).collect();
+    assert_eq!(ranges::total(&all), m.rows_total, "shards overlap or leave gaps");
+    assert_eq!(ranges::normalize(all), vec![(0, m.rows_total)], "shards must cover every row once");
     assert_eq!(m.rows_embedded as usize, rows.len());
     assert_eq!(m.rows_embedded + m.rows_skipped, m.rows_total);
     assert_eq!(m.shards.iter().map(|s| s.rows).sum::<u64>(), m.rows_embedded);
