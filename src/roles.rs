@@ -73,6 +73,16 @@ fn injected_fault_row() -> Option<u64> {
     std::env::var("CHATSPACE_FAULT").ok()?.strip_prefix("encoder-row:")?.parse().ok()
 }
 
+/// An optional pause for tests of preemption: `CHATSPACE_TEST_DELAY=writer-commit:MS` makes writers wait
+/// between a shard's rename and its report to the controller (the window where a kill leaves an uncommitted
+/// shard file behind).
+pub fn test_delay(point: &str) {
+    let Ok(spec) = std::env::var("CHATSPACE_TEST_DELAY") else { return };
+    if let Some(ms) = spec.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let mut backend = BertBackend::load(&plan.model).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;

@@ -111,7 +111,10 @@ pub fn run(mb: &Mailbox) -> RoleResult {
         if chunks[&index].complete() {
             let p = chunks.remove(&index).expect("present");
             let header = match write_shard(&plan, p)? {
-                Some(entry) => Header::ShardWritten(Box::new(entry)),
+                Some(entry) => {
+                    crate::roles::test_delay("writer-commit");
+                    Header::ShardWritten(Box::new(entry))
+                }
                 None => Header::Released { chunk: index },
             };
             mb.send(plan.layout.controller(), header, Vec::new())?;
