@@ -201,6 +201,7 @@ fn run_record(plan: &Plan) -> RunRecord {
         restart_count: std::env::var("SLURM_RESTART_COUNT").ok().and_then(|v| v.parse().ok()),
         rows_embedded: 0,
         duration_seconds: 0.0,
+        first_batch_seconds: None,
     }
 }
 
@@ -255,6 +256,7 @@ struct Progress {
     enabled: bool,
     tty: bool,
     interval: Duration,
+    first_batch: Option<f64>,
 }
 
 impl Progress {
@@ -362,6 +364,7 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
         enabled: !args.no_progress,
         tty: std::io::stderr().is_terminal(),
         interval: Duration::from_secs_f64(args.progress_interval),
+        first_batch: None,
     };
     let mut drain: Option<(Instant, String)> = None;
     let mut events = VecDeque::from([Event::Start]);
@@ -374,6 +377,7 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
             r.exit = Some(exit);
             r.rows_embedded = manifest.rows_embedded - embedded_before;
             r.duration_seconds = secs;
+            r.first_batch_seconds = progress.first_batch;
         }
         write_manifest(manifest)?;
         write_summary(&plan, manifest, secs);
@@ -419,8 +423,10 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
                         } else {
                             let reason = drain.as_ref().map(|d| d.1.clone()).unwrap_or_else(|| "drained".into());
                             eprintln!(
-                                "preempted ({reason}): drained in {:.2}s; {}/{} rows committed in {} shards; continue with --resume (manifest {})",
+                                "preempted ({reason}): drained in {:.2}s; this run embedded {} rows and committed {}; {}/{} rows committed in {} shards; continue with --resume (manifest {})",
                                 drain.as_ref().map_or(0.0, |d| d.0.elapsed().as_secs_f64()),
+                                progress.rows,
+                                manifest.rows_embedded - embedded_before,
                                 manifest.rows_done(),
                                 manifest.rows_total,
                                 manifest.shards.len(),
@@ -453,6 +459,9 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
         let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
         match env.header {
             Header::Progress { rows, tokens, padded_tokens } => {
+                if progress.first_batch.is_none() {
+                    progress.first_batch = Some(progress.start.elapsed().as_secs_f64());
+                }
                 progress.rows += rows;
                 progress.tokens += tokens;
                 progress.padded += padded_tokens;

@@ -189,7 +189,7 @@ pub fn status_text(m: &Manifest) -> String {
     for (i, r) in m.runs.iter().enumerate() {
         let rate = if r.duration_seconds > 0.0 { r.rows_embedded as f64 / r.duration_seconds } else { 0.0 };
         out += &format!(
-            "  {}. {} start {} end {} world_size {} restart {} exit {} rows {} in {:.1}s ({rate:.1} rows/s)\n",
+            "  {}. {} start {} end {} world_size {} restart {} exit {} rows {} in {:.1}s ({rate:.1} rows/s, first batch after {})\n",
             i + 1,
             r.run_id,
             r.started_at,
@@ -198,7 +198,8 @@ pub fn status_text(m: &Manifest) -> String {
             r.restart_count.map_or("-".to_string(), |c| c.to_string()),
             r.exit.as_deref().unwrap_or("none (still running, or killed)"),
             r.rows_embedded,
-            r.duration_seconds
+            r.duration_seconds,
+            r.first_batch_seconds.map_or("-".to_string(), |s| format!("{s:.1}s"))
         );
     }
     let last = m.runs.iter().rev().find(|r| r.duration_seconds > 0.0 && r.rows_embedded > 0);
@@ -244,6 +245,7 @@ mod tests {
             restart_count: Some(1),
             rows_embedded: 40,
             duration_seconds: 4.0,
+            first_batch_seconds: Some(1.5),
         });
         m.shards.push(ShardEntry {
             path: "s".into(),

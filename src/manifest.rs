@@ -81,6 +81,9 @@ pub struct RunRecord {
     /// Rows this run embedded and its wall time, for throughput estimates.
     pub rows_embedded: u64,
     pub duration_seconds: f64,
+    /// Seconds from the run's start to its first embedded batch (model loading, reading, tokenizing).
+    #[serde(default)]
+    pub first_batch_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
