@@ -398,8 +398,8 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
                         write_manifest(&mut manifest)?;
                     }
                     Action::Drain => {
-                        for i in 0..layout.loaders {
-                            mb.send(layout.loader(i), Header::Drain, Vec::new())?;
+                        for e in (0..layout.loaders).map(|i| layout.loader(i)).chain((0..layout.encoders).map(|i| layout.encoder(i))) {
+                            mb.send(e, Header::Drain, Vec::new())?;
                         }
                     }
                     Action::Finish { drained } => {
@@ -502,6 +502,10 @@ fn stop_now(
         manifest.shards.len()
     );
     end(manifest, Status::Preempted, format!("aborted: {why}"), EXIT_PREEMPTED, progress)?;
-    // Ranks may be mid-batch: the launcher ends them at once.
+    if !NEEDS_ABORT.load(Ordering::SeqCst) {
+        // One process: roles may be mid-batch; the manifest is written, so stop here.
+        std::process::exit(EXIT_PREEMPTED);
+    }
+    // Ranks may be mid-batch: the launcher ends them all at once (MPI_Abort).
     Ok(())
 }

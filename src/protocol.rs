@@ -38,9 +38,9 @@ pub enum Header {
     ShardWritten(Box<ShardEntry>),
     /// Writer or loader -> controller: an assigned chunk ended (drain) with nothing to commit.
     Released { chunk: u64 },
-    /// Controller -> loaders: stop handing out batches; cut in-flight chunks down to what was sent.
+    /// Controller -> loaders and encoders: stop sending (loaders) or starting (encoders) batches.
     Drain,
-    /// Loader -> writer (drain): these rows of the chunk (payload `u64[rows]`) will not come.
+    /// Loader or encoder -> writer (drain): these rows of the chunk (payload `u64[rows]`) will not come.
     Cut { chunk: u64, rows: u32 },
     /// A rank's router -> controller: the rank got a signal (`count` signals so far).
     Signal { rank: u32, signal: i32, count: u32 },

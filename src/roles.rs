@@ -88,25 +88,50 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
     let mut backend = BertBackend::load(&plan.model).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;
     let fault = injected_fault_row();
     let dim = backend.dim();
+    // Batches received and not yet embedded. Everything waiting in the inbox is pulled in before each batch,
+    // so a drain is seen at once rather than after the batches queued ahead of it.
+    let mut queue: VecDeque<crate::protocol::Envelope> = VecDeque::new();
+    let mut draining = false;
     loop {
-        let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
-        match env.header {
-            Header::Shutdown { .. } => return Ok(()),
-            Header::Batch { chunk, writer, rows } => {
-                let batch = TokenBatch::from_payload(rows as usize, &env.payload).map_err(RoleError::from_display)?;
-                if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
-                    return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
-                }
-                let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
-                let padded = (batch.rows() * batch.max_len()) as u64;
-                let tokens = batch.tokens() as u64;
-                let out = Embeddings { row_ids: batch.row_ids, dim, values };
-                mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
-                mb.send(env.from, Header::Credit, Vec::new())?;
-                mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded }, Vec::new())?;
+        if queue.is_empty() {
+            if let Some(env) = mb.recv_timeout(Duration::from_millis(100))? {
+                queue.push_back(env);
             }
-            other => return Err(RoleError::new(format!("encoder got unexpected {}", other.kind()))),
         }
+        while let Some(env) = mb.try_recv()? {
+            queue.push_back(env);
+        }
+        let mut batches = VecDeque::new();
+        for env in queue.drain(..) {
+            match env.header {
+                Header::Shutdown { .. } => return Ok(()),
+                Header::Drain => draining = true,
+                Header::Batch { .. } => batches.push_back(env),
+                other => return Err(RoleError::new(format!("encoder got unexpected {}", other.kind()))),
+            }
+        }
+        let Some(env) = batches.pop_front() else { continue };
+        queue = batches;
+        let Header::Batch { chunk, writer, rows } = env.header else { unreachable!("only batches are queued") };
+        let batch = TokenBatch::from_payload(rows as usize, &env.payload).map_err(RoleError::from_display)?;
+        if draining {
+            // Not started: its rows are left for the next run.
+            let mut payload = Vec::new();
+            put(&mut payload, &batch.row_ids);
+            mb.send(writer, Header::Cut { chunk, rows }, payload)?;
+            mb.send(env.from, Header::Credit, Vec::new())?;
+            continue;
+        }
+        if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
+            return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
+        }
+        let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        let padded = (batch.rows() * batch.max_len()) as u64;
+        let tokens = batch.tokens() as u64;
+        let out = Embeddings { row_ids: batch.row_ids, dim, values };
+        mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
+        mb.send(env.from, Header::Credit, Vec::new())?;
+        mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded }, Vec::new())?;
     }
 }
 

@@ -94,10 +94,11 @@ pub fn run(mb: &Mailbox) -> RoleResult {
                 chunk
             }
             Header::Cut { chunk, rows } => {
-                let mut dropped = PayloadReader::new(&env.payload).take::<u64>("cut row ids", rows as usize).map_err(RoleError::from_display)?;
-                dropped.sort_unstable();
+                let cut = PayloadReader::new(&env.payload).take::<u64>("cut row ids", rows as usize).map_err(RoleError::from_display)?;
                 let p = chunks.entry(chunk).or_insert_with(|| Pending::new(plan.chunk(chunk)));
-                p.dropped = dropped;
+                // Cuts come from the loader (batches never sent) and from encoders (batches never started).
+                p.dropped.extend(cut);
+                p.dropped.sort_unstable();
                 chunk
             }
             Header::Embedded { chunk, rows, dim } => {
@@ -237,6 +238,18 @@ mod tests {
         p.add(&Embeddings { row_ids: vec![12], dim: 2, values: vec![2., 2.] }).unwrap();
         assert!(p.complete());
         assert_eq!(&p.values[4..6], &[2., 2.]);
+    }
+
+    #[test]
+    fn cuts_from_several_senders_complete_a_chunk() {
+        let mut p = Pending::new(ChunkSpec { index: 0, start: 0, end: 4 });
+        let columns = RecordBatch::new_empty(Arc::new(Schema::empty()));
+        p.rows = Some(ChunkRows { ids: vec![0, 2, 3], columns, skipped: 1, todo: vec![(0, 4)], shard: 5 });
+        p.add(&Embeddings { row_ids: vec![3], dim: 1, values: vec![1.] }).unwrap();
+        p.dropped.extend([2]); // from the loader
+        assert!(!p.complete());
+        p.dropped.extend([0]); // from an encoder
+        assert!(p.complete());
     }
 
     #[test]
