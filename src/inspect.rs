@@ -247,21 +247,7 @@ mod tests {
             duration_seconds: 4.0,
             first_batch_seconds: Some(1.5),
         });
-        m.shards.push(ShardEntry {
-            path: "s".into(),
-            shard_index: 0,
-            chunk: 0,
-            rows: 38,
-            rows_skipped: 2,
-            row_ranges: vec![(0, 40)],
-            bytes: 0,
-            sha256: String::new(),
-            embedding_dim: 4,
-            min_norm: None,
-            max_norm: None,
-            created_at: String::new(),
-            tool: String::new(),
-        });
+        m.shards.push(crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
         m.rows_embedded = 38;
         let t = status_text(&m);
         assert!(t.contains("rows: 40/100 done (40.0%)"), "{t}");

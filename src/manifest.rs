@@ -299,6 +299,26 @@ mod tests {
 pub(crate) mod tests_support {
     use super::*;
 
+    /// A shard entry covering `ranges`, all embedded but `skipped` rows.
+    pub fn shard(index: u64, chunk: u64, ranges: Vec<(u64, u64)>, skipped: u64) -> ShardEntry {
+        let covered = crate::ranges::total(&ranges);
+        ShardEntry {
+            path: format!("s{index}"),
+            shard_index: index,
+            chunk,
+            rows: covered - skipped,
+            rows_skipped: skipped,
+            row_ranges: ranges,
+            bytes: 0,
+            sha256: String::new(),
+            embedding_dim: 4,
+            min_norm: None,
+            max_norm: None,
+            created_at: String::new(),
+            tool: TOOL.into(),
+        }
+    }
+
     pub fn empty_manifest() -> Manifest {
         let args = match <crate::cli::Cli as clap::Parser>::parse_from(["x", "embed", "--dataset", "d", "--model", "m"]).command {
             crate::cli::Command::Embed(a) => a,

@@ -138,21 +138,7 @@ mod tests {
     }
 
     fn entry(chunk: u64) -> ShardEntry {
-        ShardEntry {
-            path: format!("s{chunk}"),
-            shard_index: chunk,
-            chunk,
-            rows: 1,
-            rows_skipped: 0,
-            row_ranges: vec![(chunk * 10, chunk * 10 + 1)],
-            bytes: 0,
-            sha256: String::new(),
-            embedding_dim: 4,
-            min_norm: None,
-            max_norm: None,
-            created_at: String::new(),
-            tool: String::new(),
-        }
+        crate::manifest::tests_support::shard(chunk, chunk, vec![(chunk * 10, chunk * 10 + 1)], 0)
     }
 
     fn assigns(actions: &[Action]) -> Vec<(usize, u64, usize, u64)> {
