@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test chatspace-mpi: OpenMPI, libclang (for the
-# MPI bindings), a C toolchain, Python with venv/pip (model download, pyarrow checks) and a Rust toolchain.
+# MPI bindings), a C toolchain, Python with venv/pip (model download, pyarrow checks), Slurm + munge (the
+# local test cluster of scripts/slurm-cluster.sh) and a Rust toolchain.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates"
+pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates slurmctld slurmd slurm-client munge"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -104,9 +104,23 @@ pub struct EmbedArgs {
     /// what is committed. Fits Slurm's default KillWait (30 s).
     #[arg(long, default_value_t = 20.0)]
     pub drain_timeout: f64,
+    /// Resume if this output has a manifest, start otherwise (for batch scripts that rerun themselves).
+    #[arg(long, conflicts_with_all = ["resume", "overwrite"])]
+    pub auto_resume: bool,
     /// Delete existing output for this dataset/model/split first.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Seconds of margin before the job's end time: the run drains by itself once the time left is below this
+    /// plus its running estimate of drain time. The end time comes from --end-time or, under Slurm, squeue.
+    #[arg(long, default_value_t = 30.0)]
+    pub stop_before: f64,
+    /// Write "EXIT_CODE STATUS MANIFEST" to this file when the run ends (for batch scripts: launchers do
+    /// not always pass rank 0's exit code through).
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// The job's end time as Unix seconds (default: asked from Slurm when SLURM_JOB_ID is set).
+    #[arg(long)]
+    pub end_time: Option<f64>,
     /// No progress bar or progress log lines.
     #[arg(long)]
     pub no_progress: bool,
@@ -147,6 +161,9 @@ impl EmbedArgs {
         }
         if self.text_field.is_empty() {
             return Err("--text-field must not be empty".into());
+        }
+        if !(self.stop_before >= 0.0) {
+            return Err("--stop-before must be at least 0".into());
         }
         if !(self.drain_timeout > 0.0) {
             return Err("--drain-timeout must be positive".into());

@@ -34,6 +34,8 @@ pub const CHUNKS_IN_FLIGHT_PER_LOADER: usize = 3;
 
 /// A plan ready to run: the manifest to extend and the work left.
 pub struct Prepared {
+    /// Held for the whole run: a second run on the same output is refused, not interleaved.
+    pub lock: std::fs::File,
     pub plan: Plan,
     pub manifest: Manifest,
     pub work: Vec<Work>,
@@ -85,6 +87,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let created_at = now_rfc3339();
     let run_id = args.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
     let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at };
+    let lock = lock_output(&plan.output)?;
     let all_work = |covered: &dyn Fn(u64) -> Vec<ranges::Range>| -> Vec<Work> {
         (0..plan.chunk_count())
             .filter_map(|c| {
@@ -94,7 +97,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
             })
             .collect()
     };
-    if args.resume {
+    if args.resume || (args.auto_resume && plan.output.manifest.exists()) {
         let m = resume_manifest(&plan)?;
         if m.status == Status::Complete && m.rows_done() == m.rows_total {
             return Ok(Start::AlreadyComplete(plan.output.manifest.clone()));
@@ -107,7 +110,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
         manifest.run_id = plan.run_id.clone();
         manifest.run_config = plan.args.clone();
         manifest.runs.push(run_record(&plan));
-        return Ok(Start::Run(Box::new(Prepared { manifest, work, first_shard, plan })));
+        return Ok(Start::Run(Box::new(Prepared { lock, manifest, work, first_shard, plan })));
     }
     let existing = plan.output.manifest.exists() || std::fs::read_dir(&plan.output.shard_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if existing {
@@ -131,7 +134,25 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     }
     let work = all_work(&|_| Vec::new());
     let manifest = new_manifest(&plan);
-    Ok(Start::Run(Box::new(Prepared { manifest, work, first_shard: 0, plan })))
+    Ok(Start::Run(Box::new(Prepared { lock, manifest, work, first_shard: 0, plan })))
+}
+
+/// Takes the output's lock (`.lock-{split}` beside the manifest; released when the process ends, even if
+/// killed). Another live run on the same output, e.g. a cancelled job still draining, is refused.
+fn lock_output(output: &OutputPaths) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    let dir = output.manifest.parent().expect("manifest has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("--output-root: cannot create {}", dir.display()))?;
+    let name = output.manifest.file_name().expect("manifest has a name").to_string_lossy().replace("manifest-", ".lock-");
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("--output-root: cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("output {} is in use by another run (lock {}); wait for it to end", output.manifest.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// Reads the manifest to resume, refusing anything that would lose or duplicate rows: other settings, a
@@ -202,6 +223,8 @@ fn run_record(plan: &Plan) -> RunRecord {
         rows_embedded: 0,
         duration_seconds: 0.0,
         first_batch_seconds: None,
+        deadline: None,
+        drain_estimate_seconds: None,
     }
 }
 
@@ -330,6 +353,31 @@ pub fn signal_name(sig: i32) -> &'static str {
 
 /// The controller role.
 pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
+    let result = run_inner(mb, args, layout);
+    write_status_file(args);
+    result
+}
+
+/// `--status-file`: "EXIT_CODE STATUS MANIFEST".
+fn write_status_file(args: &EmbedArgs) {
+    if let Some(path) = &args.status_file {
+        let code = EXIT_CODE.load(Ordering::SeqCst);
+        let status = match code {
+            0 => "complete",
+            EXIT_PREEMPTED => "preempted",
+            _ => "failed",
+        };
+        let line = format!("{code} {status} {}\n", STATUS_MANIFEST.lock().map(|m| m.clone()).unwrap_or_default());
+        if let Err(e) = crate::output::write_atomic(path, line.as_bytes()) {
+            eprintln!("warning: --status-file {}: {e}", path.display());
+        }
+    }
+}
+
+/// The manifest path for `--status-file`.
+static STATUS_MANIFEST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn run_inner(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
     let prepared = match build_plan(args, layout) {
         Ok(Start::Run(p)) => *p,
         Ok(Start::AlreadyComplete(path)) => {
@@ -343,7 +391,10 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
             return Err(RoleError::new(format!("{e:#}")));
         }
     };
-    let Prepared { plan, mut manifest, work, first_shard } = prepared;
+    let Prepared { lock: _lock, plan, mut manifest, work, first_shard } = prepared;
+    if let Ok(mut m) = STATUS_MANIFEST.lock() {
+        *m = plan.output.manifest.display().to_string();
+    }
     log::info!("layout: {}", layout.summary());
     broadcast(mb, layout, &Header::Plan(Box::new(plan.clone())))?;
     NEEDS_ABORT.store(layout.world_size > 1, Ordering::SeqCst);
@@ -367,12 +418,20 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
         first_batch: None,
     };
     let mut drain: Option<(Instant, String)> = None;
+    let deadline = args.end_time.or_else(crate::walltime::slurm_end_time);
+    let mut estimate = crate::walltime::DrainEstimate::default();
+    if let (Some(d), Some(r)) = (deadline, manifest.runs.last_mut()) {
+        r.deadline = Some(crate::manifest::format_utc(d as i64, 0));
+        log::info!("job ends in {:.0}s; draining {}s + drain estimate before", d - crate::walltime::now_unix(), args.stop_before);
+    }
     let mut events = VecDeque::from([Event::Start]);
+    let estimate_now = std::cell::Cell::new(estimate.seconds());
     // Ends the run: manifest, summary, final line, every rank told its exit code.
     let mut end = |manifest: &mut Manifest, status: Status, exit: String, code: i32, progress: &Progress| -> RoleResult {
         manifest.status = status;
         let secs = progress.start.elapsed().as_secs_f64();
         if let Some(r) = manifest.runs.last_mut() {
+            r.drain_estimate_seconds = deadline.map(|_| estimate_now.get());
             r.ended_at = Some(now_rfc3339());
             r.exit = Some(exit);
             r.rows_embedded = manifest.rows_embedded - embedded_before;
@@ -449,16 +508,29 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
                 }
             }
         }
+        if let (Some(end_time), None) = (deadline, &drain) {
+            let now = crate::walltime::now_unix();
+            if crate::walltime::should_drain(now, end_time, args.stop_before, &estimate) {
+                let what = format!("job time limit in {:.0}s (drain estimate {:.1}s)", end_time - now, estimate.seconds());
+                progress.end_line();
+                eprintln!("draining: {what}");
+                drain = Some((Instant::now(), what));
+                events.push_back(Event::Drain);
+                continue;
+            }
+        }
         if let Some((since, reason)) = &drain {
             if since.elapsed().as_secs_f64() > args.drain_timeout {
                 let why = format!("{reason}; drain took longer than --drain-timeout {}s", args.drain_timeout);
-                return stop_now(&mut end, &mut manifest, &progress, why);
+                return stop_now(&mut end, &mut manifest, &progress, why, args);
             }
         }
         progress.tick(false);
         let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
         match env.header {
-            Header::Progress { rows, tokens, padded_tokens } => {
+            Header::Progress { rows, tokens, padded_tokens, seconds } => {
+                estimate.observe_batch(seconds);
+                estimate_now.set(estimate.seconds());
                 if progress.first_batch.is_none() {
                     progress.first_batch = Some(progress.start.elapsed().as_secs_f64());
                 }
@@ -472,7 +544,7 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
             Header::Signal { rank, signal, count } => {
                 let what = format!("{} on rank {rank}", signal_name(signal));
                 if count >= 2 {
-                    return stop_now(&mut end, &mut manifest, &progress, format!("second signal ({what})"));
+                    return stop_now(&mut end, &mut manifest, &progress, format!("second signal ({what})"), args);
                 }
                 if drain.is_none() {
                     progress.end_line();
@@ -493,6 +565,7 @@ fn stop_now(
     manifest: &mut Manifest,
     progress: &Progress,
     why: String,
+    args: &EmbedArgs,
 ) -> RoleResult {
     progress.end_line();
     eprintln!(
@@ -504,6 +577,7 @@ fn stop_now(
     end(manifest, Status::Preempted, format!("aborted: {why}"), EXIT_PREEMPTED, progress)?;
     if !NEEDS_ABORT.load(Ordering::SeqCst) {
         // One process: roles may be mid-batch; the manifest is written, so stop here.
+        write_status_file(args);
         std::process::exit(EXIT_PREEMPTED);
     }
     // Ranks may be mid-batch: the launcher ends them all at once (MPI_Abort).

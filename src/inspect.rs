@@ -189,7 +189,7 @@ pub fn status_text(m: &Manifest) -> String {
     for (i, r) in m.runs.iter().enumerate() {
         let rate = if r.duration_seconds > 0.0 { r.rows_embedded as f64 / r.duration_seconds } else { 0.0 };
         out += &format!(
-            "  {}. {} start {} end {} world_size {} restart {} exit {} rows {} in {:.1}s ({rate:.1} rows/s, first batch after {})\n",
+            "  {}. {} start {} end {} world_size {} restart {} exit {} rows {} in {:.1}s ({rate:.1} rows/s, first batch after {}){}\n",
             i + 1,
             r.run_id,
             r.started_at,
@@ -199,7 +199,12 @@ pub fn status_text(m: &Manifest) -> String {
             r.exit.as_deref().unwrap_or("none (still running, or killed)"),
             r.rows_embedded,
             r.duration_seconds,
-            r.first_batch_seconds.map_or("-".to_string(), |s| format!("{s:.1}s"))
+            r.first_batch_seconds.map_or("-".to_string(), |s| format!("{s:.1}s")),
+            match (&r.deadline, r.drain_estimate_seconds) {
+                (Some(d), Some(e)) => format!(" job end {d}, drain estimate {e:.1}s"),
+                (Some(d), None) => format!(" job end {d}"),
+                _ => String::new(),
+            }
         );
     }
     let last = m.runs.iter().rev().find(|r| r.duration_seconds > 0.0 && r.rows_embedded > 0);
@@ -246,6 +251,8 @@ mod tests {
             rows_embedded: 40,
             duration_seconds: 4.0,
             first_batch_seconds: Some(1.5),
+            deadline: Some("2026-11-27T12:00:00.000Z".into()),
+            drain_estimate_seconds: Some(2.5),
         });
         m.shards.push(crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
         m.rows_embedded = 38;
@@ -253,6 +260,7 @@ mod tests {
         assert!(t.contains("rows: 40/100 done (40.0%)"), "{t}");
         assert!(t.contains("60 remaining"), "{t}");
         assert!(t.contains("world_size 4 restart 1"), "{t}");
+        assert!(t.contains("job end 2026-11-27T12:00:00.000Z, drain estimate 2.5s"), "{t}");
         assert!(t.contains("10.0 rows/s") && t.contains("estimated time left: 6s"), "{t}");
     }
 }

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod ranges;
 pub mod roles;
 pub mod transport;
+pub mod walltime;
 pub mod writer;
 
 use std::sync::atomic::Ordering;

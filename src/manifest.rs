@@ -84,6 +84,11 @@ pub struct RunRecord {
     /// Seconds from the run's start to its first embedded batch (model loading, reading, tokenizing).
     #[serde(default)]
     pub first_batch_seconds: Option<f64>,
+    /// The job's end time (Slurm or --end-time) and the run's last estimate of how long a drain takes.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    #[serde(default)]
+    pub drain_estimate_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

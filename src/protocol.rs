@@ -32,8 +32,8 @@ pub enum Header {
     ChunkData { chunk: u64, shard: u64, todo: Vec<(u64, u64)>, rows: u32, skipped: u64 },
     /// Loader -> controller: a chunk has been read and fully handed out.
     ChunkLoaded { chunk: u64, rows: u64, skipped: u64, tokens: u64 },
-    /// Encoder -> controller: a batch was embedded.
-    Progress { rows: u64, tokens: u64, padded_tokens: u64 },
+    /// Encoder -> controller: a batch was embedded in `seconds`.
+    Progress { rows: u64, tokens: u64, padded_tokens: u64, seconds: f64 },
     /// Writer -> controller: a shard is durable on disk (fsynced and renamed) and may be committed.
     ShardWritten(Box<ShardEntry>),
     /// Writer or loader -> controller: an assigned chunk ended (drain) with nothing to commit.

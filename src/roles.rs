@@ -125,13 +125,15 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
             return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
         }
+        let started = std::time::Instant::now();
         let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        let seconds = started.elapsed().as_secs_f64();
         let padded = (batch.rows() * batch.max_len()) as u64;
         let tokens = batch.tokens() as u64;
         let out = Embeddings { row_ids: batch.row_ids, dim, values };
         mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
         mb.send(env.from, Header::Credit, Vec::new())?;
-        mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded }, Vec::new())?;
+        mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded, seconds }, Vec::new())?;
     }
 }
 

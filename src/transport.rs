@@ -216,15 +216,24 @@ impl Router {
         let mut results = Vec::new();
         let mut idle_since: Option<Instant> = None;
         let mut signals_seen = 0;
+        // Signals counted for the controller. A burst within a second counts once: under srun or scancel the
+        // same SIGTERM can reach a rank twice (from Slurm and forwarded by the launcher), which is not the
+        // user's "second signal, stop now".
+        let mut counted = 0u32;
+        let mut last_counted: Option<Instant> = None;
         let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
         loop {
             let mut busy = false;
             let count = SIGNALS.load(Ordering::SeqCst);
             if count > signals_seen {
                 signals_seen = count;
-                let signal = LAST_SIGNAL.load(Ordering::SeqCst);
-                let header = Header::Signal { rank: self.rank as u32, signal, count };
-                self.deliver(Envelope::new(me, self.layout.controller(), header), wire);
+                if last_counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    counted += 1;
+                    last_counted = Some(Instant::now());
+                    let signal = LAST_SIGNAL.load(Ordering::SeqCst);
+                    let header = Header::Signal { rank: self.rank as u32, signal, count: counted };
+                    self.deliver(Envelope::new(me, self.layout.controller(), header), wire);
+                }
             }
             while let Ok(env) = self.out_rx.try_recv() {
                 busy = true;

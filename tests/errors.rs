@@ -89,6 +89,12 @@ fn existing_output_is_refused_without_overwrite_and_kept_intact() {
     assert_eq!(std::fs::read(&mp).unwrap(), before, "a refused run must not touch the manifest");
     let (m, rows) = read_output(&out);
     check_complete(&m, &rows);
+    // A live run holds the output's lock: a second run on it is refused, whatever its flags.
+    let lock = std::fs::File::open(mp.parent().unwrap().join(".lock-train.json")).unwrap();
+    lock.lock().unwrap();
+    let (ok, e) = embed(&data, &model(), &out, &["--resume"]);
+    assert!(!ok && error_line(&e).contains("in use by another run"), "{e}");
+    drop(lock);
     let (ok, e) = embed(&data, &model(), &out, &["--overwrite", "--rows-per-shard", "3"]);
     assert!(ok, "{e}");
     let (m, rows) = read_output(&out);

@@ -78,7 +78,7 @@ enum Interrupt {
     KillRank,
     /// SIGKILL to mpirun (and, as a scheduler would, to what it leaves behind).
     KillLauncher,
-    /// A signal, then a second one during the drain.
+    /// A signal, then a second one (over a second later) during the drain.
     Twice,
 }
 
@@ -107,7 +107,8 @@ fn interrupt(child: &mut Child, ranks: Option<usize>, how: Interrupt, rng: &mut 
         }
         Interrupt::Twice => {
             kill("USR1", pid);
-            std::thread::sleep(Duration::from_millis(100 + rng.next(400)));
+            // Signals within a second count once; a second one after that stops the drain at once.
+            std::thread::sleep(Duration::from_millis(1100 + rng.next(600)));
             kill("USR1", pid);
         }
     }

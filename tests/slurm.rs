@@ -1,0 +1,204 @@
+//! slurm/embed.sbatch on a real single-node Slurm cluster (munged + slurmctld + slurmd, started by
+//! scripts/slurm-cluster.sh): completion, time-limit checkpoint + self-requeue + resume, scancel, srun and
+//! mpirun launches; and a golden test of the script's header.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn sbatch_header_is_the_documented_one() {
+    let text = std::fs::read_to_string(root().join("slurm/embed.sbatch")).unwrap();
+    let header: Vec<&str> = text.lines().filter(|l| l.starts_with("#SBATCH") || l.starts_with("##SBATCH")).collect();
+    assert_eq!(
+        header,
+        vec![
+            "#SBATCH --job-name=chatspace-embed",
+            "#SBATCH --nodes=1",
+            "#SBATCH --ntasks-per-node=4",
+            "#SBATCH --time=04:00:00",
+            "#SBATCH --signal=B:USR1@300",
+            "#SBATCH --requeue",
+            "#SBATCH --open-mode=append",
+            "#SBATCH --output=chatspace-embed-%j.log",
+            "##SBATCH --gpus-per-node=4",
+            "##SBATCH --partition=preemptible",
+        ]
+    );
+    assert!(text.starts_with("#!/bin/bash\n"));
+    // Every #SBATCH line comes before the first command, or Slurm ignores it.
+    let first_command = text.lines().position(|l| !l.is_empty() && !l.starts_with('#')).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let last_sbatch = lines.iter().rposition(|l| l.starts_with("#SBATCH")).unwrap();
+    assert!(last_sbatch < first_command);
+}
+
+/// A private cluster for this test run, stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Command::new(root().join("scripts/slurm-cluster.sh")).arg("start").env("SLURM_LOCAL_DIR", dir.path().join("slurm")).output().unwrap();
+        assert!(o.status.success(), "cluster start failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        let conf = dir.path().join("slurm/slurm.conf");
+        Cluster { dir, conf }
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let o = self.cmd(program).args(args).output().unwrap();
+        assert!(o.status.success(), "{program} {args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Submits slurm/embed.sbatch; returns the job id.
+    fn submit(&self, name: &str, data: &Path, out: &Path, launcher: &str, sbatch: &[&str], embed: &str) -> String {
+        let log = self.dir.path().join(format!("{name}-%j.log"));
+        let mut c = self.cmd("sbatch");
+        c.arg("--parsable").arg(format!("--output={}", log.display())).args(sbatch).arg(root().join("slurm/embed.sbatch"));
+        c.env("DATASET", data).env("MODEL", model()).env("OUTPUT_ROOT", out).env("LAUNCHER", launcher);
+        c.env("CHATSPACE_BIN", bin()).env("EMBED_ARGS", embed);
+        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env("RUST_LOG", "warn");
+        c.current_dir(self.dir.path());
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "sbatch: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).trim().split(';').next().unwrap().to_string()
+    }
+
+    fn log(&self, name: &str, job: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}-{job}.log"))).unwrap_or_default()
+    }
+
+    /// `scontrol show job` as key=value pairs.
+    fn job(&self, job: &str) -> std::collections::HashMap<String, String> {
+        let text = self.run("scontrol", &["show", "job", "-o", job]);
+        text.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Waits for a final state; a requeued job waiting for its BeginTime (~120 s) is started at once.
+    fn wait_final(&self, job: &str, secs: u64) -> std::collections::HashMap<String, String> {
+        let start = Instant::now();
+        loop {
+            let j = self.job(job);
+            let state = j.get("JobState").cloned().unwrap_or_default();
+            match state.as_str() {
+                "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" => return j,
+                "PENDING" if j.get("Reason").is_some_and(|r| r == "BeginTime") => {
+                    // Give slurmd a few seconds to clean up the previous attempt's step, as the real delay would.
+                    std::thread::sleep(Duration::from_secs(5));
+                    let _ = self.cmd("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).status();
+                }
+                _ => {}
+            }
+            assert!(start.elapsed() < Duration::from_secs(secs), "job {job} still {state} after {secs}s");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/slurm-cluster.sh")).arg("stop").env("SLURM_LOCAL_DIR", self.dir.path().join("slurm")).status();
+    }
+}
+
+fn verify_ok(out: &Path) {
+    let o = Command::new(bin()).arg("verify").arg(manifest_path(out)).output().unwrap();
+    assert!(o.status.success(), "verify: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
+
+fn dataset(dir: &Path, copies: usize) -> PathBuf {
+    let sample = std::fs::read_to_string(root().join("data/sample.jsonl")).unwrap();
+    let p = dir.join(format!("data-{copies}.jsonl"));
+    std::fs::write(&p, sample.repeat(copies)).unwrap();
+    p
+}
+
+#[test]
+fn sbatch_jobs_complete_checkpoint_requeue_and_cancel_on_a_real_cluster() {
+    let cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let small = dataset(work.path(), 1);
+    let big = dataset(work.path(), 4);
+    let embed = "--rows-per-shard 100 --batch-size 16";
+
+    // 1. A job completes, launched with srun --mpi=pmix (the default) and with mpirun.
+    for launcher in ["srun", "mpirun"] {
+        let out = work.path().join(format!("out-{launcher}"));
+        let job = cluster.submit(launcher, &small, &out, launcher, &["--time=10"], embed);
+        let j = cluster.wait_final(&job, 300);
+        let log = cluster.log(launcher, &job);
+        assert_eq!(j["JobState"], "COMPLETED", "{launcher}: {j:?}\n{log}");
+        assert_eq!(j["ExitCode"], "0:0");
+        verify_ok(&out);
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        assert_eq!(m.runs[0].world_size, 4, "{launcher}: 4 tasks, 4 ranks");
+    }
+
+    // 2. A one-minute time limit: the warning signal (or the run's own deadline) checkpoints it, the script
+    //    requeues it, the next start resumes, until it completes.
+    let out = work.path().join("out-requeue");
+    let job = cluster.submit("requeue", &big, &out, "srun", &["--time=1", "--signal=B:USR1@20"], embed);
+    let j = cluster.wait_final(&job, 900);
+    let log = cluster.log("requeue", &job);
+    assert_eq!(j["JobState"], "COMPLETED", "{j:?}\n{log}");
+    assert!(j["Restarts"].parse::<u32>().unwrap() >= 1, "{j:?}\n{log}");
+    assert!(log.contains("requeueing job"), "{log}");
+    verify_ok(&out);
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert!(m.runs.len() >= 2);
+    assert!(m.runs.iter().any(|r| r.restart_count.unwrap_or(0) >= 1), "SLURM_RESTART_COUNT recorded");
+    assert!(m.runs[..m.runs.len() - 1].iter().all(|r| r.exit.as_deref().unwrap_or("").starts_with("preempted")), "{:?}", m.runs);
+    assert!(m.runs.iter().all(|r| r.deadline.is_some()), "the job's end time is known to every run");
+
+    // 3. scancel mid-run: checkpointed, resumable, not requeued.
+    let out = work.path().join("out-cancel");
+    let job = cluster.submit("cancel", &big, &out, "srun", &["--time=10"], embed);
+    let start = Instant::now();
+    while !out.join("indexes").exists() || read_output(&out).0.shards.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no shard committed: {}", cluster.log("cancel", &job));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cluster.run("scancel", &[&job]);
+    let j = cluster.wait_final(&job, 120);
+    std::thread::sleep(Duration::from_secs(3));
+    let j2 = cluster.job(&job);
+    let log = cluster.log("cancel", &job);
+    assert_eq!(j["JobState"], "CANCELLED", "{j:?}\n{log}");
+    assert_eq!(j2["JobState"], "CANCELLED", "a cancelled job is not requeued: {j2:?}");
+    assert_eq!(j2["Restarts"], "0");
+    assert!(!log.contains("requeueing"), "{log}");
+    verify_ok(&out);
+    let (m, _) = read_output(&out);
+    assert_ne!(m.status, chatspace_mpi::manifest::Status::Complete, "cancelled early");
+    // Resumable: a plain resume completes it (once the cancelled job's ranks have let go of the output).
+    let start = Instant::now();
+    loop {
+        let mut c = embed_cmd();
+        c.arg("--dataset").arg(&big).arg("--model").arg(model()).arg("--output-root").arg(&out).args(["--resume", "--no-progress", "--rows-per-shard", "100"]);
+        let o = run_limited(&mut c, 600);
+        if o.status.success() {
+            break;
+        }
+        assert!(stderr(&o).contains("in use by another run") && start.elapsed() < Duration::from_secs(60), "{}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    verify_ok(&out);
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+}
