@@ -28,6 +28,14 @@ pub enum Command {
     },
 }
 
+/// How a text field holding a conversation (a list of {role, content}) becomes text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChatFormat {
+    FirstAssistant,
+    Turns,
+}
+
 /// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct EmbedArgs {
@@ -46,9 +54,20 @@ pub struct EmbedArgs {
     /// Column / JSON field holding the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
-    /// The text field holds a list of {role, content}: embed the first assistant/model turn.
-    #[arg(long)]
+    /// The text field holds a list of {role, content}: embed the first assistant/model turn
+    /// (same as --chat-format first-assistant).
+    #[arg(long, conflicts_with = "chat_format")]
     pub extract_first_assistant: bool,
+    /// The text field holds a list of {role, content}: `first-assistant` embeds the first assistant/model
+    /// turn; `turns` embeds the whole conversation as "role: content" lines.
+    #[arg(long, value_enum)]
+    pub chat_format: Option<ChatFormat>,
+    /// Text put before every input (e.g. an instruction); recorded in the manifest.
+    #[arg(long, conflicts_with = "prompt_name")]
+    pub prompt: Option<String>,
+    /// A prompt of the model's config_sentence_transformers.json, e.g. `query`.
+    #[arg(long)]
+    pub prompt_name: Option<String>,
     /// Embed only the first N input rows.
     #[arg(long)]
     pub max_rows: Option<u64>,
@@ -130,6 +149,11 @@ pub struct EmbedArgs {
 }
 
 impl EmbedArgs {
+    /// The conversation handling asked for, if any.
+    pub fn chat(&self) -> Option<ChatFormat> {
+        if self.extract_first_assistant { Some(ChatFormat::FirstAssistant) } else { self.chat_format }
+    }
+
     /// Checks the flags that clap cannot; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
         if self.rows_per_shard == 0 {

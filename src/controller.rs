@@ -56,6 +56,8 @@ fn fingerprint(plan: &Plan) -> Fingerprint {
         files: plan.inputs.iter().map(|f| SourceFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
         text_field: plan.args.text_field.clone(),
         extract_first_assistant: plan.args.extract_first_assistant,
+        chat_format: plan.args.chat(),
+        prompt: plan.prompt.clone(),
         max_rows: plan.args.max_rows,
         rows_per_shard: plan.args.rows_per_shard,
         model_sha256: plan.model.weights_sha256.clone(),
@@ -86,7 +88,8 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     ensure_writable(&args.output_root).with_context(|| format!("--output-root {} is not writable", args.output_root.display()))?;
     let created_at = now_rfc3339();
     let run_id = args.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
-    let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at };
+    let prompt = model.resolve_prompt(args.prompt.as_deref(), args.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
+    let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt };
     let lock = lock_output(&plan.output)?;
     let all_work = |covered: &dyn Fn(u64) -> Vec<ranges::Range>| -> Vec<Work> {
         (0..plan.chunk_count())
@@ -253,6 +256,8 @@ fn new_manifest(plan: &Plan) -> Manifest {
         preprocessing: Preprocessing {
             text_field: plan.args.text_field.clone(),
             extract_first_assistant: plan.args.extract_first_assistant,
+            chat_format: plan.args.chat(),
+            prompt: plan.prompt.clone(),
             max_seq_length: plan.model.max_seq_length,
             pooling: plan.model.pooling,
             normalize: plan.model.normalize,

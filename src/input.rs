@@ -10,6 +10,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, LargeListArray, LargeStringArra
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
+use crate::cli::ChatFormat;
 use crate::plan::{Format, InputFile, PlanError};
 
 /// Lines sniffed to infer a JSONL schema.
@@ -31,7 +32,7 @@ fn file_err(path: &str, message: impl ToString) -> InputError {
 #[derive(Debug, Clone)]
 pub struct TextRule {
     pub field: String,
-    pub extract_first_assistant: bool,
+    pub chat: Option<ChatFormat>,
 }
 
 /// The rows of one chunk that will be embedded.
@@ -103,24 +104,16 @@ fn parse_line(path: &str, line: u64, bytes: &[u8]) -> Result<Option<serde_json::
 fn text_of_json(v: Option<&Value>, rule: &TextRule) -> Result<Option<String>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !rule.extract_first_assistant => Ok(non_empty(s)),
-        Some(Value::Array(turns)) if rule.extract_first_assistant => {
-            for t in turns {
-                let role = t.get("role").and_then(Value::as_str).unwrap_or("");
-                let content = t.get("content").and_then(Value::as_str).unwrap_or("");
-                if is_assistant(role) {
-                    if let Some(c) = non_empty(content) {
-                        return Ok(Some(c.trim().to_string()));
-                    }
-                }
-            }
-            Ok(None)
+        Some(Value::String(s)) if rule.chat.is_none() => Ok(non_empty(s)),
+        Some(Value::Array(turns)) if rule.chat.is_some() => {
+            let turns = turns.iter().map(|t| (t.get("role").and_then(Value::as_str), t.get("content").and_then(Value::as_str)));
+            Ok(chat_text(turns, rule.chat.expect("checked")))
         }
         Some(other) => Err(format!(
             "field '{}' is {}, expected {}",
             rule.field,
             json_kind(other),
-            if rule.extract_first_assistant { "a list of {role, content}" } else { "a string" }
+            if rule.chat.is_some() { "a list of {role, content}" } else { "a string" }
         )),
     }
 }
@@ -133,6 +126,23 @@ fn json_kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
+    }
+}
+
+/// Text of a conversation: the first non-empty assistant/model turn (stripped), or every turn with content as
+/// "role: content" lines. `None` when there is nothing to embed.
+fn chat_text<'a>(turns: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>, format: ChatFormat) -> Option<String> {
+    match format {
+        ChatFormat::FirstAssistant => turns
+            .filter(|(role, _)| role.is_some_and(is_assistant))
+            .find_map(|(_, content)| content.and_then(non_empty))
+            .map(|c| c.trim().to_string()),
+        ChatFormat::Turns => {
+            let lines: Vec<String> = turns
+                .filter_map(|(role, content)| Some(format!("{}: {}", role.unwrap_or("unknown"), content.and_then(non_empty)?.trim())))
+                .collect();
+            (!lines.is_empty()).then(|| lines.join("\n"))
+        }
     }
 }
 
@@ -309,7 +319,7 @@ impl ChunkReader {
         let schema = source.schema();
         for (f, c) in schema.fields().iter().zip(source.columns()) {
             let name = f.name().as_str();
-            if name == self.rule.field && name == "text" && !self.rule.extract_first_assistant {
+            if name == self.rule.field && name == "text" && self.rule.chat.is_none() {
                 continue;
             }
             let new_name = if RESERVED.contains(&name) { format!("source_{name}") } else { name.to_string() };
@@ -323,10 +333,10 @@ impl ChunkReader {
 /// Texts of an Arrow column; `Err((row, message))` for a value of the wrong type.
 fn texts_of_column(col: &ArrayRef, rule: &TextRule) -> Result<Vec<Option<String>>, (usize, String)> {
     let n = col.len();
-    if !rule.extract_first_assistant {
+    let Some(format) = rule.chat else {
         let get = string_getter(col).ok_or_else(|| (0, format!("field '{}' has type {}, expected a string", rule.field, col.data_type())))?;
         return Ok((0..n).map(|i| get(i).and_then(non_empty)).collect());
-    }
+    };
     let turns_of = |i: usize| -> Option<ArrayRef> {
         if col.is_null(i) {
             return None;
@@ -356,11 +366,7 @@ fn texts_of_column(col: &ArrayRef, rule: &TextRule) -> Result<Vec<Option<String>
         let (Some(role), Some(content)) = (string_getter(role), string_getter(content)) else {
             return Err((i, format!("field '{}': 'role' and 'content' must be strings", rule.field)));
         };
-        let found = (0..s.len())
-            .filter(|&t| s.is_valid(t) && role(t).is_some_and(is_assistant))
-            .find_map(|t| content(t).and_then(non_empty))
-            .map(|c| c.trim().to_string());
-        out.push(found);
+        out.push(chat_text((0..s.len()).filter(|&t| s.is_valid(t)).map(|t| (role(t), content(t))), format));
     }
     Ok(out)
 }
@@ -385,7 +391,7 @@ mod tests {
     use std::io::Write;
 
     fn rule(extract: bool) -> TextRule {
-        TextRule { field: if extract { "messages".into() } else { "text".into() }, extract_first_assistant: extract }
+        TextRule { field: if extract { "messages".into() } else { "text".into() }, chat: extract.then_some(ChatFormat::FirstAssistant) }
     }
 
     fn jsonl(dir: &Path, body: &[u8]) -> Vec<InputFile> {
@@ -441,6 +447,9 @@ mod tests {
         let r = ChunkReader::new(jsonl(d.path(), body), rule(true)).unwrap();
         let c = r.read(&[(0, 2)]).unwrap();
         assert_eq!((c.texts.clone(), c.skipped), (vec!["answer".to_string()], 1));
+        let r = ChunkReader::new(jsonl(d.path(), body), TextRule { field: "messages".into(), chat: Some(ChatFormat::Turns) }).unwrap();
+        let c = r.read(&[(0, 2)]).unwrap();
+        assert_eq!(c.texts, vec!["user: q\nMODEL: answer".to_string(), "user: only user".to_string()]);
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct Source {
 pub struct Preprocessing {
     pub text_field: String,
     pub extract_first_assistant: bool,
+    #[serde(default)]
+    pub chat_format: Option<crate::cli::ChatFormat>,
+    #[serde(default)]
+    pub prompt: String,
     pub max_seq_length: usize,
     pub pooling: crate::model::Pooling,
     pub normalize: bool,
@@ -130,6 +134,10 @@ pub struct Fingerprint {
     pub files: Vec<SourceFile>,
     pub text_field: String,
     pub extract_first_assistant: bool,
+    #[serde(default)]
+    pub chat_format: Option<crate::cli::ChatFormat>,
+    #[serde(default)]
+    pub prompt: String,
     pub max_rows: Option<u64>,
     pub rows_per_shard: u64,
     pub model_sha256: String,
@@ -345,6 +353,8 @@ pub(crate) mod tests_support {
                 max_seq_length: 8,
                 dim: 4,
                 weights_sha256: String::new(),
+                prompts: Default::default(),
+                default_prompt_name: None,
             },
             source: Source { kind: "local".into(), files: vec![] },
             rows_total: 0,
@@ -361,6 +371,8 @@ pub(crate) mod tests_support {
             preprocessing: Preprocessing {
                 text_field: "text".into(),
                 extract_first_assistant: false,
+                chat_format: None,
+                prompt: String::new(),
                 max_seq_length: 8,
                 pooling: crate::model::Pooling::Mean,
                 normalize: true,
@@ -377,6 +389,8 @@ pub(crate) mod tests_support {
                 files: vec![],
                 text_field: "text".into(),
                 extract_first_assistant: false,
+                chat_format: None,
+                prompt: String::new(),
                 max_rows: None,
                 rows_per_shard: 10,
                 model_sha256: String::new(),

@@ -17,7 +17,7 @@ pub enum ModelError {
     MissingFile { folder: String, file: String },
     #[error("{file}: {message}")]
     BadFile { file: String, message: String },
-    #[error("{file}: unsupported architecture '{arch}' (supported: bert)")]
+    #[error("{file}: unsupported architecture '{arch}' (supported: bert, qwen3)")]
     Unsupported { file: String, arch: String },
     #[error("{file}: unsupported pooling ({mode}); supported: mean, cls, lasttoken")]
     Pooling { file: String, mode: String },
@@ -41,6 +41,7 @@ pub enum Pooling {
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Bert,
+    Qwen3,
 }
 
 /// What a model folder declares; small and serializable so it travels in the plan and the manifest.
@@ -54,6 +55,11 @@ pub struct ModelSpec {
     pub max_seq_length: usize,
     pub dim: usize,
     pub weights_sha256: String,
+    /// Named prompts from config_sentence_transformers.json and the one used by default.
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +104,8 @@ impl ModelSpec {
             .unwrap_or_default();
         let architecture = if model_type == "bert" || archs.iter().any(|a| a.starts_with("Bert")) {
             Architecture::Bert
+        } else if model_type == "qwen3" || archs.iter().any(|a| a.starts_with("Qwen3")) {
+            Architecture::Qwen3
         } else {
             let arch = if model_type.is_empty() { archs.join(",") } else { model_type };
             return Err(ModelError::Unsupported { file: config_path.display().to_string(), arch });
@@ -150,6 +158,18 @@ impl ModelSpec {
             max_pos
         }
         .min(max_pos);
+        let st_config = folder.join("config_sentence_transformers.json");
+        let (prompts, default_prompt_name) = if st_config.is_file() {
+            let c = read_json(&st_config)?;
+            let prompts = c
+                .get("prompts")
+                .and_then(|p| p.as_object())
+                .map(|p| p.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+                .unwrap_or_default();
+            (prompts, c.get("default_prompt_name").and_then(|v| v.as_str()).map(String::from))
+        } else {
+            Default::default()
+        };
         let name = match name {
             Some(n) => n.to_string(),
             None => std::fs::canonicalize(folder)
@@ -166,6 +186,30 @@ impl ModelSpec {
             max_seq_length,
             dim,
             weights_sha256: sha256_file(&weights).map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?,
+            prompts,
+            default_prompt_name,
+        })
+    }
+
+    /// The text put before every input: `--prompt`, else `--prompt-name`, else the model's default prompt.
+    pub fn resolve_prompt(&self, prompt: Option<&str>, prompt_name: Option<&str>) -> Result<String, String> {
+        if let Some(p) = prompt {
+            return Ok(p.to_string());
+        }
+        match prompt_name.map(String::from).or_else(|| self.default_prompt_name.clone()) {
+            None => Ok(String::new()),
+            Some(name) => self.prompts.get(&name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
+                format!("--prompt-name {name}: the model has no such prompt (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
+            }),
+        }
+    }
+
+    /// Loads the encoder for this model's architecture.
+    pub fn backend(&self) -> Result<Box<dyn Backend>, ModelError> {
+        Ok(match self.architecture {
+            Architecture::Bert => Box::new(BertBackend::load(self)?),
+            Architecture::Qwen3 => Box::new(Qwen3Backend::load(self)?),
         })
     }
 
@@ -242,6 +286,56 @@ impl Backend for BertBackend {
         let hidden = self.model.forward(&ids, &types, Some(&mask_t))?; // (b, l, dim)
         let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
         Ok(pool(&hidden, &batch.lengths, l, self.spec.dim, self.spec.pooling, self.spec.normalize))
+    }
+}
+
+/// Qwen3 (e.g. Qwen3-Embedding) on candle: a causal decoder whose last token is pooled. Each row runs on
+/// its own (no padding, so left/right padding cannot change results); candle's Qwen3 keeps a KV cache, so
+/// every row starts from a clean copy of the model (the weights are shared, not copied).
+pub struct Qwen3Backend {
+    model: candle_transformers::models::qwen3::Model,
+    spec: ModelSpec,
+    device: Device,
+}
+
+impl Qwen3Backend {
+    pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
+        let folder = Path::new(&spec.path);
+        let config_path = folder.join("config.json");
+        let config: candle_transformers::models::qwen3::Config = serde_json::from_value(read_json(&config_path)?)
+            .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
+        let device = Device::Cpu;
+        let weights = folder.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        // sentence-transformers saves the bare Qwen3Model (no "model." prefix); candle expects the prefix.
+        let vb = vb.rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
+        let model = candle_transformers::models::qwen3::Model::new(&config, vb)?;
+        Ok(Qwen3Backend { model, spec: spec.clone(), device })
+    }
+}
+
+impl Backend for Qwen3Backend {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+        let dim = self.spec.dim;
+        let mut out = Vec::with_capacity(batch.rows() * dim);
+        let mut at = 0;
+        for &n in &batch.lengths {
+            let n = n as usize;
+            if n == 0 || n > self.spec.max_seq_length {
+                return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.spec.max_seq_length)));
+            }
+            let ids = Tensor::from_slice(&batch.ids[at..at + n], (1, n), &self.device)?;
+            at += n;
+            let hidden = self.model.clone().forward(&ids, 0)?; // (1, n, dim), fresh KV cache
+            let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+            out.extend(pool(&hidden, &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
+        }
+        Ok(out)
     }
 }
 
@@ -355,6 +449,10 @@ mod tests {
         ]);
         let s = ModelSpec::load(d.path(), Some("m")).unwrap();
         assert_eq!((s.pooling, s.normalize, s.max_seq_length, s.dim), (Pooling::Cls, true, 256, 8));
+        assert!(s.prompts.is_empty());
+        assert_eq!(s.resolve_prompt(None, None).unwrap(), "");
+        assert_eq!(s.resolve_prompt(Some("x: "), Some("ignored")).unwrap(), "x: ");
+        assert!(s.resolve_prompt(None, Some("query")).unwrap_err().contains("--prompt-name query"));
         assert_eq!(s.weights_sha256, "50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326");
     }
 }

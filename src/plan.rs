@@ -73,6 +73,8 @@ pub struct Plan {
     pub output: OutputPaths,
     pub run_id: String,
     pub created_at: String,
+    /// Put before every text for the model (from --prompt, --prompt-name or the model's default).
+    pub prompt: String,
 }
 
 impl Plan {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::batching::Bucketing;
 use crate::input::{ChunkReader, TextRule};
 use crate::layout::Role;
-use crate::model::{Backend, BertBackend};
+
 use crate::plan::{ChunkSpec, Plan};
 use crate::protocol::{put, Embeddings, Endpoint, Header, TokenBatch};
 use crate::transport::{Mailbox, TransportError};
@@ -85,7 +85,7 @@ pub fn test_delay(point: &str) {
 
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let mut backend = BertBackend::load(&plan.model).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;
+    let mut backend = plan.model.backend().map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;
     let fault = injected_fault_row();
     let dim = backend.dim();
     // Batches received and not yet embedded. Everything waiting in the inbox is pulled in before each batch,
@@ -147,7 +147,7 @@ struct Outgoing {
 pub fn loader(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let tokenizer = plan.model.tokenizer().map_err(RoleError::from_display)?;
-    let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.args.text_field.clone(), extract_first_assistant: plan.args.extract_first_assistant })
+    let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.args.text_field.clone(), chat: plan.args.chat() })
         .map_err(RoleError::from_display)?;
     let bucketing = Bucketing {
         batch_size: plan.args.batch_size,
@@ -197,7 +197,7 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
                 mb.send(plan.layout.controller(), Header::Released { chunk: chunk.index }, Vec::new())?;
             }
             Header::Assign { chunk, todo, writer, shard } => {
-                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk, &todo)?;
+                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk, &todo, &plan.prompt)?;
                 let header = Header::ChunkData { chunk: chunk.index, shard, todo, rows: loaded.rows as u32, skipped: loaded.skipped };
                 mb.send(writer, header, loaded.payload)?;
                 mb.send(
@@ -227,10 +227,13 @@ fn load_chunk(
     bucketing: &Bucketing,
     chunk: &ChunkSpec,
     todo: &[(u64, u64)],
+    prompt: &str,
 ) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
     let rows = reader.read(todo).map_err(RoleError::from_display)?;
+    // The prompt goes before the text for the model only; the shard keeps the text as it was.
+    let inputs: Vec<String> = if prompt.is_empty() { rows.texts.clone() } else { rows.texts.iter().map(|t| format!("{prompt}{t}")).collect() };
     let encodings = tokenizer
-        .encode_batch(rows.texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+        .encode_batch(inputs, true)
         .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;
     let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
     let batches = bucketing

@@ -62,3 +62,47 @@ fn embedding_does_not_depend_on_batch_composition() {
         assert!(d <= 1e-5, "text {t:?} differs by {d} alone vs. in a padded batch");
     }
 }
+
+/// Qwen3-Embedding layout (tiny random weights): left padding, appended <|endoftext|>, last-token pooling,
+/// Normalize, and the `query` prompt, against sentence-transformers.
+#[test]
+fn tiny_qwen3_matches_sentence_transformers_for_documents_and_queries() {
+    let folder = root().join("tests/fixtures/tiny-qwen3-embedding");
+    let spec = ModelSpec::load(&folder, None).unwrap();
+    assert_eq!((spec.pooling, spec.normalize, spec.dim), (Pooling::LastToken, true, 64));
+    let tok = spec.tokenizer().unwrap();
+    let mut backend = spec.backend().unwrap();
+    let refs: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/tiny-qwen3-embedding-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (mut docs, mut queries, mut worst) = (0, 0, 1.0f64);
+    for group in refs.chunks(5) {
+        let texts: Vec<String> = group
+            .iter()
+            .map(|r| {
+                let prompt = spec.resolve_prompt(None, r["prompt_name"].as_str()).unwrap();
+                format!("{prompt}{}", r["text"].as_str().unwrap())
+            })
+            .collect();
+        let b = batch(&tok, &texts.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+        let out = backend.embed(&b).unwrap();
+        let mut at = 0;
+        for (i, r) in group.iter().enumerate() {
+            let n = b.lengths[i] as usize;
+            if let Some(ids) = r["input_ids"].as_array() {
+                let want: Vec<u32> = ids.iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                assert_eq!(&b.ids[at..at + n], &want[..], "token ids of {:?}", r["text"]);
+            }
+            at += n;
+            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let c = cosine(&out[i * 64..(i + 1) * 64], &want);
+            worst = worst.min(c);
+            assert!(c >= 0.99999, "{:?} (prompt {:?}): cosine {c}", r["text"], r["prompt_name"]);
+            if r["prompt_name"].is_null() { docs += 1 } else { queries += 1 }
+        }
+    }
+    assert_eq!((docs, queries), (64, 16));
+    eprintln!("qwen3 parity: worst cosine {worst:.9}");
+}

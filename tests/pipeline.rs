@@ -140,3 +140,42 @@ print("ok")
     let o = Command::new(python()).arg("-c").arg(check).arg(manifest_path(&out)).output().unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
 }
+
+/// A Qwen3-Embedding model folder under mpirun with the model's `query` prompt: embeddings match
+/// sentence-transformers, the prompt is recorded, and resuming with another prompt is refused.
+#[test]
+fn qwen3_with_a_named_prompt_under_mpirun() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = root().join("tests/fixtures/tiny-qwen3-embedding");
+    let refs: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/tiny-qwen3-embedding-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["prompt_name"] == "query")
+        .collect();
+    let data = dir.path().join("queries.jsonl");
+    std::fs::write(&data, refs.iter().map(|r| serde_json::json!({"text": r["text"]}).to_string() + "\n").collect::<String>()).unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = mpirun_cmd(3);
+    cmd.arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(&out);
+    cmd.args(["--prompt-name", "query", "--rows-per-shard", "5", "--batch-size", "3", "--no-progress"]);
+    let o = run_limited(&mut cmd, 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert!(m.preprocessing.prompt.starts_with("Instruct: Given a web search query"));
+    assert_eq!(m.model_info.architecture, chatspace_mpi::model::Architecture::Qwen3);
+    for (i, r) in refs.iter().enumerate() {
+        let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert!(cosine(&rows[&(i as u64)], &want) >= 0.99999, "row {i}");
+    }
+    let mut again = embed_cmd();
+    again.arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(&out);
+    again.args(["--prompt", "passage: ", "--rows-per-shard", "5", "--resume"]);
+    let o = run_limited(&mut again, 60);
+    assert!(!o.status.success() && stderr(&o).contains("prompt (manifest"), "{}", stderr(&o));
+    let mut bad = embed_cmd();
+    bad.arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(dir.path().join("o2")).args(["--prompt-name", "nope"]);
+    let o = run_limited(&mut bad, 60);
+    assert!(!o.status.success() && stderr(&o).contains("--prompt-name nope: the model has no such prompt (it has: document, query)"), "{}", stderr(&o));
+}
