@@ -12,7 +12,7 @@ use crate::layout::Layout;
 use crate::manifest::{now_rfc3339, Fingerprint, Manifest, Preprocessing, RunRecord, Source, SourceFile, Status, MANIFEST_VERSION, TOOL};
 use crate::model::ModelSpec;
 use crate::output::{dataset_name, ensure_writable, resolve_shard_path, OutputPaths};
-use crate::plan::{discover, scan_inputs, Plan};
+use crate::plan::{discover, scan_inputs, DatasetSource, Plan};
 use crate::protocol::{Endpoint, Header};
 use crate::ranges;
 use crate::roles::{RoleError, RoleResult};
@@ -50,10 +50,11 @@ pub enum Start {
 
 fn fingerprint(plan: &Plan) -> Fingerprint {
     Fingerprint {
-        dataset: plan.args.dataset_name.clone().unwrap_or_else(|| dataset_name(&plan.args.dataset)),
+        dataset: dataset_label(&plan.args, &plan.source),
         subset: plan.args.subset.clone(),
         split: plan.args.split.clone(),
-        files: plan.inputs.iter().map(|f| SourceFile { path: f.path.clone(), rows: f.rows, bytes: f.bytes }).collect(),
+        files: plan.inputs.iter().map(|f| SourceFile { path: plan.source.file_id(&f.path), rows: f.rows, bytes: f.bytes }).collect(),
+        revision: plan.source.revision.clone(),
         text_field: plan.args.text_field.clone(),
         extract_first_assistant: plan.args.extract_first_assistant,
         chat_format: plan.args.chat(),
@@ -74,8 +75,8 @@ fn fingerprint(plan: &Plan) -> Fingerprint {
 pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     use anyhow::Context;
     args.validate().map_err(anyhow::Error::msg)?;
-    let model = ModelSpec::load(&args.model, args.model_name.as_deref())?;
-    let files = discover(&args.dataset)?;
+    let model = load_model(args)?;
+    let (files, source) = find_dataset(args)?;
     if files.iter().any(|(_, f)| *f != files[0].1) {
         anyhow::bail!("--dataset {}: mixes Parquet and JSONL files; use one format", args.dataset);
     }
@@ -83,13 +84,13 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     if rows_total == 0 {
         anyhow::bail!("--dataset {}: no rows to embed", args.dataset);
     }
-    let dataset = args.dataset_name.clone().unwrap_or_else(|| dataset_name(&args.dataset));
+    let dataset = dataset_label(args, &source);
     let output = OutputPaths::new(&args.output_root, &model.name, &dataset, args.subset.as_deref(), &args.split);
     ensure_writable(&args.output_root).with_context(|| format!("--output-root {} is not writable", args.output_root.display()))?;
     let created_at = now_rfc3339();
     let run_id = args.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
     let prompt = model.resolve_prompt(args.prompt.as_deref(), args.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
-    let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt };
+    let plan = Plan { args: args.clone(), layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source };
     let lock = lock_output(&plan.output)?;
     let all_work = |covered: &dyn Fn(u64) -> Vec<ranges::Range>| -> Vec<Work> {
         (0..plan.chunk_count())
@@ -156,6 +157,39 @@ fn lock_output(output: &OutputPaths) -> anyhow::Result<std::fs::File> {
         }
         Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
+}
+
+/// The dataset's name in the layout and manifest: `--dataset-name`, the Hub repo id, or the file/folder name.
+fn dataset_label(args: &EmbedArgs, source: &DatasetSource) -> String {
+    args.dataset_name.clone().or_else(|| source.repo.clone()).unwrap_or_else(|| dataset_name(&args.dataset))
+}
+
+/// A local path names a local dataset; otherwise an `org/name[@revision]` (or `hf://...`) is a Hub dataset.
+fn find_dataset(args: &EmbedArgs) -> anyhow::Result<(Vec<(std::path::PathBuf, crate::plan::Format)>, DatasetSource)> {
+    let local_looking = [".jsonl", ".json", ".ndjson", ".parquet"].iter().any(|e| args.dataset.ends_with(e)) || args.dataset.contains(['*', '?', '[']);
+    if !std::path::Path::new(&args.dataset).exists() && !local_looking {
+        if let Some((id, revision)) = crate::hub::parse_repo_id(&args.dataset) {
+            let (snap, paths) = crate::hub::resolve_dataset(&id, &revision, args.subset.as_deref(), &args.split)?;
+            log::info!("dataset {id}@{}: {} Parquet files", snap.sha, paths.len());
+            let source = DatasetSource { kind: "hf-hub".into(), repo: Some(id), revision: Some(snap.sha), snapshot: Some(snap.dir) };
+            return Ok((paths.into_iter().map(|p| (p, crate::plan::Format::Parquet)).collect(), source));
+        }
+    }
+    Ok((discover(&args.dataset)?, DatasetSource::local()))
+}
+
+/// A local sentence-transformers folder, or a Hub model repo (`org/name[@revision]`) fetched into the HF cache.
+fn load_model(args: &EmbedArgs) -> anyhow::Result<ModelSpec> {
+    let spec = args.model.to_string_lossy();
+    if !args.model.exists() {
+        if let Some((id, revision)) = crate::hub::parse_repo_id(&spec) {
+            let snap = crate::hub::resolve_model(&id, &revision)?;
+            let mut model = ModelSpec::load(&snap.dir, Some(args.model_name.as_deref().unwrap_or(&id)))?;
+            model.source = Some(format!("hf://{id}@{}", snap.sha));
+            return Ok(model);
+        }
+    }
+    Ok(ModelSpec::load(&args.model, args.model_name.as_deref())?)
 }
 
 /// Reads the manifest to resume, refusing anything that would lose or duplicate rows: other settings, a
@@ -241,7 +275,7 @@ fn new_manifest(plan: &Plan) -> Manifest {
         split: plan.args.split.clone(),
         model: plan.model.name.clone(),
         model_info: plan.model.clone(),
-        source: Source { kind: "local".into(), files: fp.files.clone() },
+        source: Source { kind: plan.source.kind.clone(), files: fp.files.clone(), repo: plan.source.repo.clone(), revision: plan.source.revision.clone() },
         rows_total: plan.rows_total,
         rows_embedded: 0,
         rows_skipped: 0,

@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod cli;
 pub mod controller;
+pub mod hub;
 pub mod input;
 pub mod inspect;
 pub mod layout;

@@ -56,6 +56,11 @@ pub struct SourceFile {
 pub struct Source {
     pub kind: String,
     pub files: Vec<SourceFile>,
+    /// Hub datasets: the repo and the commit sha its revision resolved to.
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +137,8 @@ pub struct Fingerprint {
     pub subset: Option<String>,
     pub split: String,
     pub files: Vec<SourceFile>,
+    #[serde(default)]
+    pub revision: Option<String>,
     pub text_field: String,
     pub extract_first_assistant: bool,
     #[serde(default)]
@@ -355,8 +362,9 @@ pub(crate) mod tests_support {
                 weights_sha256: String::new(),
                 prompts: Default::default(),
                 default_prompt_name: None,
+                source: None,
             },
-            source: Source { kind: "local".into(), files: vec![] },
+            source: Source { kind: "local".into(), files: vec![], repo: None, revision: None },
             rows_total: 0,
             rows_embedded: 0,
             rows_skipped: 0,
@@ -387,6 +395,7 @@ pub(crate) mod tests_support {
                 subset: None,
                 split: "train".into(),
                 files: vec![],
+                revision: None,
                 text_field: "text".into(),
                 extract_first_assistant: false,
                 chat_format: None,

@@ -60,6 +60,9 @@ pub struct ModelSpec {
     pub prompts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub default_prompt_name: Option<String>,
+    /// `hf://{repo}@{sha}` for a model from the Hub.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +191,7 @@ impl ModelSpec {
             weights_sha256: sha256_file(&weights).map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?,
             prompts,
             default_prompt_name,
+            source: None,
         })
     }
 

@@ -75,6 +75,38 @@ pub struct Plan {
     pub created_at: String,
     /// Put before every text for the model (from --prompt, --prompt-name or the model's default).
     pub prompt: String,
+    /// Where the dataset came from.
+    pub source: DatasetSource,
+}
+
+/// A local path, or a Hub dataset repo resolved to a commit in the HF cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSource {
+    /// `local` or `hf-hub`.
+    pub kind: String,
+    pub repo: Option<String>,
+    /// The commit sha the revision resolved to.
+    pub revision: Option<String>,
+    /// The snapshot folder in the HF cache (files are named relative to it in the fingerprint).
+    pub snapshot: Option<PathBuf>,
+}
+
+impl DatasetSource {
+    pub fn local() -> Self {
+        DatasetSource { kind: "local".into(), repo: None, revision: None, snapshot: None }
+    }
+
+    /// How a file is named in the fingerprint: `hf://datasets/{repo}/{path}` for Hub files (independent of
+    /// where the cache lives), the path itself for local files.
+    pub fn file_id(&self, path: &str) -> String {
+        match (&self.repo, &self.snapshot) {
+            (Some(repo), Some(snap)) => match Path::new(path).strip_prefix(snap) {
+                Ok(rel) => format!("hf://datasets/{repo}/{}", rel.display()),
+                Err(_) => path.to_string(),
+            },
+            _ => path.to_string(),
+        }
+    }
 }
 
 impl Plan {
