@@ -36,6 +36,14 @@ pub enum ChatFormat {
     Turns,
 }
 
+/// What encoder ranks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncoderKind {
+    Model,
+    Noop,
+}
+
 /// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct EmbedArgs {
@@ -110,6 +118,10 @@ pub struct EmbedArgs {
     /// Compute device: cpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `model` runs the model; `noop` skips it and emits placeholder vectors (for plumbing benchmarks:
+    /// loading, MPI and writing without the encoder's cost). Recorded in the resume fingerprint.
+    #[arg(long, value_enum, default_value = "model")]
+    pub encoder: EncoderKind,
     /// Model dtype: float32.
     #[arg(long, default_value = "float32")]
     pub dtype: String,

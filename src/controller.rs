@@ -68,6 +68,7 @@ fn fingerprint(plan: &Plan) -> Fingerprint {
         max_seq_length: plan.model.max_seq_length,
         dim: plan.model.dim,
         dtype: plan.args.dtype.clone(),
+        encoder: plan.args.encoder,
     }
 }
 

@@ -45,6 +45,12 @@ pub fn run() -> i32 {
     }
 }
 
+/// This process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Runs `embed` on this rank: its roles on threads, its main thread routing messages (and MPI).
 pub fn embed(args: EmbedArgs) -> i32 {
     let mut wire = MpiWire::init_if_launched();
@@ -78,6 +84,10 @@ pub fn embed(args: EmbedArgs) -> i32 {
         router.add_role(e, handle);
     }
     let outcome = router.run(&mut wire);
+    if let Some(kib) = peak_rss_kib() {
+        let roles: Vec<String> = layout.local_endpoints(rank).iter().map(|&e| { let (r, i) = layout.role_of(e); format!("{} {i}", r.name()) }).collect();
+        log::info!("rank {rank} ({}): peak RSS {:.1} MiB", roles.join(" + "), kib as f64 / 1024.0);
+    }
     let controller_result = outcome.results.iter().find(|(e, _)| *e == layout.controller()).map(|(_, r)| r);
     let code = match controller_result {
         Some(result) => {

@@ -154,6 +154,12 @@ pub struct Fingerprint {
     pub max_seq_length: usize,
     pub dim: usize,
     pub dtype: String,
+    #[serde(default = "default_encoder")]
+    pub encoder: crate::cli::EncoderKind,
+}
+
+fn default_encoder() -> crate::cli::EncoderKind {
+    crate::cli::EncoderKind::Model
 }
 
 impl Fingerprint {
@@ -409,6 +415,7 @@ pub(crate) mod tests_support {
                 max_seq_length: 8,
                 dim: 4,
                 dtype: "float32".into(),
+                encoder: crate::cli::EncoderKind::Model,
             },
         }
     }

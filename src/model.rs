@@ -248,6 +248,38 @@ pub trait Backend: Send {
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
 }
 
+/// Placeholder vectors without running a model, for measuring the pipeline around the encoder. Values are a
+/// cheap hash of the row's tokens (so shards compress like real floats), normalized like real embeddings.
+pub struct NoopBackend {
+    pub dim: usize,
+}
+
+impl Backend for NoopBackend {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::with_capacity(batch.rows() * self.dim);
+        let mut at = 0;
+        for &n in &batch.lengths {
+            let mut h = batch.ids[at..at + n as usize].iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+            at += n as usize;
+            let row: Vec<f32> = (0..self.dim)
+                .map(|_| {
+                    h ^= h << 13;
+                    h ^= h >> 7;
+                    h ^= h << 17;
+                    (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            out.extend(row.iter().map(|v| v / norm));
+        }
+        Ok(out)
+    }
+}
+
 /// BERT-family encoder on candle (CPU).
 pub struct BertBackend {
     model: candle_transformers::models::bert::BertModel,
@@ -400,6 +432,18 @@ mod tests {
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::LastToken, false), vec![3., 4., 2., 2.]);
         let n = pool(&hidden, &lens, 3, 2, Pooling::LastToken, true);
         assert!((n[0] - 0.6).abs() < 1e-6 && (n[1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn noop_vectors_are_unit_length_and_depend_on_the_tokens() {
+        let mut b = NoopBackend { dim: 8 };
+        let batch = TokenBatch { row_ids: vec![0, 1, 2], lengths: vec![2, 2, 1], ids: vec![5, 6, 5, 6, 7] };
+        let v = b.embed(&batch).unwrap();
+        assert_eq!(v.len(), 24);
+        assert_eq!(&v[0..8], &v[8..16], "same tokens, same vector");
+        assert_ne!(&v[0..8], &v[16..24]);
+        let n: f32 = v[16..24].iter().map(|x| x * x).sum();
+        assert!((n - 1.0).abs() < 1e-5);
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub fn test_delay(point: &str) {
 
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let mut backend = plan.model.backend().map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?;
+    let mut backend: Box<dyn crate::model::Backend> = match plan.args.encoder {
+        crate::cli::EncoderKind::Noop => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
+        crate::cli::EncoderKind::Model => plan.model.backend().map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?,
+    };
     let fault = injected_fault_row();
     let dim = backend.dim();
     // Batches received and not yet embedded. Everything waiting in the inbox is pulled in before each batch,

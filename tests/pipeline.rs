@@ -179,3 +179,26 @@ fn qwen3_with_a_named_prompt_under_mpirun() {
     let o = run_limited(&mut bad, 60);
     assert!(!o.status.success() && stderr(&o).contains("--prompt-name nope: the model has no such prompt (it has: document, query)"), "{}", stderr(&o));
 }
+
+/// The no-op encoder (plumbing benchmarks) runs the whole pipeline without the model, and its output can
+/// never be resumed as model output.
+#[test]
+fn noop_encoder_runs_the_pipeline_and_is_fingerprinted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, (0..3000).map(|i| format!("{{\"text\":\"row {i} of the plumbing test\"}}\n")).collect::<String>()).unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = mpirun_cmd(4);
+    cmd.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out);
+    cmd.args(["--encoder", "noop", "--rows-per-shard", "1000", "--batch-size", "256", "--no-progress"]);
+    let o = run_limited(&mut cmd, 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!(rows.len(), 3000);
+    assert!(rows.values().all(|v| v.len() == 384 && (v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4));
+    let mut again = embed_cmd();
+    again.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out).args(["--rows-per-shard", "1000", "--resume"]);
+    let o = run_limited(&mut again, 60);
+    assert!(!o.status.success() && stderr(&o).contains("encoder (manifest \"noop\", now \"model\")"), "{}", stderr(&o));
+}
