@@ -53,6 +53,11 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// Runs `embed` on this rank: its roles on threads, its main thread routing messages (and MPI).
 pub fn embed(args: EmbedArgs) -> i32 {
+    // First thing, before MPI_Init (which takes a while): a scheduler's signal must never kill a rank.
+    if let Err(e) = transport::install_signal_handlers() {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return EXIT_FAILED;
+    }
     let mut wire = MpiWire::init_if_launched();
     let (rank, size) = wire.as_ref().map_or((0, 1), |w| (w.rank(), w.size()));
     let layout = match Layout::new(size, args.loaders, args.writers, args.local_encoders) {
@@ -64,10 +69,6 @@ pub fn embed(args: EmbedArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    if let Err(e) = transport::install_signal_handlers() {
-        eprintln!("error: cannot install signal handlers: {e}");
-        return EXIT_FAILED;
-    }
     let mut router = Router::new(rank, layout.clone());
     for e in layout.local_endpoints(rank) {
         let mb = router.mailbox(e);

@@ -154,8 +154,12 @@ fn interrupted_runs_resume_to_the_uninterrupted_result() {
             let ranks = launchers[rng.next(launchers.len() as u64) as usize];
             let how = kinds[rng.next(kinds.len() as u64) as usize];
             // Early (model loading, before the first commit) to late (mid-shard, in commits, in drains).
-            let delay = Duration::from_millis(200 + rng.next(4500));
+            let delay = Duration::from_millis(rng.next(4500));
+            let launched = std::time::SystemTime::now();
             let mut child = launch(ranks, &data, &out, resume);
+            // Signals are handled from the start of each rank's main(); before that (exec, dynamic loading)
+            // nothing can catch them. Count the delay from when the run has started (its manifest written).
+            wait_started(&mut child, &out, launched);
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_some() {
                 let (code, err) = wait(&mut child, 10);
@@ -183,6 +187,22 @@ fn interrupted_runs_resume_to_the_uninterrupted_result() {
             assert!(max_abs_diff(v, &baseline[id]) <= 1e-5, "chain {chain}: row {id} differs");
         }
         assert!(m.runs.len() >= 2 || interrupts == 0, "resumes are recorded");
+    }
+}
+
+/// Waits until this launch has written its manifest (every rank is past MPI_Init, handlers installed).
+fn wait_started(child: &mut Child, out: &Path, launched: std::time::SystemTime) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        let fresh = manifest_exists(out)
+            && std::fs::metadata(manifest_path(out)).and_then(|m| m.modified()).is_ok_and(|t| t >= launched);
+        if fresh {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
