@@ -5,7 +5,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates slurmctld slurmd slurm-client munge"
+pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates procps slurmctld slurmd slurm-client munge"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
