@@ -248,6 +248,19 @@ pub trait Backend: Send {
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
 }
 
+/// A model folder's config.json as `C`, and its float32 weights (memory-mapped) on the CPU.
+fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
+    let folder = Path::new(&spec.path);
+    let config_path = folder.join("config.json");
+    let config: C = serde_json::from_value(read_json(&config_path)?)
+        .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
+    let device = Device::Cpu;
+    let weights = folder.join("model.safetensors");
+    // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+    Ok((config, vb, device))
+}
+
 /// Placeholder vectors without running a model, for measuring the pipeline around the encoder. Values are a
 /// cheap hash of the row's tokens (so shards compress like real floats), normalized like real embeddings.
 pub struct NoopBackend {
@@ -289,14 +302,7 @@ pub struct BertBackend {
 
 impl BertBackend {
     pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
-        let folder = Path::new(&spec.path);
-        let config_path = folder.join("config.json");
-        let config: candle_transformers::models::bert::Config = serde_json::from_value(read_json(&config_path)?)
-            .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-        let device = Device::Cpu;
-        let weights = folder.join("model.safetensors");
-        // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let (config, vb, device) = load_parts::<candle_transformers::models::bert::Config>(spec)?;
         let model = candle_transformers::models::bert::BertModel::load(vb, &config)?;
         Ok(BertBackend { model, spec: spec.clone(), device })
     }
@@ -336,14 +342,7 @@ pub struct Qwen3Backend {
 
 impl Qwen3Backend {
     pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
-        let folder = Path::new(&spec.path);
-        let config_path = folder.join("config.json");
-        let config: candle_transformers::models::qwen3::Config = serde_json::from_value(read_json(&config_path)?)
-            .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-        let device = Device::Cpu;
-        let weights = folder.join("model.safetensors");
-        // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let (config, vb, device) = load_parts::<candle_transformers::models::qwen3::Config>(spec)?;
         // sentence-transformers saves the bare Qwen3Model (no "model." prefix); candle expects the prefix.
         let vb = vb.rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
         let model = candle_transformers::models::qwen3::Model::new(&config, vb)?;
