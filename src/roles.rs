@@ -234,9 +234,12 @@ fn load_chunk(
 ) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
     let rows = reader.read(todo).map_err(RoleError::from_display)?;
     // The prompt goes before the text for the model only; the shard keeps the text as it was.
-    let inputs: Vec<String> = if prompt.is_empty() { rows.texts.clone() } else { rows.texts.iter().map(|t| format!("{prompt}{t}")).collect() };
-    let encodings = tokenizer
-        .encode_batch(inputs, true)
+    let encodings = if prompt.is_empty() {
+        tokenizer.encode_batch(rows.texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+    } else {
+        tokenizer.encode_batch(rows.texts.iter().map(|t| format!("{prompt}{t}")).collect::<Vec<_>>(), true)
+    };
+    let encodings = encodings
         .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;
     let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
     let batches = bucketing

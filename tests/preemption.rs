@@ -120,10 +120,6 @@ fn interrupt(child: &mut Child, ranks: Option<usize>, how: Interrupt, rng: &mut 
     code
 }
 
-fn verify_ok(out: &Path) {
-    let o = Command::new(bin()).arg("verify").arg(manifest_path(out)).output().unwrap();
-    assert!(o.status.success(), "verify failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-}
 
 #[test]
 fn interrupted_runs_resume_to_the_uninterrupted_result() {

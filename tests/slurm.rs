@@ -115,10 +115,6 @@ impl Drop for Cluster {
     }
 }
 
-fn verify_ok(out: &Path) {
-    let o = Command::new(bin()).arg("verify").arg(manifest_path(out)).output().unwrap();
-    assert!(o.status.success(), "verify: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-}
 
 fn dataset(dir: &Path, copies: usize) -> PathBuf {
     let sample = std::fs::read_to_string(root().join("data/sample.jsonl")).unwrap();

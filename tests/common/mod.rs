@@ -157,3 +157,9 @@ pub fn write_mixed_dataset(path: &Path, sample_rows: usize) -> usize {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
     lines.len()
 }
+
+/// `chatspace-mpi verify` on the output's manifest must pass.
+pub fn verify_ok(out: &Path) {
+    let o = Command::new(bin()).arg("verify").arg(manifest_path(out)).output().unwrap();
+    assert!(o.status.success(), "verify failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
