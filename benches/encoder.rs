@@ -1,11 +1,14 @@
 //! Encoder alone (no MPI, no I/O): tokens/s and rows/s of the model on a fixed real-text input, batches of
-//! 32 rows, sorted by length (as the pipeline batches) and in input order, with the padding each computes.
+//! 32 rows, sorted by length (as the pipeline batches) and in input order, with the share of computed tokens
+//! that are padding (none for the packed CPU backend). Backends: this crate's CPU BERT with all cores and with
+//! 1 thread, its bfloat16 mode (AVX512_BF16 CPUs), and candle's BertModel.
 //!
 //!   cargo bench --bench encoder [-- MODEL_DIR [JSONL [BATCH]]]
+//!   BENCH_BACKENDS=cpu,cpu1,bf16,candle (default) picks the backends; BENCH_THREADS=N sets "cpu"'s threads.
 
 use std::time::Instant;
 
-use chatspace_mpi::model::{Backend, ModelSpec};
+use chatspace_mpi::model::{BackendOptions, ModelSpec};
 use chatspace_mpi::protocol::TokenBatch;
 
 fn main() {
@@ -15,7 +18,6 @@ fn main() {
     let batch_size: usize = args.get(2).and_then(|b| b.parse().ok()).unwrap_or(32);
     let spec = ModelSpec::load(std::path::Path::new(&model), None).expect("model folder (run scripts/fetch-model.sh)");
     let tok = spec.tokenizer().expect("tokenizer");
-    let mut backend = spec.backend().expect("model");
     let texts: Vec<String> = std::fs::read_to_string(&input)
         .expect("input")
         .lines()
@@ -24,38 +26,60 @@ fn main() {
         .collect();
     let enc = tok.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true).expect("tokenize");
     let ids: Vec<&[u32]> = enc.iter().map(|e| e.get_ids()).collect();
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
-    println!("encoder bench: {model}, {} rows of {input}, batch {batch_size}, threads {threads}", ids.len());
-    println!("{:<10} {:>6} {:>8} {:>8} {:>10} {:>9} {:>8}", "order", "rows", "tokens", "secs", "tokens/s", "rows/s", "padding");
-    for sorted in [true, false] {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        if sorted {
-            order.sort_by_key(|&i| ids[i].len());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(cores);
+    let wanted = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "cpu,cpu1,bf16,candle".into());
+    println!("encoder bench: {model}, {} rows of {input}, batch {batch_size}, {cores} cores", ids.len());
+    println!("{:<18} {:<9} {:>6} {:>8} {:>8} {:>10} {:>9} {:>8}", "backend", "order", "rows", "tokens", "secs", "tokens/s", "rows/s", "padding");
+    for which in wanted.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let (name, mut backend) = match which {
+            "cpu" => (format!("cpu ({threads} threads)"), spec.backend(BackendOptions::cpu(threads)).expect("model")),
+            "cpu1" => ("cpu (1 thread)".to_string(), spec.backend(BackendOptions::cpu(1)).expect("model")),
+            "bf16" if chatspace_mpi::kernels::has_bf16_dot() => {
+                (format!("cpu bf16 ({threads} t)"), spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(threads) }).expect("model"))
+            }
+            "bf16" => {
+                println!("(cpu bf16: this CPU has no AVX512_BF16)");
+                continue;
+            }
+            "candle" => ("candle BertModel".to_string(), spec.backend(BackendOptions { reference: true, ..BackendOptions::cpu(1) }).expect("model")),
+            other => panic!("BENCH_BACKENDS: unknown backend {other} (cpu, cpu1, bf16, candle)"),
+        };
+        // candle pads every batch, so its input-order pass is slow and says little: it runs sorted only.
+        let orders: &[bool] = if which == "candle" { &[true] } else { &[true, false] };
+        // The packed CPU backend computes no padding; candle computes the batch's padded rectangle.
+        let packed = which != "candle";
+        for &sorted in orders {
+            let mut order: Vec<usize> = (0..ids.len()).collect();
+            if sorted {
+                order.sort_by_key(|&i| ids[i].len());
+            }
+            let batches: Vec<TokenBatch> = order
+                .chunks(batch_size)
+                .map(|c| TokenBatch {
+                    row_ids: c.iter().map(|&i| i as u64).collect(),
+                    lengths: c.iter().map(|&i| ids[i].len() as u32).collect(),
+                    ids: c.iter().flat_map(|&i| ids[i].iter().copied()).collect(),
+                })
+                .collect();
+            backend.embed(&batches[0]).expect("warm-up");
+            let (tokens, padded): (usize, usize) = batches.iter().fold((0, 0), |(t, p), b| (t + b.tokens(), p + b.rows() * b.max_len()));
+            let start = Instant::now();
+            for b in &batches {
+                std::hint::black_box(backend.embed(b).expect("embed"));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{:<18} {:<9} {:>6} {:>8} {:>8.2} {:>10.0} {:>9.1} {:>7.1}%",
+                name,
+                if sorted { "sorted" } else { "unsorted" },
+                ids.len(),
+                tokens,
+                secs,
+                tokens as f64 / secs,
+                ids.len() as f64 / secs,
+                if packed { 0.0 } else { 100.0 * (padded - tokens) as f64 / padded as f64 }
+            );
         }
-        let batches: Vec<TokenBatch> = order
-            .chunks(batch_size)
-            .map(|c| TokenBatch {
-                row_ids: c.iter().map(|&i| i as u64).collect(),
-                lengths: c.iter().map(|&i| ids[i].len() as u32).collect(),
-                ids: c.iter().flat_map(|&i| ids[i].iter().copied()).collect(),
-            })
-            .collect();
-        backend.embed(&batches[0]).expect("warm-up");
-        let (tokens, padded): (usize, usize) = batches.iter().fold((0, 0), |(t, p), b| (t + b.tokens(), p + b.rows() * b.max_len()));
-        let start = Instant::now();
-        for b in &batches {
-            std::hint::black_box(backend.embed(b).expect("embed"));
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{:<10} {:>6} {:>8} {:>8.2} {:>10.0} {:>9.1} {:>7.1}%",
-            if sorted { "sorted" } else { "unsorted" },
-            ids.len(),
-            tokens,
-            secs,
-            tokens as f64 / secs,
-            ids.len() as f64 / secs,
-            100.0 * (padded - tokens) as f64 / padded as f64
-        );
     }
 }

@@ -2,8 +2,9 @@
 """Python baseline for `cargo bench --bench encoder`: sentence-transformers on the same model folder, input,
 batch size and thread count, printing the same columns.
 
-    python3 -m venv /tmp/st && /tmp/st/bin/pip install sentence-transformers   # torch CPU build
-    OMP_NUM_THREADS=2 /tmp/st/bin/python scripts/bench_st.py models/all-MiniLM-L6-v2 data/sample.jsonl 32
+    scripts/bench --setup-python      # target/stvenv: torch 2.15.0 + sentence-transformers 6.2.0 from PyPI
+    OMP_NUM_THREADS=2 target/stvenv/bin/python scripts/bench_st.py models/all-MiniLM-L6-v2 INPUT.jsonl 32
+scripts/bench runs it side by side with the Rust encoders on the same input.
 """
 import json
 import os
@@ -28,5 +29,6 @@ model.encode(texts[:batch], batch_size=batch)  # warm-up
 start = time.perf_counter()
 model.encode(texts, batch_size=batch)  # sorts by length internally, like the pipeline
 secs = time.perf_counter() - start
-print(f"sentence-transformers: {model_dir}, {len(texts)} rows of {path}, batch {batch}, threads {threads}")
-print(f"{'sorted':<10} {len(texts):>6} {tokens:>8} {secs:>8.2f} {tokens / secs:>10.0f} {len(texts) / secs:>9.1f}")
+print(f"sentence-transformers: {model_dir}, {len(texts)} rows of {path}, batch {batch}, threads {threads}, torch {torch.__version__}")
+name = f"torch ({threads} threads)"
+print(f"{name:<18} {'sorted':<9} {len(texts):>6} {tokens:>8} {secs:>8.2f} {tokens / secs:>10.0f} {len(texts) / secs:>9.1f}       -")

@@ -40,7 +40,11 @@ pub enum ChatFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EncoderKind {
+    /// The model: BERT on this crate's CPU forward pass (src/bert.rs), Qwen3 on candle.
     Model,
+    /// BERT on candle-transformers' `BertModel`: the reference the fast path is tested against (slower).
+    Candle,
+    /// No model: placeholder vectors, for plumbing benchmarks.
     Noop,
 }
 
@@ -112,17 +116,24 @@ pub struct EmbedArgs {
     /// Encoders when running without mpirun (threads in one process).
     #[arg(long, default_value_t = 1)]
     pub local_encoders: usize,
+    /// Threads each encoder uses for the model (0: the cores this process may use, shared among the
+    /// encoders on this node).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub threads: usize,
     /// Batches a loader may have in flight per encoder.
     #[arg(long, default_value_t = 2)]
     pub prefetch_batches: usize,
     /// Compute device: cpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// `model` runs the model; `noop` skips it and emits placeholder vectors (for plumbing benchmarks:
-    /// loading, MPI and writing without the encoder's cost). Recorded in the resume fingerprint.
+    /// `model` runs the model; `candle` runs BERT models on candle-transformers (the slower reference);
+    /// `noop` skips the model and emits placeholder vectors (for plumbing benchmarks: loading, MPI and
+    /// writing without the encoder's cost). Recorded in the resume fingerprint.
     #[arg(long, value_enum, default_value = "model")]
     pub encoder: EncoderKind,
-    /// Model dtype: float32.
+    /// Compute dtype: float32, or bfloat16 (linear layers of BERT models on CPUs with AVX512_BF16; faster,
+    /// embeddings differ slightly: see docs/benchmarks.md). Embeddings are written as float32 either way.
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Run id recorded in the manifest (default: from the start time).
@@ -192,8 +203,11 @@ impl EmbedArgs {
         if self.device != "cpu" {
             return Err(format!("--device {}: only 'cpu' is supported by this build", self.device));
         }
-        if self.dtype != "float32" {
-            return Err(format!("--dtype {}: only 'float32' is supported on cpu", self.dtype));
+        match self.dtype.as_str() {
+            "float32" => {}
+            "bfloat16" if crate::kernels::has_bf16_dot() => {}
+            "bfloat16" => return Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into()),
+            other => return Err(format!("--dtype {other}: on cpu, float32 (default) or bfloat16 (CPUs with AVX512_BF16)")),
         }
         if self.text_field.is_empty() {
             return Err("--text-field must not be empty".into());

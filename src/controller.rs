@@ -22,8 +22,9 @@ use crate::transport::Mailbox;
 /// Exit code of a run that stopped early but left a resumable manifest (EX_TEMPFAIL).
 pub const EXIT_PREEMPTED: i32 = 75;
 
-/// Set when the controller stops after work started while ranks may be mid-batch: the launcher then ends
-/// every rank at once (MPI_Abort). Failures before the plan is sent shut ranks down cleanly instead.
+/// Set while ranks may be mid-batch (multi-rank runs, after the plan is sent): if the controller stops now,
+/// every rank exits at once (an `Abort` message, then process exit without MPI_Finalize). Failures before
+/// the plan is sent shut ranks down cleanly instead.
 pub static NEEDS_ABORT: AtomicBool = AtomicBool::new(false);
 /// The exit code the controller decided on.
 pub static EXIT_CODE: AtomicI32 = AtomicI32::new(0);
@@ -481,7 +482,9 @@ fn run_inner(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
         write_manifest(manifest)?;
         write_summary(&plan, manifest, secs);
         EXIT_CODE.store(code, Ordering::SeqCst);
-        let _ = broadcast(mb, layout, &Header::Shutdown { code });
+        // Ranks with work in flight (failure, stop now) are told to exit at once; otherwise to shut down.
+        let header = if NEEDS_ABORT.load(Ordering::SeqCst) { Header::Abort { code } } else { Header::Shutdown { code } };
+        let _ = broadcast(mb, layout, &header);
         Ok(())
     };
     loop {
@@ -518,6 +521,7 @@ fn run_inner(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
                                 progress.tokens as f64 / secs,
                                 manifest_path.display()
                             );
+                            NEEDS_ABORT.store(false, Ordering::SeqCst);
                             end(&mut manifest, Status::Complete, "complete".into(), crate::EXIT_OK, &progress)?;
                         } else {
                             let reason = drain.as_ref().map(|d| d.1.clone()).unwrap_or_else(|| "drained".into());
@@ -532,9 +536,9 @@ fn run_inner(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> RoleResult {
                                 manifest_path.display()
                             );
                             debug_assert!(drained, "an undrained run that finishes is complete");
+                            NEEDS_ABORT.store(false, Ordering::SeqCst);
                             end(&mut manifest, Status::Preempted, format!("preempted: {reason}"), EXIT_PREEMPTED, &progress)?;
                         }
-                        NEEDS_ABORT.store(false, Ordering::SeqCst);
                         return Ok(());
                     }
                     Action::Fail(message) => {
@@ -620,6 +624,6 @@ fn stop_now(
         write_status_file(args);
         std::process::exit(EXIT_PREEMPTED);
     }
-    // Ranks may be mid-batch: the launcher ends them all at once (MPI_Abort).
+    // Ranks may be mid-batch: `end` told them to exit at once (Abort), and so does this rank (see lib.rs).
     Ok(())
 }

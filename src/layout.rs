@@ -164,6 +164,32 @@ impl Layout {
     }
 }
 
+/// Threads per encoder: `requested`, or (0) the cores this process may use shared among the encoders on
+/// this node. Under Slurm with `--cpus-per-task`, each rank's own CPUs are its share.
+pub fn encoder_threads(requested: usize, layout: &Layout) -> usize {
+    if requested > 0 {
+        return requested;
+    }
+    if let Some(n) = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0) {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ranks_here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
+        .unwrap_or(layout.world_size);
+    auto_threads(cores, layout, ranks_here)
+}
+
+fn auto_threads(cores: usize, layout: &Layout, ranks_here: usize) -> usize {
+    let encoders_here = if layout.world_size <= 1 {
+        layout.encoders
+    } else {
+        (layout.encoders * ranks_here.clamp(1, layout.world_size)).div_ceil(layout.world_size)
+    };
+    (cores / encoders_here.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +250,20 @@ mod tests {
     fn summary_names_every_rank() {
         let l = Layout::new(4, None, None, 1).unwrap();
         assert_eq!(l.summary(), "rank 0: controller; rank 1: loader 0; rank 2: encoder 0; rank 3: writer 0");
+    }
+
+    #[test]
+    fn encoder_threads_share_the_node_cores() {
+        let one = Layout::new(1, None, None, 1).unwrap();
+        assert_eq!(auto_threads(2, &one, 1), 2);
+        assert_eq!(auto_threads(8, &Layout::new(1, None, None, 2).unwrap(), 1), 4);
+        let four = Layout::new(4, None, None, 1).unwrap(); // one encoder rank
+        assert_eq!(auto_threads(2, &four, 4), 2);
+        let five = Layout::new(5, None, None, 1).unwrap(); // two encoder ranks on one node
+        assert_eq!(five.encoders, 2);
+        assert_eq!(auto_threads(2, &five, 5), 1);
+        let sixteen = Layout::new(16, None, None, 1).unwrap(); // two nodes of 8 ranks: half the encoders here
+        assert_eq!(auto_threads(16, &sixteen, 8), 16 / sixteen.encoders.div_ceil(2));
+        assert_eq!(encoder_threads(3, &four), 3);
     }
 }

@@ -27,6 +27,9 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
     #[error("batch: {0}")]
     Batch(String),
+    /// A setting this model or machine cannot run (e.g. `--dtype bfloat16` without AVX512_BF16).
+    #[error("{0}")]
+    Setting(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,10 +212,15 @@ impl ModelSpec {
         }
     }
 
-    /// Loads the encoder for this model's architecture.
-    pub fn backend(&self) -> Result<Box<dyn Backend>, ModelError> {
+    /// Loads the encoder for this model's architecture: BERT on this crate's CPU forward pass (or on candle's
+    /// `BertModel` with `opts.reference`), Qwen3 on candle. Only the CPU BERT has a bfloat16 mode.
+    pub fn backend(&self, opts: BackendOptions) -> Result<Box<dyn Backend>, ModelError> {
+        if opts.bf16 && (opts.reference || self.architecture != Architecture::Bert) {
+            return Err(ModelError::Setting("--dtype bfloat16 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()));
+        }
         Ok(match self.architecture {
-            Architecture::Bert => Box::new(BertBackend::load(self)?),
+            Architecture::Bert if opts.reference => Box::new(BertBackend::load(self)?),
+            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.bf16)?),
             Architecture::Qwen3 => Box::new(Qwen3Backend::load(self)?),
         })
     }
@@ -243,9 +251,31 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
 /// model says so).
+/// How [`ModelSpec::backend`] builds the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Threads per batch (CPU BERT).
+    pub threads: usize,
+    /// candle-transformers' `BertModel` instead of this crate's BERT (the reference; slower).
+    pub reference: bool,
+    /// bfloat16 linear layers (CPU BERT with AVX512_BF16), float32 everywhere else.
+    pub bf16: bool,
+}
+
+impl BackendOptions {
+    /// This crate's float32 CPU encoder with `threads` threads.
+    pub fn cpu(threads: usize) -> Self {
+        BackendOptions { threads, reference: false, bf16: false }
+    }
+}
+
 pub trait Backend: Send {
     fn dim(&self) -> usize;
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
+    /// Whether a batch costs its padded rectangle (rows x longest row) rather than its tokens.
+    fn pads(&self) -> bool {
+        false
+    }
 }
 
 /// A model folder's config.json as `C`, and its float32 weights (memory-mapped) on the CPU.
@@ -276,24 +306,26 @@ impl Backend for NoopBackend {
         let mut out = Vec::with_capacity(batch.rows() * self.dim);
         let mut at = 0;
         for &n in &batch.lengths {
-            let mut h = batch.ids[at..at + n as usize].iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+            let seed = batch.ids[at..at + n as usize].iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
             at += n as usize;
-            let row: Vec<f32> = (0..self.dim)
-                .map(|_| {
-                    h ^= h << 13;
-                    h ^= h >> 7;
-                    h ^= h << 17;
-                    (h >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
+            let start = out.len();
+            // Element j from an independent hash of (seed, j): random mantissa and sign, magnitude in
+            // [1/32, 1/16) like a normalized 384-dim vector's entries.
+            out.extend((0..self.dim as u64).map(|j| {
+                let mut z = seed.wrapping_add(j.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                f32::from_bits(0x3d00_0000 | ((z ^ (z >> 31)) as u32 & 0x807f_ffff))
+            }));
+            let row = &mut out[start..];
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            out.extend(row.iter().map(|v| v / norm));
+            row.iter_mut().for_each(|v| *v /= norm);
         }
         Ok(out)
     }
 }
 
-/// BERT-family encoder on candle (CPU).
+/// BERT-family encoder on candle-transformers' `BertModel` (CPU): the reference for `crate::bert`.
 pub struct BertBackend {
     model: candle_transformers::models::bert::BertModel,
     spec: ModelSpec,
@@ -313,12 +345,19 @@ impl Backend for BertBackend {
         self.spec.dim
     }
 
+    fn pads(&self) -> bool {
+        true
+    }
+
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
         let (b, l) = (batch.rows(), batch.max_len());
         if b == 0 {
             return Ok(Vec::new());
         }
-        if l == 0 || l > self.spec.max_seq_length {
+        if batch.lengths.contains(&0) {
+            return Err(ModelError::Batch("row length 0 (every row has at least its special tokens)".into()));
+        }
+        if l > self.spec.max_seq_length {
             return Err(ModelError::Batch(format!("row length {l} outside 1..={}", self.spec.max_seq_length)));
         }
         let (ids, mask) = pad_right(batch, l);

@@ -1,6 +1,6 @@
 //! The messages roles exchange, and their wire format: a small typed header plus raw little-endian payloads.
 //!
-//! A message on the wire is `[from u32][to u32][header_len u32][header JSON][payload bytes]`. Headers are
+//! A message on the wire is `[payload bytes][header JSON][from u32][to u32][header_len u32]`. Headers are
 //! tiny (a few hundred bytes at most); token ids, row ids and embeddings travel as raw `u32`/`u64`/`f32`
 //! arrays in the payload, never serialized per row.
 
@@ -46,8 +46,14 @@ pub enum Header {
     Signal { rank: u32, signal: i32, count: u32 },
     /// Any role -> controller: this role cannot go on.
     Failed { role: String, message: String },
-    /// Controller -> every role: stop now; the rank exits with `code`.
+    /// Controller -> every role: the run is over (roles have nothing left in flight); the rank exits with
+    /// `code` after a normal MPI shutdown.
     Shutdown { code: i32 },
+    /// Controller -> every rank (failure, second signal, drain timeout): roles may be mid-batch or stuck, so
+    /// the receiving rank's router exits the process with `code` at once, without waiting for its roles.
+    /// Committed shards and the manifest are already safe. This replaces MPI_Abort, which can hang in the
+    /// launcher (seen with Debian's Open MPI 4.1 and its external PMIx).
+    Abort { code: i32 },
 }
 
 impl Header {
@@ -69,6 +75,7 @@ impl Header {
             Header::Signal { .. } => "Signal",
             Header::Failed { .. } => "Failed",
             Header::Shutdown { .. } => "Shutdown",
+            Header::Abort { .. } => "Abort",
         }
     }
 }
@@ -102,32 +109,37 @@ impl Envelope {
         self
     }
 
-    /// Serializes for a transport that moves bytes (MPI).
-    pub fn encode(&self) -> Vec<u8> {
+    /// Serializes for a transport that moves bytes (MPI): the payload first, so it is neither copied here
+    /// nor in [`Envelope::decode`] (only the small header is appended, into the payload's spare capacity).
+    pub fn encode(self) -> Vec<u8> {
         let header = serde_json::to_vec(&self.header).expect("headers always serialize; this is a bug");
-        let mut out = Vec::with_capacity(12 + header.len() + self.payload.len());
+        let mut out = self.payload;
+        out.reserve_exact(header.len() + 12);
+        out.extend_from_slice(&header);
         out.extend_from_slice(&self.from.to_le_bytes());
         out.extend_from_slice(&self.to.to_le_bytes());
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&self.payload);
         out
     }
 
     pub fn decode(mut bytes: Vec<u8>) -> Result<Self, ProtocolError> {
-        if bytes.len() < 12 {
-            return Err(ProtocolError::Short(bytes.len()));
+        let n = bytes.len();
+        if n < 12 {
+            return Err(ProtocolError::Short(n));
         }
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-        let (from, to, hlen) = (word(0), word(4), word(8) as usize);
-        if bytes.len() < 12 + hlen {
-            return Err(ProtocolError::Short(bytes.len()));
+        let (from, to, hlen) = (word(n - 12), word(n - 8), word(n - 4) as usize);
+        if n < 12 + hlen {
+            return Err(ProtocolError::Short(n));
         }
-        let header: Header = serde_json::from_slice(&bytes[12..12 + hlen])?;
-        let payload = bytes.split_off(12 + hlen);
-        Ok(Envelope { from, to, header, payload })
+        let header: Header = serde_json::from_slice(&bytes[n - 12 - hlen..n - 12])?;
+        bytes.truncate(n - 12 - hlen);
+        Ok(Envelope { from, to, header, payload: bytes })
     }
 }
+
+/// Spare capacity payload builders leave for the encoded header, so that `encode` does not reallocate.
+pub const HEADER_ROOM: usize = 512;
 
 /// Appends a slice of plain numbers to a payload as raw bytes.
 pub fn put<T: bytemuck::Pod>(buf: &mut Vec<u8>, values: &[T]) {
@@ -192,7 +204,7 @@ impl TokenBatch {
     }
 
     pub fn to_payload(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.rows() * 12 + self.ids.len() * 4);
+        let mut buf = Vec::with_capacity(self.rows() * 12 + self.ids.len() * 4 + HEADER_ROOM);
         put(&mut buf, &self.row_ids);
         put(&mut buf, &self.lengths);
         put(&mut buf, &self.ids);
@@ -221,7 +233,7 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn to_payload(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.row_ids.len() * 8 + self.values.len() * 4);
+        let mut buf = Vec::with_capacity(self.row_ids.len() * 8 + self.values.len() * 4 + HEADER_ROOM);
         put(&mut buf, &self.row_ids);
         put(&mut buf, &self.values);
         buf
@@ -244,7 +256,7 @@ mod tests {
     fn envelope_round_trip_keeps_header_and_payload() {
         let batch = TokenBatch { row_ids: vec![7, 3], lengths: vec![2, 3], ids: vec![101, 102, 101, 5, 102] };
         let env = Envelope::new(2, 5, Header::Batch { chunk: 9, writer: 5, rows: 2 }).with_payload(batch.to_payload());
-        let back = Envelope::decode(env.encode()).unwrap();
+        let back = Envelope::decode(env.clone().encode()).unwrap();
         assert_eq!(back, env);
         let Header::Batch { rows, .. } = back.header else { panic!("wrong header") };
         assert_eq!(TokenBatch::from_payload(rows as usize, &back.payload).unwrap(), batch);
@@ -266,7 +278,8 @@ mod tests {
         assert!(Embeddings::from_payload(2, 3, &p).is_err());
         assert!(Envelope::decode(vec![1, 2, 3]).is_err());
         let mut bad = Envelope::new(0, 1, Header::Credit).encode();
-        bad[8] = 200; // header length beyond the buffer
+        let n = bad.len();
+        bad[n - 4] = 200; // header length beyond the buffer
         assert!(Envelope::decode(bad).is_err());
     }
 }

@@ -44,6 +44,7 @@ pub fn spawn(role: Role, mb: Mailbox, body: impl FnOnce(&Mailbox) -> RoleResult 
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mb)))
                 .unwrap_or_else(|p| Err(RoleError::new(crate::transport::panic_message(&p))));
+            log::info!("{} {}: {:.2}s CPU", role.name(), mb.me, thread_cpu_seconds());
             if let Err(e) = &result {
                 if role != Role::Controller {
                     let _ = mb.send(0, Header::Failed { role: role.name().into(), message: e.message.clone() }, Vec::new());
@@ -52,6 +53,16 @@ pub fn spawn(role: Role, mb: Mailbox, body: impl FnOnce(&Mailbox) -> RoleResult 
             result.map_err(|e| e.message)
         })
         .expect("spawning a role thread")
+}
+
+/// CPU time the calling thread has used, in seconds (0 where the clock is unavailable).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Waits for the controller's plan; `None` if told to shut down first.
@@ -87,7 +98,14 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let mut backend: Box<dyn crate::model::Backend> = match plan.args.encoder {
         crate::cli::EncoderKind::Noop => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
-        crate::cli::EncoderKind::Model => plan.model.backend().map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?,
+        kind => {
+            let threads = crate::layout::encoder_threads(plan.args.threads, &plan.layout);
+            log::info!("encoder {}: {threads} threads", mb.me);
+            let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, bf16: plan.args.dtype == "bfloat16" };
+            plan.model
+                .backend(opts)
+                .map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
+        }
     };
     let fault = injected_fault_row();
     let dim = backend.dim();
@@ -131,7 +149,8 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         let started = std::time::Instant::now();
         let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
         let seconds = started.elapsed().as_secs_f64();
-        let padded = (batch.rows() * batch.max_len()) as u64;
+        // Tokens computed: the padded rectangle for backends that pad, else just the tokens.
+        let padded = if backend.pads() { (batch.rows() * batch.max_len()) as u64 } else { batch.tokens() as u64 };
         let tokens = batch.tokens() as u64;
         let out = Embeddings { row_ids: batch.row_ids, dim, values };
         mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
@@ -149,7 +168,10 @@ struct Outgoing {
 
 pub fn loader(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let tokenizer = plan.model.tokenizer().map_err(RoleError::from_display)?;
+    let tokenizer = match plan.args.encoder {
+        crate::cli::EncoderKind::Noop => Tokens::Bytes(plan.model.max_seq_length),
+        _ => Tokens::Model(Box::new(plan.model.tokenizer().map_err(RoleError::from_display)?)),
+    };
     let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.args.text_field.clone(), chat: plan.args.chat() })
         .map_err(RoleError::from_display)?;
     let bucketing = Bucketing {
@@ -223,25 +245,50 @@ struct Loaded {
     payload: Vec<u8>,
 }
 
+/// How the loader turns text into token ids.
+enum Tokens {
+    /// The model's tokenizer.
+    Model(Box<tokenizers::Tokenizer>),
+    /// One id per byte, at most this many: for the no-op encoder, which ignores ids, so that plumbing
+    /// benchmarks measure loading, MPI and writing rather than the tokenizer (which scales with --loaders).
+    Bytes(usize),
+}
+
+impl Tokens {
+    fn encode(&self, texts: &[String], prompt: &str) -> Result<Vec<Vec<u32>>, String> {
+        match self {
+            Tokens::Model(tokenizer) => {
+                // The prompt goes before the text for the model only; the shard keeps the text as it was.
+                let encodings = if prompt.is_empty() {
+                    tokenizer.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+                } else {
+                    tokenizer.encode_batch(texts.iter().map(|t| format!("{prompt}{t}")).collect::<Vec<_>>(), true)
+                };
+                Ok(encodings.map_err(|e| e.to_string())?.into_iter().map(|e| e.get_ids().to_vec()).collect())
+            }
+            Tokens::Bytes(max) => Ok(texts
+                .iter()
+                .map(|t| prompt.bytes().chain(t.bytes()).take((*max).max(1)).map(u32::from).collect::<Vec<u32>>())
+                .map(|ids| if ids.is_empty() { vec![0] } else { ids })
+                .collect()),
+        }
+    }
+}
+
 /// Reads, tokenizes and batches one chunk.
 fn load_chunk(
     reader: &ChunkReader,
-    tokenizer: &tokenizers::Tokenizer,
+    tokenizer: &Tokens,
     bucketing: &Bucketing,
     chunk: &ChunkSpec,
     todo: &[(u64, u64)],
     prompt: &str,
 ) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
     let rows = reader.read(todo).map_err(RoleError::from_display)?;
-    // The prompt goes before the text for the model only; the shard keeps the text as it was.
-    let encodings = if prompt.is_empty() {
-        tokenizer.encode_batch(rows.texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
-    } else {
-        tokenizer.encode_batch(rows.texts.iter().map(|t| format!("{prompt}{t}")).collect::<Vec<_>>(), true)
-    };
-    let encodings = encodings
+    let encodings = tokenizer
+        .encode(&rows.texts, prompt)
         .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;
-    let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+    let lengths: Vec<usize> = encodings.iter().map(Vec::len).collect();
     let batches = bucketing
         .plan(&lengths)
         .into_iter()
@@ -250,7 +297,7 @@ fn load_chunk(
             for i in idx {
                 b.row_ids.push(rows.row_ids[i]);
                 b.lengths.push(lengths[i] as u32);
-                b.ids.extend_from_slice(encodings[i].get_ids());
+                b.ids.extend_from_slice(&encodings[i]);
             }
             b
         })

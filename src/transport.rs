@@ -150,11 +150,6 @@ impl MpiWire {
         Some(probed.matched_receive_vec::<u8>().0)
     }
 
-    /// Kills every rank of the job (MPI_Abort).
-    pub fn abort(&self, code: i32) -> ! {
-        use mpi::topology::Communicator;
-        self.world.abort(code)
-    }
 }
 
 /// How a rank's roles ended.
@@ -163,6 +158,8 @@ pub struct RouterOutcome {
     pub results: Vec<(Endpoint, Result<(), String>)>,
     /// The exit code the controller sent with `Shutdown`, if it reached this rank.
     pub shutdown_code: Option<i32>,
+    /// The exit code the controller sent with `Abort`: the rank must exit now, without MPI_Finalize.
+    pub abort_code: Option<i32>,
 }
 
 /// Runs local role threads and moves their messages until they have all finished.
@@ -174,12 +171,13 @@ pub struct Router {
     out_tx: Sender<Envelope>,
     roles: Vec<(Endpoint, JoinHandle<Result<(), String>>)>,
     shutdown_code: Option<i32>,
+    abort_code: Option<i32>,
 }
 
 impl Router {
     pub fn new(rank: usize, layout: Layout) -> Router {
         let (out_tx, out_rx) = channel();
-        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None }
+        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None, abort_code: None }
     }
 
     /// A mailbox for a local endpoint.
@@ -198,8 +196,14 @@ impl Router {
         match (rank, wire) {
             (Some(r), Some(w)) if r != self.rank => w.send(r, env.encode()),
             _ => {
-                if let Header::Shutdown { code } = env.header {
-                    self.shutdown_code = Some(code);
+                match env.header {
+                    Header::Shutdown { code } => self.shutdown_code = Some(code),
+                    Header::Abort { code } => {
+                        // Not for the roles: the router ends the rank (see `run`).
+                        self.abort_code = Some(code);
+                        return;
+                    }
+                    _ => {}
                 }
                 if let Some(tx) = self.inboxes.get(&env.to) {
                     // A role that already exited drops what is sent to it.
@@ -261,14 +265,18 @@ impl Router {
                     i += 1;
                 }
             }
-            if self.roles.is_empty() {
+            // After an Abort, only a local controller is waited for (it returns right after sending it).
+            let controller = self.layout.controller();
+            let stopping = self.roles.is_empty() || (self.abort_code.is_some() && self.roles.iter().all(|(e, _)| *e != controller));
+            if stopping {
                 // Drain what the last roles sent, then wait (bounded) for MPI to take the sends.
                 while let Ok(env) = self.out_rx.try_recv() {
                     self.deliver(env, wire);
                 }
                 let pending = wire.as_mut().map_or(0, |w| w.progress_sends());
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                if pending == 0 || since.elapsed() > Duration::from_secs(10) {
+                let limit = Duration::from_secs(if self.abort_code.is_some() { 2 } else { 10 });
+                if pending == 0 || since.elapsed() > limit {
                     break;
                 }
             }
@@ -276,7 +284,7 @@ impl Router {
                 std::thread::sleep(if pending > 0 { Duration::from_micros(50) } else { Duration::from_micros(300) });
             }
         }
-        RouterOutcome { results, shutdown_code: self.shutdown_code }
+        RouterOutcome { results, shutdown_code: self.shutdown_code, abort_code: self.abort_code }
     }
 }
 
@@ -320,5 +328,32 @@ mod tests {
         out.sort_by_key(|(e, _)| *e);
         assert!(out[0].1.is_ok());
         assert_eq!(out[1].1, Err("b stops with an error".to_string()));
+    }
+
+    #[test]
+    fn abort_ends_the_router_without_waiting_for_busy_roles() {
+        let layout = Layout::new(1, None, None, 1).unwrap();
+        let mut router = Router::new(0, layout);
+        let controller = router.mailbox(0);
+        let busy = router.mailbox(1);
+        let (release_tx, release_rx) = channel::<()>();
+        let hc = std::thread::spawn(move || {
+            controller.send(1, Header::Abort { code: 75 }, vec![]).unwrap();
+            Ok(())
+        });
+        // A role stuck mid-batch: it never sees the Abort and only ends when the test lets it.
+        let hb = std::thread::spawn(move || {
+            let _ = release_rx.recv();
+            drop(busy);
+            Ok(())
+        });
+        router.add_role(0, hc);
+        router.add_role(1, hb);
+        let outcome = router.run(&mut None);
+        assert_eq!(outcome.abort_code, Some(75));
+        assert_eq!(outcome.shutdown_code, None);
+        // The controller's result is collected; the busy role is still running.
+        assert_eq!(outcome.results.iter().map(|(e, _)| *e).collect::<Vec<_>>(), vec![0]);
+        release_tx.send(()).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
@@ -77,12 +77,56 @@ impl Pending {
     }
 }
 
+/// Shards encoded and written at once, off the receive loop: Parquet encoding and fsync of one shard overlap
+/// the arrival of the next chunks. Each holds one chunk in memory.
+const SHARD_THREADS: usize = 2;
+/// Complete chunks waiting for a shard thread (beyond those being written). When full, the receive loop
+/// waits, and with it the encoders and loaders that feed it: memory stays bounded.
+const SHARD_QUEUE: usize = 1;
+
 pub fn run(mb: &Mailbox) -> RoleResult {
     let Some(plan) = crate::roles::wait_for_plan(mb)? else { return Ok(()) };
-    let mut chunks: HashMap<u64, Pending> = HashMap::new();
     std::fs::create_dir_all(&plan.output.shard_dir).map_err(|e| RoleError::new(format!("{}: {e}", plan.output.shard_dir.display())))?;
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Pending>(SHARD_QUEUE);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Header, RoleError>>();
+    std::thread::scope(|s| {
+        for k in 0..SHARD_THREADS {
+            let (plan, job_rx, done_tx, me) = (&plan, &job_rx, done_tx.clone(), mb.me);
+            s.spawn(move || loop {
+                let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+                let Ok(p) = job else {
+                    log::info!("writer {me} shard thread {k}: {:.2}s CPU", crate::roles::thread_cpu_seconds());
+                    return;
+                };
+                let index = p.spec.index;
+                let result = write_shard(plan, p).map(|entry| match entry {
+                    Some(entry) => {
+                        crate::roles::test_delay("writer-commit");
+                        Header::ShardWritten(Box::new(entry))
+                    }
+                    None => Header::Released { chunk: index },
+                });
+                if done_tx.send(result).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        // Dropping `job_tx` on return lets the shard threads finish what they hold and end.
+        receive(mb, &plan, job_tx, &done_rx)
+    })
+}
+
+/// Assembles chunks from loader and encoder messages, hands complete ones to the shard threads and reports
+/// what they wrote to the controller.
+fn receive(mb: &Mailbox, plan: &Plan, jobs: std::sync::mpsc::SyncSender<Pending>, done: &std::sync::mpsc::Receiver<Result<Header, RoleError>>) -> RoleResult {
+    let mut chunks: HashMap<u64, Pending> = HashMap::new();
     loop {
-        let Some(env) = mb.recv_timeout(Duration::from_millis(100))? else { continue };
+        while let Ok(result) = done.try_recv() {
+            mb.send(plan.layout.controller(), result?, Vec::new())?;
+        }
+        let Some(env) = mb.recv_timeout(Duration::from_millis(10))? else { continue };
         let index = match env.header {
             Header::Shutdown { .. } => return Ok(()),
             Header::ChunkData { chunk, shard, todo, rows, skipped } => {
@@ -111,14 +155,7 @@ pub fn run(mb: &Mailbox) -> RoleResult {
         };
         if chunks[&index].complete() {
             let p = chunks.remove(&index).expect("present");
-            let header = match write_shard(&plan, p)? {
-                Some(entry) => {
-                    crate::roles::test_delay("writer-commit");
-                    Header::ShardWritten(Box::new(entry))
-                }
-                None => Header::Released { chunk: index },
-            };
-            mb.send(plan.layout.controller(), header, Vec::new())?;
+            jobs.send(p).map_err(|_| RoleError::new("the shard threads stopped (this is a bug)"))?;
         }
     }
 }
@@ -165,16 +202,22 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         (ids, columns, covered)
     };
     let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
-    // Gather embeddings in row-id order (ids are sorted).
-    let mut values = Vec::with_capacity(ids.len() * dim);
+    // Embeddings in row-id order (ids are sorted). When every row of the chunk is there, they already are.
+    let values = if ids.len() == p.filled.len() {
+        p.values
+    } else {
+        let mut values = Vec::with_capacity(ids.len() * dim);
+        for &id in &ids {
+            let i = (id - p.spec.start) as usize;
+            values.extend_from_slice(&p.values[i * dim..(i + 1) * dim]);
+        }
+        values
+    };
     let (mut min_norm, mut max_norm) = (None::<f32>, None::<f32>);
-    for &id in &ids {
-        let i = (id - p.spec.start) as usize;
-        let v = &p.values[i * dim..(i + 1) * dim];
+    for v in values.chunks_exact(dim.max(1)) {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         min_norm = Some(min_norm.map_or(n, |m| m.min(n)));
         max_norm = Some(max_norm.map_or(n, |m| m.max(n)));
-        values.extend_from_slice(v);
     }
     let batch = shard_batch(&ids, &columns, dim, values).map_err(RoleError::new)?;
     let created_at = now_rfc3339();
@@ -193,13 +236,19 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
     // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::HashMap<_, _>>()));
     let batch = batch.with_schema(schema).map_err(RoleError::from_display)?;
-    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")));
-    // Float embeddings do not compress as dictionaries; byte-stream-split helps zstd a little.
+    // zstd level 1: embeddings are mostly high-entropy floats, where higher levels cost time and save little.
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")));
+    // Float embeddings do not compress as dictionaries; byte-stream-split helps zstd a little. Min/max
+    // statistics of 384 floats per row cost a third of the writer's time and serve no query.
     for leaf in ["list.item", "list.element"] {
         let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());
-        props = props.set_column_dictionary_enabled(path.clone(), false).set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        props = props
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
+            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
     }
-    let mut buf = Vec::new();
+    // Sized for the embeddings plus the other columns, so the buffer is not regrown (and copied) while encoding.
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() + (1 << 16));
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.build())).map_err(RoleError::from_display)?;
     w.write(&batch).map_err(RoleError::from_display)?;
     w.close().map_err(RoleError::from_display)?;

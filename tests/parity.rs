@@ -1,8 +1,9 @@
-//! Parity of the candle BERT encoder with Python sentence-transformers, on the real all-MiniLM-L6-v2 weights.
+//! Parity of the encoders with Python sentence-transformers, on the real all-MiniLM-L6-v2 weights: this crate's
+//! CPU BERT (1 and 2 threads) and candle's BertModel (the reference backend).
 
 mod common;
 
-use chatspace_mpi::model::{Backend, BertBackend, ModelSpec, Pooling};
+use chatspace_mpi::model::{Backend, BackendOptions, ModelSpec, Pooling};
 use chatspace_mpi::protocol::TokenBatch;
 use common::*;
 
@@ -17,12 +18,20 @@ fn batch(tok: &tokenizers::Tokenizer, texts: &[&str], first_id: u64) -> TokenBat
     b
 }
 
+/// The BERT backends under test: this crate's forward pass with 1 and 2 threads, and candle's.
+fn bert_backends(spec: &ModelSpec) -> Vec<(&'static str, Box<dyn Backend>)> {
+    vec![
+        ("cpu, 1 thread", spec.backend(BackendOptions::cpu(1)).unwrap()),
+        ("cpu, 2 threads", spec.backend(BackendOptions::cpu(2)).unwrap()),
+        ("candle", spec.backend(BackendOptions { reference: true, ..BackendOptions::cpu(1) }).unwrap()),
+    ]
+}
+
 #[test]
 fn minilm_matches_sentence_transformers_reference() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     assert_eq!((spec.pooling, spec.normalize, spec.max_seq_length, spec.dim), (Pooling::Mean, true, 256, 384));
     let tok = spec.tokenizer().unwrap();
-    let mut backend = BertBackend::load(&spec).unwrap();
     let refs = reference();
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
 
@@ -32,35 +41,95 @@ fn minilm_matches_sentence_transformers_reference() {
         assert_eq!(tok.encode(*t, true).unwrap().get_ids(), &want[..], "token ids of {t:?}");
     }
 
-    // Mixed-length batches of 7: every embedding within the tolerance.
-    let mut worst = (1.0f64, 0.0f32);
-    for (k, group) in texts.chunks(7).enumerate() {
-        let b = batch(&tok, group, (k * 7) as u64);
-        let out = backend.embed(&b).unwrap();
-        for (i, v) in out.chunks(384).enumerate() {
-            let r = &refs[k * 7 + i];
-            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            let (c, d) = (cosine(v, &want), max_abs_diff(v, &want));
-            worst = (worst.0.min(c), worst.1.max(d));
-            assert!(c >= 0.99999 && d <= 1e-4, "text {:?}: cosine {c}, max abs diff {d}", r["text"]);
+    // Mixed-length batches of 7: every embedding within the tolerance, for every backend.
+    let mut outputs = Vec::new();
+    for (name, mut backend) in bert_backends(&spec) {
+        let mut worst = (1.0f64, 0.0f32);
+        let mut all = Vec::new();
+        for (k, group) in texts.chunks(7).enumerate() {
+            let b = batch(&tok, group, (k * 7) as u64);
+            let out = backend.embed(&b).unwrap();
+            assert_eq!(out.len(), group.len() * 384);
+            for (i, v) in out.chunks(384).enumerate() {
+                let r = &refs[k * 7 + i];
+                let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let (c, d) = (cosine(v, &want), max_abs_diff(v, &want));
+                worst = (worst.0.min(c), worst.1.max(d));
+                assert!(c >= 0.99999 && d <= 1e-4, "{name}: text {:?}: cosine {c}, max abs diff {d}", r["text"]);
+            }
+            all.extend(out);
         }
+        eprintln!("parity ({name}): worst cosine {:.9}, worst max abs diff {:.2e}", worst.0, worst.1);
+        outputs.push(all);
     }
-    eprintln!("parity: worst cosine {:.9}, worst max abs diff {:.2e}", worst.0, worst.1);
+    // The backends agree with each other far more closely than with PyTorch.
+    for o in &outputs[1..] {
+        assert!(max_abs_diff(o, &outputs[0]) <= 1e-5);
+    }
 }
 
 #[test]
 fn embedding_does_not_depend_on_batch_composition() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     let tok = spec.tokenizer().unwrap();
-    let mut backend = BertBackend::load(&spec).unwrap();
     let refs = reference();
     let texts: Vec<&str> = refs.iter().take(24).map(|r| r["text"].as_str().unwrap()).collect();
-    let together = backend.embed(&batch(&tok, &texts, 0)).unwrap();
-    for (i, t) in texts.iter().enumerate() {
-        let alone = backend.embed(&batch(&tok, &[t], 0)).unwrap();
-        let d = max_abs_diff(&alone, &together[i * 384..(i + 1) * 384]);
-        assert!(d <= 1e-5, "text {t:?} differs by {d} alone vs. in a padded batch");
+    for (name, mut backend) in bert_backends(&spec) {
+        let together = backend.embed(&batch(&tok, &texts, 0)).unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            let alone = backend.embed(&batch(&tok, &[t], 0)).unwrap();
+            let d = max_abs_diff(&alone, &together[i * 384..(i + 1) * 384]);
+            assert!(d <= 1e-5, "{name}: text {t:?} differs by {d} alone vs. in a batch of 24");
+        }
     }
+}
+
+/// The optional bfloat16 mode (AVX512_BF16 CPUs): close to the reference, though not float32-exact.
+#[test]
+fn minilm_bf16_mode_stays_close_to_the_reference() {
+    let spec = ModelSpec::load(&model(), None).unwrap();
+    if !chatspace_mpi::kernels::has_bf16_dot() {
+        let e = spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(1) }).err().expect("refused without AVX512_BF16");
+        assert!(e.to_string().contains("AVX512_BF16"), "{e}");
+        eprintln!("bf16 parity skipped: this CPU has no AVX512_BF16");
+        return;
+    }
+    let tok = spec.tokenizer().unwrap();
+    let refs = reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let mut backend = spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(2) }).unwrap();
+    let mut worst = 1.0f64;
+    for (k, group) in texts.chunks(7).enumerate() {
+        let out = backend.embed(&batch(&tok, group, (k * 7) as u64)).unwrap();
+        for (i, v) in out.chunks(384).enumerate() {
+            let r = &refs[k * 7 + i];
+            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let c = cosine(v, &want);
+            worst = worst.min(c);
+            assert!(c >= 0.999, "bf16: text {:?}: cosine {c}", r["text"]);
+        }
+    }
+    eprintln!("parity (cpu bf16): worst cosine {worst:.6}");
+    // Not silently float32: the bf16 mode does change numerics.
+    assert!(worst < 0.999_999_9);
+    let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
+    assert!(qwen.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(1) }).is_err());
+}
+
+/// Bad rows reach the caller as errors, never as panics or garbage vectors.
+#[test]
+fn bert_rejects_rows_it_cannot_embed() {
+    let spec = ModelSpec::load(&model(), None).unwrap();
+    for (name, mut backend) in bert_backends(&spec) {
+        let empty = TokenBatch { row_ids: vec![0, 1], lengths: vec![2, 0], ids: vec![101, 102] };
+        assert!(backend.embed(&empty).is_err(), "{name}: an empty row");
+        let long = TokenBatch { row_ids: vec![0], lengths: vec![300], ids: vec![101; 300] };
+        assert!(backend.embed(&long).is_err(), "{name}: a row longer than max_seq_length");
+    }
+    let mut fast = spec.backend(BackendOptions::cpu(2)).unwrap();
+    let bad_id = TokenBatch { row_ids: vec![0, 1], lengths: vec![2, 2], ids: vec![101, 102, 101, 999_999] };
+    let e = fast.embed(&bad_id).unwrap_err().to_string();
+    assert!(e.contains("999999"), "{e}");
 }
 
 /// Qwen3-Embedding layout (tiny random weights): left padding, appended <|endoftext|>, last-token pooling,
@@ -71,7 +140,7 @@ fn tiny_qwen3_matches_sentence_transformers_for_documents_and_queries() {
     let spec = ModelSpec::load(&folder, None).unwrap();
     assert_eq!((spec.pooling, spec.normalize, spec.dim), (Pooling::LastToken, true, 64));
     let tok = spec.tokenizer().unwrap();
-    let mut backend = spec.backend().unwrap();
+    let mut backend = spec.backend(BackendOptions::cpu(1)).unwrap();
     let refs: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/tiny-qwen3-embedding-reference.jsonl"))
         .unwrap()
         .lines()

@@ -1,0 +1,434 @@
+//! BERT-family encoder forward pass on the CPU: packed sequences (no padding), fused QKV, threads per batch.
+//!
+//! The batch's rows are packed back to back (a flat token batch), so no compute is spent on padding and no
+//! attention mask is needed: attention runs per row and head over that row's tokens only. The batch is split
+//! into contiguous groups of rows with about equal tokens, one per thread; each thread runs the whole stack
+//! for its group with single-threaded GEMMs (no synchronisation between layers). Weights are stored once,
+//! transposed to `in x out` so GEMMs read them row-major; Q, K and V are one `hidden x 3*hidden` GEMM.
+//! Numerics are float32 throughout and match candle's `BertModel` (the reference backend) within 1e-5.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::kernels;
+use crate::model::{ModelError, ModelSpec};
+use crate::protocol::TokenBatch;
+
+/// The parts of a BERT config.json this forward pass uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Activation {
+    /// `gelu`: exact, with erf.
+    GeluErf,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+struct Linear {
+    /// `in x out`, row-major.
+    wt: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+    /// The same weights in bfloat16, when the bf16 mode is on (`--dtype bfloat16`).
+    bf16: Option<kernels::Bf16Weights>,
+}
+
+impl Linear {
+    /// `out (m x outputs) = x (m x inputs) * W^T + b`.
+    fn forward(&self, x: &[f32], out: &mut Vec<f32>, m: usize) {
+        out.resize(m * self.outputs, 0.0);
+        match &self.bf16 {
+            Some(w) => w.matmul_bias(x, &self.bias, out, m),
+            None => kernels::matmul_bias(x, &self.wt, &self.bias, out, m, self.inputs, self.outputs),
+        }
+    }
+
+    fn use_bf16(&mut self) {
+        self.bf16 = kernels::Bf16Weights::pack(&self.wt, self.inputs, self.outputs);
+    }
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    /// Q, K and V side by side: `hidden x 3*hidden`.
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    up: Linear,
+    down: Linear,
+    out_norm: Norm,
+}
+
+/// The weights of a BERT encoder, ready for [`BertCpu::forward_rows`].
+pub struct BertCpu {
+    hidden: usize,
+    heads: usize,
+    eps: f32,
+    act: Activation,
+    max_positions: usize,
+    vocab: usize,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    /// Token type 0's embedding (single-segment input).
+    token_type: Vec<f32>,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+/// Reads tensors by name from a safetensors file, whatever their float dtype.
+struct Weights {
+    st: candle_core::safetensors::MmapedSafetensors,
+    prefix: String,
+    file: String,
+}
+
+impl Weights {
+    fn has(&self, name: &str) -> bool {
+        self.st.get(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.st.load(&full, &Device::Cpu).map_err(|e| ModelError::BadFile { file: self.file.clone(), message: format!("{full}: {e}") })?;
+        if t.dims() != shape {
+            return Err(ModelError::BadFile { file: self.file.clone(), message: format!("{full} has shape {:?}, config.json implies {shape:?}", t.dims()) });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        Ok(self.get(name, shape)?.flatten_all()?.to_vec1()?)
+    }
+
+    /// A `Linear` stored as PyTorch does (`out x in`), transposed to `in x out`.
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+        let wt = self.get(&format!("{name}.weight"), &[outputs, inputs])?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, bf16: None })
+    }
+
+    /// Q, K and V fused into one `in x 3*out` matrix.
+    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear, ModelError> {
+        let parts = ["query", "key", "value"];
+        let mut ws = Vec::new();
+        let mut bias = Vec::with_capacity(3 * h);
+        for p in parts {
+            ws.push(self.get(&format!("{name}.{p}.weight"), &[h, h])?);
+            bias.extend(self.vec(&format!("{name}.{p}.bias"), &[h])?);
+        }
+        let w = Tensor::cat(&ws, 0)?; // (3h, h)
+        let wt = w.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Linear { wt, bias, inputs: h, outputs: 3 * h, bf16: None })
+    }
+
+    /// LayerNorm parameters, named weight/bias or (older checkpoints) gamma/beta.
+    fn norm(&self, name: &str, h: usize) -> Result<Norm, ModelError> {
+        let (g, b) = if self.has(&format!("{name}.weight")) { ("weight", "bias") } else { ("gamma", "beta") };
+        Ok(Norm { gamma: self.vec(&format!("{name}.{g}"), &[h])?, beta: self.vec(&format!("{name}.{b}"), &[h])? })
+    }
+}
+
+impl BertCpu {
+    /// Loads config.json and model.safetensors from a sentence-transformers model folder.
+    pub fn load(folder: &Path) -> Result<BertCpu, ModelError> {
+        Self::load_with(folder, false)
+    }
+
+    /// As [`BertCpu::load`]; with `bf16`, the linear layers run in bfloat16 (AVX512_BF16, float32
+    /// accumulation) while embeddings, layer norms, attention and pooling stay float32.
+    pub fn load_with(folder: &Path, bf16: bool) -> Result<BertCpu, ModelError> {
+        let mut model = Self::load_f32(folder)?;
+        if bf16 {
+            if !kernels::has_bf16_dot() {
+                return Err(ModelError::Setting("--dtype bfloat16 needs a CPU with AVX512_BF16 (this one has none; use float32)".into()));
+            }
+            for layer in &mut model.layers {
+                for linear in [&mut layer.qkv, &mut layer.attn_out, &mut layer.up, &mut layer.down] {
+                    linear.use_bf16();
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    fn load_f32(folder: &Path) -> Result<BertCpu, ModelError> {
+        let config_path = folder.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
+        let config: BertConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
+        Self::from_parts(&config, &folder.join("model.safetensors"), &config_path.display().to_string())
+    }
+
+    fn from_parts(c: &BertConfig, weights: &Path, config_file: &str) -> Result<BertCpu, ModelError> {
+        let bad = |message: String| ModelError::BadFile { file: config_file.to_string(), message };
+        let act = match c.hidden_act.as_str() {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => return Err(bad(format!("hidden_act \"{other}\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"))),
+        };
+        if let Some(p) = c.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+            return Err(bad(format!("position_embedding_type \"{p}\" is not supported (absolute)")));
+        }
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
+        }
+        // SAFETY: the weights file is memory-mapped read-only and only read while loading.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }
+            .map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?;
+        let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
+        // Checkpoints saved from a task model prefix the encoder with "bert." (or the model type).
+        for prefix in ["", "bert."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))) {
+            w.prefix = prefix;
+            if w.has("embeddings.word_embeddings.weight") {
+                break;
+            }
+        }
+        let h = c.hidden_size;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                qkv: w.fused_qkv(&format!("{p}.attention.self"), h)?,
+                attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                up: w.linear(&format!("{p}.intermediate.dense"), h, c.intermediate_size)?,
+                down: w.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
+                out_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
+            });
+        }
+        let type_name = "embeddings.token_type_embeddings.weight";
+        let token_types = w.st.get(&format!("{}{type_name}", w.prefix)).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+        let token_type: Vec<f32> = w.vec(type_name, &[token_types.max(1), h])?[..h].to_vec();
+        Ok(BertCpu {
+            hidden: h,
+            heads: c.num_attention_heads,
+            eps: c.layer_norm_eps as f32,
+            act,
+            max_positions: c.max_position_embeddings,
+            vocab: c.vocab_size,
+            word: w.vec("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
+            position: w.vec("embeddings.position_embeddings.weight", &[c.max_position_embeddings, h])?,
+            token_type,
+            emb_norm: w.norm("embeddings.LayerNorm", h)?,
+            layers,
+        })
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Last hidden states of packed rows: `ids` holds the rows back to back, `lengths` their token counts.
+    /// Returns `sum(lengths) x hidden`, row-major, on the calling thread.
+    pub fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let h = self.hidden;
+        let m = ids.len();
+        let mut x = vec![0f32; m * h];
+        let mut at = 0;
+        for &n in lengths {
+            let n = n as usize;
+            if n == 0 || n > self.max_positions {
+                return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.max_positions)));
+            }
+            for t in 0..n {
+                let id = ids[at + t] as usize;
+                if id >= self.vocab {
+                    return Err(ModelError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
+                }
+                let row = &mut x[(at + t) * h..(at + t + 1) * h];
+                let (word, pos) = (&self.word[id * h..(id + 1) * h], &self.position[t * h..(t + 1) * h]);
+                for (((o, w), p), ty) in row.iter_mut().zip(word).zip(pos).zip(&self.token_type) {
+                    *o = w + p + ty;
+                }
+            }
+            at += n;
+        }
+        kernels::layer_norm(&mut x, &self.emb_norm.gamma, &self.emb_norm.beta, self.eps);
+        let (mut qkv, mut ctx, mut y, mut inter) = (Vec::new(), vec![0f32; m * h], Vec::new(), Vec::new());
+        let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
+        let mut scores = vec![0f32; longest * longest];
+        for layer in &self.layers {
+            layer.qkv.forward(&x, &mut qkv, m);
+            self.attention(&qkv, lengths, &mut ctx, &mut scores);
+            layer.attn_out.forward(&ctx, &mut y, m);
+            kernels::add_layer_norm(&mut y, &x, &layer.attn_norm.gamma, &layer.attn_norm.beta, self.eps);
+            // y is the attention block's output; the feed-forward block reads it and writes x.
+            layer.up.forward(&y, &mut inter, m);
+            match self.act {
+                Activation::GeluErf => kernels::gelu_erf(&mut inter),
+                Activation::GeluTanh => inter.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + (0.797_884_6 * (*v + 0.044_715 * *v * *v * *v)).tanh())),
+                Activation::Relu => inter.iter_mut().for_each(|v| *v = v.max(0.0)),
+            }
+            layer.down.forward(&inter, &mut x, m);
+            kernels::add_layer_norm(&mut x, &y, &layer.out_norm.gamma, &layer.out_norm.beta, self.eps);
+        }
+        Ok(x)
+    }
+
+    /// Scaled dot-product attention of each row and head over that row's own tokens.
+    fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32]) {
+        let (h, d) = (self.hidden, self.hidden / self.heads);
+        let scale = 1.0 / (d as f32).sqrt();
+        let stride = 3 * h as isize;
+        let mut at = 0;
+        for &n in lengths {
+            let n = n as usize;
+            for head in 0..self.heads {
+                let q = qkv[at * 3 * h + head * d..].as_ptr();
+                let k = qkv[at * 3 * h + h + head * d..].as_ptr();
+                let v = qkv[at * 3 * h + 2 * h + head * d..].as_ptr();
+                let s = &mut scores[..n * n];
+                // SAFETY: rows at..at+n of qkv (3h wide) hold this row's q, k and v; head columns stay within
+                // each h-wide part; `s` is n x n; ctx rows at..at+n, columns head*d.., are in bounds.
+                unsafe {
+                    // s = scale * q k^T: k^T as a (d x n) matrix is k with row stride 1 and column stride 3h.
+                    kernels::gemm_raw(n, n, d, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
+                }
+                kernels::softmax_rows(s, n);
+                let out = ctx[at * h + head * d..].as_mut_ptr();
+                // SAFETY: as above.
+                unsafe {
+                    kernels::gemm_raw(n, d, n, s.as_ptr(), n as isize, 1, v, stride, 1, out, h as isize, 1, false, 1.0);
+                }
+            }
+            at += n;
+        }
+    }
+}
+
+/// The BERT backend: [`BertCpu`] plus pooling, with each batch split over `threads` threads.
+pub struct BertCpuBackend {
+    model: BertCpu,
+    spec: ModelSpec,
+    threads: usize,
+}
+
+impl BertCpuBackend {
+    pub fn load(spec: &ModelSpec, threads: usize, bf16: bool) -> Result<Self, ModelError> {
+        let model = BertCpu::load_with(Path::new(&spec.path), bf16)?;
+        if model.hidden() != spec.dim {
+            return Err(ModelError::Setting(format!("{}: hidden size {} differs from the pooled dimension {}", spec.path, model.hidden(), spec.dim)));
+        }
+        Ok(BertCpuBackend { model, spec: spec.clone(), threads: threads.max(1) })
+    }
+
+    /// Pooled (and, if the model says so, normalized) embeddings of packed rows, on the calling thread.
+    fn embed_group(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let hidden = self.model.forward_rows(ids, lengths)?;
+        let dim = self.spec.dim;
+        let mut out = Vec::with_capacity(lengths.len() * dim);
+        let mut at = 0;
+        for &n in lengths {
+            let n = n as usize;
+            out.extend(crate::model::pool(&hidden[at * dim..(at + n) * dim], &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+/// Splits rows into at most `parts` contiguous groups of about equal cost (tokens plus attention's n^2 term).
+/// Returns the row index where each group ends.
+pub fn split_rows(lengths: &[u32], parts: usize, hidden: usize) -> Vec<usize> {
+    let cost = |n: u32| n as f64 * (1.0 + n as f64 / (12.0 * hidden.max(1) as f64));
+    let total: f64 = lengths.iter().map(|&n| cost(n)).sum();
+    let parts = parts.clamp(1, lengths.len().max(1));
+    let mut ends = Vec::with_capacity(parts);
+    let mut acc = 0.0;
+    for (i, &n) in lengths.iter().enumerate() {
+        acc += cost(n);
+        let group = ends.len() + 1;
+        if acc >= total * group as f64 / parts as f64 && ends.len() + 1 < parts {
+            ends.push(i + 1);
+        }
+    }
+    ends.push(lengths.len());
+    ends.dedup();
+    ends
+}
+
+impl crate::model::Backend for BertCpuBackend {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+        if let Some(&n) = batch.lengths.iter().find(|&&n| n == 0 || n as usize > self.spec.max_seq_length) {
+            return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.spec.max_seq_length)));
+        }
+        let ends = split_rows(&batch.lengths, self.threads, self.spec.dim);
+        // Token offset of each group's first row.
+        let mut groups = Vec::with_capacity(ends.len());
+        let (mut row, mut tok) = (0, 0);
+        for &end in &ends {
+            let n: usize = batch.lengths[row..end].iter().map(|&l| l as usize).sum();
+            groups.push((&batch.ids[tok..tok + n], &batch.lengths[row..end]));
+            row = end;
+            tok += n;
+        }
+        if groups.len() == 1 {
+            return self.embed_group(groups[0].0, groups[0].1);
+        }
+        let this = &*self;
+        let results: Vec<Result<Vec<f32>, ModelError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = groups[1..].iter().map(|&(ids, lens)| s.spawn(move || this.embed_group(ids, lens))).collect();
+            let mut results = vec![this.embed_group(groups[0].0, groups[0].1)];
+            results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ModelError::Batch("encoder thread panicked".into())))));
+            results
+        });
+        let mut out = Vec::with_capacity(batch.rows() * self.spec.dim);
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rows_balances_tokens_and_keeps_order() {
+        assert_eq!(split_rows(&[10, 10, 10, 10], 2, 384), vec![2, 4]);
+        assert_eq!(split_rows(&[100, 1, 1, 1, 1, 96], 2, 384), vec![1, 6]);
+        assert_eq!(split_rows(&[5], 4, 384), vec![1]);
+        assert_eq!(split_rows(&[5, 5], 1, 384), vec![2]);
+        assert_eq!(split_rows(&[], 2, 384), vec![0]);
+        let ends = split_rows(&[7; 30], 3, 384);
+        assert_eq!(ends, vec![10, 20, 30]);
+    }
+}

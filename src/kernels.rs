@@ -1,0 +1,474 @@
+//! CPU kernels for the encoder: GEMM (through the `gemm` crate), layer norm, exact (erf) GELU and softmax.
+//!
+//! The element-wise kernels are written as plain loops over fixed-width lanes so that LLVM vectorizes them;
+//! on x86_64 each one is compiled a second time with AVX2+FMA and picked at run time (the default target
+//! only assumes SSE2). Results are float32 and follow the reference formulas: `exp` and `erf` are polynomial
+//! approximations with errors below 2e-7 (relative) and 1.5e-7 (absolute), far inside the parity budget.
+
+/// Lanes of the accumulators in reductions (two AVX2 registers); sums are split this way so they vectorize.
+const LANES: usize = 16;
+
+/// `out (m x n) = x (m x k) * wt (k x n) + bias (n)`, all row-major and contiguous, on the calling thread.
+pub fn matmul_bias(x: &[f32], wt: &[f32], bias: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(x.len() >= m * k && wt.len() == k * n && bias.len() == n && out.len() >= m * n, "matmul_bias: shapes (this is a bug)");
+    for row in out[..m * n].chunks_exact_mut(n) {
+        row.copy_from_slice(bias);
+    }
+    // SAFETY: the asserts above keep every access of an m x k, k x n and m x n row-major matrix in bounds.
+    unsafe { gemm_raw(m, n, k, x.as_ptr(), k as isize, 1, wt.as_ptr(), n as isize, 1, out.as_mut_ptr(), n as isize, 1, true, 1.0) }
+}
+
+/// `dst (m x n) = [dst +] scale * lhs (m x k) * rhs (k x n)` with arbitrary row/column strides.
+///
+/// # Safety
+/// Every element addressed by the sizes and strides must lie inside the matching allocation, and `dst`
+/// must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    scale: f32,
+) {
+    // gemm computes dst = alpha * dst + beta * lhs * rhs (alpha is read only when `read_dst`).
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// Declares `pub fn $name` that runs `$body` compiled for AVX2+FMA when the CPU has it, else for the
+/// default target. `$body` is a function item with the same arguments.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the features `fast` was compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+dispatch! {
+    /// Each row of `x` (rows of `gamma.len()`) becomes `LayerNorm(x + residual)`; `residual` has x's shape.
+    pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) => add_layer_norm_body
+}
+
+dispatch! {
+    /// Each row of `x` (rows of `gamma.len()`) becomes `LayerNorm(x)`.
+    pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) => layer_norm_body
+}
+
+dispatch! {
+    /// `x = x * 0.5 * (1 + erf(x / sqrt(2)))`: the exact GELU of BERT's "gelu" activation.
+    pub fn gelu_erf(x: &mut [f32]) => gelu_erf_body
+}
+
+dispatch! {
+    /// Softmax of each row of `x` (rows of `n`), in place.
+    pub fn softmax_rows(x: &mut [f32], n: usize) => softmax_rows_body
+}
+
+dispatch! {
+    /// `acc += x`, element-wise.
+    pub fn add_assign(acc: &mut [f32], x: &[f32]) => add_assign_body
+}
+
+#[inline(always)]
+fn add_assign_body(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |a, &v| a.max(v))
+}
+
+#[inline(always)]
+fn normalize_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = sum(row) / n;
+    let var = sum_sq_dev(row, mean) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = (*v - mean) * inv * g + b;
+    }
+}
+
+#[inline(always)]
+fn add_layer_norm_body(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let h = gamma.len();
+    for (row, res) in x.chunks_exact_mut(h).zip(residual.chunks_exact(h)) {
+        for (v, r) in row.iter_mut().zip(res) {
+            *v += r;
+        }
+        normalize_row(row, gamma, beta, eps);
+    }
+}
+
+#[inline(always)]
+fn layer_norm_body(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(gamma.len()) {
+        normalize_row(row, gamma, beta, eps);
+    }
+}
+
+/// e^x for x in the f32 range (Cephes' expf polynomial, relative error < 2e-7); branch-free so it vectorizes.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_66) * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    // 2^n through the exponent bits; n is within [-126, 128] after the clamp.
+    let bits = ((n as i32 + 127).clamp(0, 255) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// erf(x) (Abramowitz & Stegun 7.1.26, absolute error < 1.5e-7), branch-free.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_erf_body(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_body(x: &mut [f32], n: usize) {
+    for row in x.chunks_exact_mut(n) {
+        let m = max(row);
+        for v in row.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let inv = 1.0 / sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// Round-to-nearest-even float32 -> bfloat16 (the upper 16 bits of a float32).
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Whether this CPU runs [`Bf16Weights::matmul_bias`] (AVX-512F with AVX512_BF16).
+pub fn has_bf16_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `k x n` weight matrix rounded to bfloat16 and packed for the AVX512_BF16 dot product: panels of
+/// [`BF16_NR`] columns, and within a panel, for each pair of rows `(2q, 2q+1)`, one `u32` per column holding
+/// both values (low half row `2q`), as `vdpbf16ps` pairs them.
+pub struct Bf16Weights {
+    pairs: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+/// Columns per panel: two 16-lane registers.
+pub const BF16_NR: usize = 32;
+
+impl Bf16Weights {
+    /// Packs `wt` (`k x n`, row-major). `None` when `n` is not a multiple of [`BF16_NR`].
+    pub fn pack(wt: &[f32], k: usize, n: usize) -> Option<Bf16Weights> {
+        if n % BF16_NR != 0 || wt.len() != k * n {
+            return None;
+        }
+        let kp = k.div_ceil(2);
+        let mut pairs = vec![0u32; kp * n];
+        for panel in 0..n / BF16_NR {
+            for q in 0..kp {
+                for lane in 0..BF16_NR {
+                    let j = panel * BF16_NR + lane;
+                    let lo = to_bf16(wt[2 * q * n + j]) as u32;
+                    let hi = if 2 * q + 1 < k { to_bf16(wt[(2 * q + 1) * n + j]) as u32 } else { 0 };
+                    pairs[(panel * kp + q) * BF16_NR + lane] = lo | (hi << 16);
+                }
+            }
+        }
+        Some(Bf16Weights { pairs, k, n })
+    }
+
+    /// `out (m x n) = x (m x k) * W + bias` with x rounded to bfloat16 and float32 accumulation.
+    ///
+    /// Panics if the CPU lacks AVX512_BF16 (callers check [`has_bf16_dot`] when choosing this path).
+    pub fn matmul_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32], m: usize) {
+        let (k, n) = (self.k, self.n);
+        assert!(x.len() >= m * k && bias.len() == n && out.len() >= m * n, "bf16 matmul_bias: shapes (this is a bug)");
+        assert!(has_bf16_dot(), "bf16 matmul on a CPU without AVX512_BF16 (this is a bug)");
+        let kp = k.div_ceil(2);
+        // Activations as bf16 pairs along k, row-major (m x kp).
+        let mut a = vec![0u32; m * kp];
+        for (row, src) in a.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+            for (q, v) in row.iter_mut().enumerate() {
+                let lo = to_bf16(src[2 * q]) as u32;
+                let hi = if 2 * q + 1 < k { to_bf16(src[2 * q + 1]) as u32 } else { 0 };
+                *v = lo | (hi << 16);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features (asserted above); shapes were checked above.
+        unsafe {
+            bf16_gemm(&a, kp, &self.pairs, n, bias, out, m)
+        }
+    }
+}
+
+/// Rows per micro-tile; with two column registers that is 16 accumulators.
+#[cfg(target_arch = "x86_64")]
+const BF16_MR: usize = 8;
+/// Rows per cache block: their bf16 activations stay in L1/L2 while every panel passes over them.
+#[cfg(target_arch = "x86_64")]
+const BF16_MC: usize = 96;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_gemm(a: &[u32], kp: usize, b: &[u32], n: usize, bias: &[f32], c: &mut [f32], m: usize) {
+    use std::arch::x86_64::*;
+    for i0 in (0..m).step_by(BF16_MC) {
+        let i1 = (i0 + BF16_MC).min(m);
+        for panel in 0..n / BF16_NR {
+            let j = panel * BF16_NR;
+            let bp = b.as_ptr().add(panel * kp * BF16_NR);
+            let mut i = i0;
+            while i < i1 {
+                let rows = (i1 - i).min(BF16_MR);
+                let bias0 = _mm512_loadu_ps(bias.as_ptr().add(j));
+                let bias1 = _mm512_loadu_ps(bias.as_ptr().add(j + 16));
+                let mut acc = [[bias0, bias1]; BF16_MR];
+                // Rows past the end repeat the last row (computed, never stored).
+                let mut ap = [a.as_ptr(); BF16_MR];
+                for (r, p) in ap.iter_mut().enumerate() {
+                    *p = a.as_ptr().add((i + r.min(rows - 1)) * kp);
+                }
+                for q in 0..kp {
+                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * BF16_NR) as *const _));
+                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(q * BF16_NR + 16) as *const _));
+                    for r in 0..BF16_MR {
+                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap[r].add(q) as i32));
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+                    }
+                }
+                for (r, pair) in acc.iter().enumerate().take(rows) {
+                    let dst = c.as_mut_ptr().add((i + r) * n + j);
+                    _mm512_storeu_ps(dst, pair[0]);
+                    _mm512_storeu_ps(dst.add(16), pair[1]);
+                }
+                i += BF16_MR;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn erf_ref(x: f64) -> f64 {
+        // Series/continued fraction free reference: integrate e^{-t^2} with Simpson's rule (fine steps).
+        let n = 20_000;
+        let h = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..n {
+            s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.01;
+            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            assert!(rel < 4e-7, "exp({x}): rel error {rel}");
+        }
+        assert_eq!(exp(-200.0), exp(-87.3));
+        assert!(exp(-200.0) < 1e-37 && exp(200.0).is_finite());
+        for i in -600..=600 {
+            let x = i as f32 * 0.01;
+            let err = (erf(x) as f64 - erf_ref(x as f64)).abs();
+            assert!(err < 3e-7, "erf({x}): error {err}");
+        }
+    }
+
+    #[test]
+    fn gelu_matches_the_formula() {
+        let mut x: Vec<f32> = (-100..100).map(|i| i as f32 * 0.07).collect();
+        let want: Vec<f64> = x.iter().map(|&v| 0.5 * v as f64 * (1.0 + erf_ref(v as f64 / 2f64.sqrt()))).collect();
+        gelu_erf(&mut x);
+        for (g, w) in x.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_and_softmax_match_naive_versions() {
+        let h = 37; // not a multiple of the lanes: exercises the tails
+        let x: Vec<f32> = (0..3 * h).map(|i| ((i * 7919) % 101) as f32 * 0.1 - 5.0).collect();
+        let res: Vec<f32> = (0..3 * h).map(|i| (i % 5) as f32).collect();
+        let gamma: Vec<f32> = (0..h).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let beta: Vec<f32> = (0..h).map(|i| i as f32 * -0.02).collect();
+        let mut got = x.clone();
+        add_layer_norm(&mut got, &res, &gamma, &beta, 1e-12);
+        for r in 0..3 {
+            let row: Vec<f64> = (0..h).map(|i| (x[r * h + i] + res[r * h + i]) as f64).collect();
+            let mean = row.iter().sum::<f64>() / h as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
+            for i in 0..h {
+                let want = (row[i] - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
+                assert!((got[r * h + i] as f64 - want).abs() < 1e-5, "row {r} col {i}");
+            }
+        }
+        let mut s = x.clone();
+        softmax_rows(&mut s, h);
+        for r in 0..3 {
+            let row = &x[r * h..(r + 1) * h];
+            let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            for i in 0..h {
+                assert!((s[r * h + i] as f64 - (row[i] as f64 - m).exp() / z).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_bias_matches_a_naive_product() {
+        let (m, k, n) = (5, 19, 7);
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        let wt: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut out = vec![f32::NAN; m * n];
+        matmul_bias(&x, &wt, &bias, &mut out, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = bias[j] + (0..k).map(|l| x[i * k + l] * wt[l * n + j]).sum::<f32>();
+                assert!((out[i * n + j] - want).abs() < 1e-4, "({i},{j}) {} vs {want}", out[i * n + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_matmul_matches_the_product_of_rounded_inputs() {
+        if !has_bf16_dot() {
+            eprintln!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        let bf = |v: f32| f32::from_bits((to_bf16(v) as u32) << 16);
+        assert_eq!(bf(1.0), 1.0);
+        assert_eq!(bf(1.0 + 1.0 / 256.0), 1.0); // a tie rounds to even
+        for (m, k, n) in [(1, 1, 32), (13, 37, 64), (100, 384, 96)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 199) as f32 * 0.01 - 1.0).collect();
+            let wt: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 211) as f32 * 0.003 - 0.3).collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+            let w = Bf16Weights::pack(&wt, k, n).expect("n is a multiple of 32");
+            let mut out = vec![f32::NAN; m * n];
+            w.matmul_bias(&x, &bias, &mut out, m);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = bias[j] as f64 + (0..k).map(|l| bf(x[i * k + l]) as f64 * bf(wt[l * n + j]) as f64).sum::<f64>();
+                    assert!((out[i * n + j] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()), "({m},{k},{n}) at ({i},{j}): {} vs {want}", out[i * n + j]);
+                }
+            }
+        }
+        assert!(Bf16Weights::pack(&[0.0; 10], 1, 10).is_none());
+    }
+}
