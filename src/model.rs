@@ -292,7 +292,8 @@ fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, ca
 }
 
 /// Placeholder vectors without running a model, for measuring the pipeline around the encoder. Values are a
-/// cheap hash of the row's tokens (so shards compress like real floats), normalized like real embeddings.
+/// cheap hash of the row's length and first tokens (random mantissas, so shards compress like real floats),
+/// normalized like real embeddings.
 pub struct NoopBackend {
     pub dim: usize,
 }
@@ -306,7 +307,9 @@ impl Backend for NoopBackend {
         let mut out = Vec::with_capacity(batch.rows() * self.dim);
         let mut at = 0;
         for &n in &batch.lengths {
-            let seed = batch.ids[at..at + n as usize].iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+            // The row's length and first 64 token ids are enough to tell rows apart.
+            let ids = &batch.ids[at..at + n as usize];
+            let seed = ids.iter().take(64).fold(0x9e37_79b9_7f4a_7c15u64 ^ n as u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
             at += n as usize;
             let start = out.len();
             // Element j from an independent hash of (seed, j): random mantissa and sign, magnitude in

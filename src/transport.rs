@@ -82,7 +82,9 @@ pub struct MpiWire {
     _universe: mpi::environment::Universe,
     world: mpi::topology::SimpleCommunicator,
     /// Non-blocking sends not yet complete; the buffer must live until MPI is done with it.
-    pending: Vec<(Vec<u8>, mpi::ffi::MPI_Request)>,
+    /// Sends in flight: each buffer stays here until MPI reports its request complete.
+    pending_bufs: Vec<Vec<u8>>,
+    pending_reqs: Vec<mpi::ffi::MPI_Request>,
 }
 
 const TAG: i32 = 7;
@@ -96,7 +98,7 @@ impl MpiWire {
         }
         let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
         let world = universe.world();
-        Some(MpiWire { _universe: universe, world, pending: Vec::new() })
+        Some(MpiWire { _universe: universe, world, pending_bufs: Vec::new(), pending_reqs: Vec::new() })
     }
 
     pub fn rank(&self) -> usize {
@@ -112,7 +114,7 @@ impl MpiWire {
     fn send(&mut self, rank: usize, bytes: Vec<u8>) {
         use mpi::datatype::Equivalence;
         use mpi::raw::AsRaw;
-        // SAFETY: the buffer is kept in `pending` (its heap storage does not move) until MPI_Test reports the
+        // SAFETY: the buffer is kept in `pending_bufs` (its heap storage does not move) until MPI reports the
         // send complete; the datatype/communicator handles are valid for the life of `self`.
         unsafe {
             let mut req: mpi::ffi::MPI_Request = std::mem::zeroed();
@@ -125,22 +127,36 @@ impl MpiWire {
                 self.world.as_raw(),
                 &mut req,
             );
-            self.pending.push((bytes, req));
+            self.pending_bufs.push(bytes);
+            self.pending_reqs.push(req);
         }
     }
 
     /// Completes finished sends; returns how many are still pending.
+    /// One MPI_Testsome for all of them (one progress call; testing each request on its own would make
+    /// Open MPI yield the core once per request when oversubscribed).
     fn progress_sends(&mut self) -> usize {
-        self.pending.retain_mut(|(_, req)| {
-            let mut flag = 0;
-            // SAFETY: `req` came from MPI_Isend and has not completed yet (completed ones are dropped here).
-            unsafe {
-                let mut status = std::mem::MaybeUninit::<mpi::ffi::MPI_Status>::uninit();
-                mpi::ffi::MPI_Test(req, &mut flag, status.as_mut_ptr());
+        let n = self.pending_reqs.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut done = vec![0 as std::os::raw::c_int; n];
+        let mut count: std::os::raw::c_int = 0;
+        // SAFETY: every request came from MPI_Isend and has not completed (completed ones are removed below);
+        // `done` has room for `n` indices; statuses are ignored.
+        unsafe {
+            mpi::ffi::MPI_Testsome(n as i32, self.pending_reqs.as_mut_ptr(), &mut count, done.as_mut_ptr(), mpi::ffi::RSMPI_STATUSES_IGNORE);
+        }
+        if count > 0 {
+            // MPI_UNDEFINED (negative) means no active requests: nothing to remove.
+            let mut finished: Vec<usize> = done[..count as usize].iter().map(|&i| i as usize).collect();
+            finished.sort_unstable_by(|a, b| b.cmp(a));
+            for i in finished {
+                self.pending_reqs.swap_remove(i);
+                self.pending_bufs.swap_remove(i);
             }
-            flag == 0
-        });
-        self.pending.len()
+        }
+        self.pending_reqs.len()
     }
 
     fn try_recv(&mut self) -> Option<Vec<u8>> {
