@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use chatspace_mpi::model::{BackendOptions, ModelSpec};
+use chatspace_mpi::model::{BackendOptions, Dtype, ModelSpec};
 use chatspace_mpi::protocol::TokenBatch;
 
 fn main() {
@@ -36,7 +36,7 @@ fn main() {
             "cpu" => (format!("cpu ({threads} threads)"), spec.backend(BackendOptions::cpu(threads)).expect("model")),
             "cpu1" => ("cpu (1 thread)".to_string(), spec.backend(BackendOptions::cpu(1)).expect("model")),
             "bf16" if chatspace_mpi::kernels::has_bf16_dot() => {
-                (format!("cpu bf16 ({threads} t)"), spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(threads) }).expect("model"))
+                (format!("cpu bf16 ({threads} t)"), spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }).expect("model"))
             }
             "bf16" => {
                 println!("(cpu bf16: this CPU has no AVX512_BF16)");

@@ -44,7 +44,7 @@ fn default_eps() -> f64 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Activation {
+pub(crate) enum Activation {
     /// `gelu`: exact, with erf.
     GeluErf,
     /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
@@ -160,6 +160,29 @@ impl Weights {
     }
 }
 
+/// A model folder's config.json, checked for what both BERT forward passes (this one and `bert_candle`)
+/// support, with its activation.
+pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), ModelError> {
+    let config_path = folder.join("config.json");
+    let file = config_path.display().to_string();
+    let bad = |message: String| ModelError::BadFile { file: file.clone(), message };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| bad(e.to_string()))?;
+    let c: BertConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let act = match c.hidden_act.as_str() {
+        "gelu" => Activation::GeluErf,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+        "relu" => Activation::Relu,
+        other => return Err(bad(format!("hidden_act \"{other}\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"))),
+    };
+    if let Some(p) = c.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+        return Err(bad(format!("position_embedding_type \"{p}\" is not supported (absolute)")));
+    }
+    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        return Err(bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
+    }
+    Ok((c, act))
+}
+
 impl BertCpu {
     /// Loads config.json and model.safetensors from a sentence-transformers model folder.
     pub fn load(folder: &Path) -> Result<BertCpu, ModelError> {
@@ -184,29 +207,10 @@ impl BertCpu {
     }
 
     fn load_f32(folder: &Path) -> Result<BertCpu, ModelError> {
-        let config_path = folder.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-        let config: BertConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-        Self::from_parts(&config, &folder.join("model.safetensors"), &config_path.display().to_string())
-    }
-
-    fn from_parts(c: &BertConfig, weights: &Path, config_file: &str) -> Result<BertCpu, ModelError> {
-        let bad = |message: String| ModelError::BadFile { file: config_file.to_string(), message };
-        let act = match c.hidden_act.as_str() {
-            "gelu" => Activation::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => return Err(bad(format!("hidden_act \"{other}\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"))),
-        };
-        if let Some(p) = c.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            return Err(bad(format!("position_embedding_type \"{p}\" is not supported (absolute)")));
-        }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
-        }
+        let (c, act) = read_config(folder)?;
+        let weights = folder.join("model.safetensors");
         // SAFETY: the weights file is memory-mapped read-only and only read while loading.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(weights) }
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights) }
             .map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?;
         let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
         // Checkpoints saved from a task model prefix the encoder with "bert." (or the model type).
@@ -386,9 +390,7 @@ impl crate::model::Backend for BertCpuBackend {
     }
 
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        if let Some(&n) = batch.lengths.iter().find(|&&n| n == 0 || n as usize > self.spec.max_seq_length) {
-            return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.spec.max_seq_length)));
-        }
+        crate::model::check_lengths(batch, self.spec.max_seq_length)?;
         let ends = split_rows(&batch.lengths, self.threads, self.spec.dim);
         // Token offset of each group's first row.
         let mut groups = Vec::with_capacity(ends.len());

@@ -124,7 +124,8 @@ pub struct EmbedArgs {
     /// Batches a loader may have in flight per encoder.
     #[arg(long, default_value_t = 2)]
     pub prefetch_batches: usize,
-    /// Compute device: cpu.
+    /// Compute device: cpu, cuda (binaries built with the `cuda` feature: each encoder rank takes a GPU from
+    /// its place on the node) or auto (cuda when a GPU is visible, else cpu).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// `model` runs the model; `candle` runs BERT models on candle-transformers (the slower reference);
@@ -132,8 +133,9 @@ pub struct EmbedArgs {
     /// writing without the encoder's cost). Recorded in the resume fingerprint.
     #[arg(long, value_enum, default_value = "model")]
     pub encoder: EncoderKind,
-    /// Compute dtype: float32, or bfloat16 (linear layers of BERT models on CPUs with AVX512_BF16; faster,
-    /// embeddings differ slightly: see docs/benchmarks.md). Embeddings are written as float32 either way.
+    /// Compute dtype: float32; float16 (cuda); bfloat16 (cuda, or on the CPU the linear layers of BERT models
+    /// with AVX512_BF16: faster, embeddings differ slightly, see docs/benchmarks.md). Embeddings are written
+    /// as float32 either way.
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Run id recorded in the manifest (default: from the start time).
@@ -200,14 +202,21 @@ impl EmbedArgs {
         if self.max_rows == Some(0) {
             return Err("--max-rows must be at least 1".into());
         }
-        if self.device != "cpu" {
-            return Err(format!("--device {}: only 'cpu' is supported by this build", self.device));
+        match self.device.as_str() {
+            "cpu" | "auto" => {}
+            "cuda" if crate::device::CUDA_BUILT => {}
+            "cuda" => return Err("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()),
+            other => return Err(format!("--device {other}: cpu, cuda or auto")),
         }
-        match self.dtype.as_str() {
-            "float32" => {}
-            "bfloat16" if crate::kernels::has_bf16_dot() => {}
-            "bfloat16" => return Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into()),
-            other => return Err(format!("--dtype {other}: on cpu, float32 (default) or bfloat16 (CPUs with AVX512_BF16)")),
+        // What the CPU can do is checked here; on GPUs every dtype runs. `auto` may fall back to the CPU.
+        let cpu_possible = self.device == "cpu" || (self.device == "auto" && crate::device::cuda_device_count() == 0);
+        match crate::model::Dtype::parse(&self.dtype) {
+            None => return Err(format!("--dtype {}: float32, float16 (cuda) or bfloat16", self.dtype)),
+            Some(crate::model::Dtype::F16) if cpu_possible => return Err("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()),
+            Some(crate::model::Dtype::Bf16) if cpu_possible && !crate::kernels::has_bf16_dot() => {
+                return Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into())
+            }
+            Some(_) => {}
         }
         if self.text_field.is_empty() {
             return Err("--text-field must not be empty".into());

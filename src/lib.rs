@@ -3,8 +3,10 @@
 
 pub mod batching;
 pub mod bert;
+pub mod bert_candle;
 pub mod cli;
 pub mod controller;
+pub mod device;
 pub mod hub;
 pub mod input;
 pub mod kernels;

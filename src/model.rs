@@ -215,13 +215,30 @@ impl ModelSpec {
     /// Loads the encoder for this model's architecture: BERT on this crate's CPU forward pass (or on candle's
     /// `BertModel` with `opts.reference`), Qwen3 on candle. Only the CPU BERT has a bfloat16 mode.
     pub fn backend(&self, opts: BackendOptions) -> Result<Box<dyn Backend>, ModelError> {
-        if opts.bf16 && (opts.reference || self.architecture != Architecture::Bert) {
-            return Err(ModelError::Setting("--dtype bfloat16 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()));
+        if let Some(ordinal) = opts.gpu {
+            let device = cuda_device(ordinal)?;
+            let dtype = match opts.dtype {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::Bf16 => DType::BF16,
+            };
+            return Ok(match self.architecture {
+                Architecture::Bert => Box::new(crate::bert_candle::BertCandleBackend::load(self, &device, dtype)?),
+                Architecture::Qwen3 => Box::new(Qwen3Backend::load_on(self, &device, dtype)?),
+            });
+        }
+        match opts.dtype {
+            Dtype::F32 => {}
+            Dtype::F16 => return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into())),
+            Dtype::Bf16 if opts.reference || self.architecture != Architecture::Bert => {
+                return Err(ModelError::Setting("--dtype bfloat16 on cpu is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()))
+            }
+            Dtype::Bf16 => {}
         }
         Ok(match self.architecture {
             Architecture::Bert if opts.reference => Box::new(BertBackend::load(self)?),
-            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.bf16)?),
-            Architecture::Qwen3 => Box::new(Qwen3Backend::load(self)?),
+            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.dtype == Dtype::Bf16)?),
+            Architecture::Qwen3 => Box::new(Qwen3Backend::load_on(self, &Device::Cpu, DType::F32)?),
         })
     }
 
@@ -251,22 +268,55 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
 /// model says so).
+/// Compute dtype (`--dtype`). Embeddings are written as float32 whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    /// CUDA only.
+    F16,
+    /// On CUDA; on the CPU, the BERT linear layers with AVX512_BF16 (float32 elsewhere).
+    Bf16,
+}
+
+impl Dtype {
+    pub fn parse(s: &str) -> Option<Dtype> {
+        match s {
+            "float32" => Some(Dtype::F32),
+            "float16" => Some(Dtype::F16),
+            "bfloat16" => Some(Dtype::Bf16),
+            _ => None,
+        }
+    }
+}
+
 /// How [`ModelSpec::backend`] builds the encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendOptions {
     /// Threads per batch (CPU BERT).
     pub threads: usize,
-    /// candle-transformers' `BertModel` instead of this crate's BERT (the reference; slower).
+    /// candle-transformers' `BertModel` instead of this crate's BERT (the reference; slower; CPU).
     pub reference: bool,
-    /// bfloat16 linear layers (CPU BERT with AVX512_BF16), float32 everywhere else.
-    pub bf16: bool,
+    pub dtype: Dtype,
+    /// The CUDA device ordinal, or `None` for the CPU.
+    pub gpu: Option<usize>,
 }
 
 impl BackendOptions {
     /// This crate's float32 CPU encoder with `threads` threads.
     pub fn cpu(threads: usize) -> Self {
-        BackendOptions { threads, reference: false, bf16: false }
+        BackendOptions { threads, reference: false, dtype: Dtype::F32, gpu: None }
     }
+}
+
+/// The candle device of CUDA GPU `ordinal`.
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
+    Ok(Device::new_cuda(ordinal)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<Device, ModelError> {
+    Err(ModelError::Setting("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()))
 }
 
 pub trait Backend: Send {
@@ -280,14 +330,19 @@ pub trait Backend: Send {
 
 /// A model folder's config.json as `C`, and its float32 weights (memory-mapped) on the CPU.
 fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
+    load_parts_on(spec, &Device::Cpu, DType::F32)
+}
+
+/// As [`load_parts`], on `device` with weights converted to `dtype`.
+fn load_parts_on<C: serde::de::DeserializeOwned>(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
     let folder = Path::new(&spec.path);
     let config_path = folder.join("config.json");
     let config: C = serde_json::from_value(read_json(&config_path)?)
         .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-    let device = Device::Cpu;
+    let device = device.clone();
     let weights = folder.join("model.safetensors");
     // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], dtype, &device)? };
     Ok((config, vb, device))
 }
 
@@ -353,23 +408,7 @@ impl Backend for BertBackend {
     }
 
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        let (b, l) = (batch.rows(), batch.max_len());
-        if b == 0 {
-            return Ok(Vec::new());
-        }
-        if batch.lengths.contains(&0) {
-            return Err(ModelError::Batch("row length 0 (every row has at least its special tokens)".into()));
-        }
-        if l > self.spec.max_seq_length {
-            return Err(ModelError::Batch(format!("row length {l} outside 1..={}", self.spec.max_seq_length)));
-        }
-        let (ids, mask) = pad_right(batch, l);
-        let ids = Tensor::from_vec(ids, (b, l), &self.device)?;
-        let mask_t = Tensor::from_vec(mask.clone(), (b, l), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask_t))?; // (b, l, dim)
-        let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
-        Ok(pool(&hidden, &batch.lengths, l, self.spec.dim, self.spec.pooling, self.spec.normalize))
+        embed_padded(&self.spec, &self.device, batch, |ids, mask| Ok(self.model.forward(ids, &ids.zeros_like()?, Some(mask))?))
     }
 }
 
@@ -384,7 +423,12 @@ pub struct Qwen3Backend {
 
 impl Qwen3Backend {
     pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
-        let (config, vb, device) = load_parts::<candle_transformers::models::qwen3::Config>(spec)?;
+        Self::load_on(spec, &Device::Cpu, DType::F32)
+    }
+
+    /// On `device` (the CPU or a CUDA GPU) with weights in `dtype`.
+    pub fn load_on(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let (config, vb, device) = load_parts_on::<candle_transformers::models::qwen3::Config>(spec, device, dtype)?;
         // sentence-transformers saves the bare Qwen3Model (no "model." prefix); candle expects the prefix.
         let vb = vb.rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
         let model = candle_transformers::models::qwen3::Model::new(&config, vb)?;
@@ -409,7 +453,7 @@ impl Backend for Qwen3Backend {
             let ids = Tensor::from_slice(&batch.ids[at..at + n], (1, n), &self.device)?;
             at += n;
             let hidden = self.model.clone().forward(&ids, 0)?; // (1, n, dim), fresh KV cache
-            let hidden: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+            let hidden: Vec<f32> = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             out.extend(pool(&hidden, &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
         }
         Ok(out)
@@ -417,6 +461,34 @@ impl Backend for Qwen3Backend {
 }
 
 /// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.
+/// Rejects rows a model cannot take: empty ones (every row has at least its special tokens) and ones longer
+/// than `max`.
+pub fn check_lengths(batch: &TokenBatch, max: usize) -> Result<(), ModelError> {
+    match batch.lengths.iter().find(|&&n| n == 0 || n as usize > max) {
+        Some(&n) => Err(ModelError::Batch(format!("row length {n} outside 1..={max}"))),
+        None => Ok(()),
+    }
+}
+
+/// Embeds a batch with a model that takes it right-padded, as `(ids, mask)` tensors `(rows, len)` on `device`
+/// (mask 1 on tokens, 0 on padding), and returns hidden states `(rows, len, dim)`; then pools on the host.
+pub fn embed_padded(
+    spec: &ModelSpec,
+    device: &Device,
+    batch: &TokenBatch,
+    forward: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor, ModelError>,
+) -> Result<Vec<f32>, ModelError> {
+    if batch.rows() == 0 {
+        return Ok(Vec::new());
+    }
+    check_lengths(batch, spec.max_seq_length)?;
+    let (b, l) = (batch.rows(), batch.max_len());
+    let (ids, mask) = pad_right(batch, l);
+    let (ids, mask) = (Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?);
+    let hidden: Vec<f32> = forward(&ids, &mask)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(pool(&hidden, &batch.lengths, l, spec.dim, spec.pooling, spec.normalize))
+}
+
 pub fn pad_right(batch: &TokenBatch, len: usize) -> (Vec<u32>, Vec<u32>) {
     let b = batch.rows();
     let mut ids = vec![0u32; b * len];

@@ -100,8 +100,13 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         crate::cli::EncoderKind::Noop => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
         kind => {
             let threads = crate::layout::encoder_threads(plan.args.threads, &plan.layout);
-            log::info!("encoder {}: {threads} threads", mb.me);
-            let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, bf16: plan.args.dtype == "bfloat16" };
+            let gpu = crate::device::resolve(&plan.args.device, &plan.layout, mb.me).map_err(RoleError::new)?;
+            let dtype = crate::model::Dtype::parse(&plan.args.dtype).ok_or_else(|| RoleError::new(format!("--dtype {}", plan.args.dtype)))?;
+            match gpu {
+                Some(g) => log::info!("encoder {}: CUDA device {g}, {}", mb.me, plan.args.dtype),
+                None => log::info!("encoder {}: cpu, {threads} threads, {}", mb.me, plan.args.dtype),
+            }
+            let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, dtype, gpu };
             plan.model
                 .backend(opts)
                 .map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?

@@ -72,6 +72,17 @@ fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
 
     let (ok, e) = embed(&good, &m, &out, &["--batch-size", "0"]);
     assert!(!ok && error_line(&e).contains("--batch-size"), "{e}");
+
+    // Devices and dtypes this build or CPU cannot run are refused up front.
+    if !chatspace_mpi::device::CUDA_BUILT {
+        let (ok, e) = embed(&good, &m, &out, &["--device", "cuda"]);
+        assert!(!ok && error_line(&e).contains("--device cuda: this binary was built without CUDA"), "{e}");
+        let (ok, e) = embed(&good, &m, &out, &["--dtype", "float16"]);
+        assert!(!ok && error_line(&e).contains("--dtype float16 runs on CUDA GPUs only"), "{e}");
+    }
+    let (ok, e) = embed(&good, &m, &out, &["--dtype", "float64"]);
+    assert!(!ok && error_line(&e).contains("--dtype float64"), "{e}");
+    assert!(!out.join("indexes").exists(), "refused runs write nothing");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use chatspace_mpi::model::{Backend, BackendOptions, ModelSpec, Pooling};
+use chatspace_mpi::model::{Backend, BackendOptions, Dtype, ModelSpec, Pooling};
 use chatspace_mpi::protocol::TokenBatch;
 use common::*;
 
@@ -84,36 +84,60 @@ fn embedding_does_not_depend_on_batch_composition() {
     }
 }
 
+/// Embeds all 64 reference texts in mixed-length batches of 7; every vector must be finite and within
+/// `min_cos` of the reference. Returns the worst cosine.
+fn worst_cosine_against_reference(backend: &mut dyn Backend, spec: &ModelSpec, min_cos: f64, name: &str) -> f64 {
+    let tok = spec.tokenizer().unwrap();
+    let refs = reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let mut worst = 1.0f64;
+    for (k, group) in texts.chunks(7).enumerate() {
+        let out = backend.embed(&batch(&tok, group, (k * 7) as u64)).unwrap();
+        assert_eq!(out.len(), group.len() * 384);
+        for (i, v) in out.chunks(384).enumerate() {
+            let r = &refs[k * 7 + i];
+            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite values for {:?}", r["text"]);
+            let c = cosine(v, &want);
+            worst = worst.min(c);
+            assert!(c >= min_cos, "{name}: text {:?}: cosine {c}", r["text"]);
+        }
+    }
+    eprintln!("parity ({name}): worst cosine {worst:.7}");
+    worst
+}
+
 /// The optional bfloat16 mode (AVX512_BF16 CPUs): close to the reference, though not float32-exact.
 #[test]
 fn minilm_bf16_mode_stays_close_to_the_reference() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     if !chatspace_mpi::kernels::has_bf16_dot() {
-        let e = spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(1) }).err().expect("refused without AVX512_BF16");
+        let e = spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(1) }).err().expect("refused without AVX512_BF16");
         assert!(e.to_string().contains("AVX512_BF16"), "{e}");
         eprintln!("bf16 parity skipped: this CPU has no AVX512_BF16");
         return;
     }
-    let tok = spec.tokenizer().unwrap();
-    let refs = reference();
-    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
-    let mut backend = spec.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(2) }).unwrap();
-    let mut worst = 1.0f64;
-    for (k, group) in texts.chunks(7).enumerate() {
-        let out = backend.embed(&batch(&tok, group, (k * 7) as u64)).unwrap();
-        for (i, v) in out.chunks(384).enumerate() {
-            let r = &refs[k * 7 + i];
-            let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-            let c = cosine(v, &want);
-            worst = worst.min(c);
-            assert!(c >= 0.999, "bf16: text {:?}: cosine {c}", r["text"]);
-        }
-    }
-    eprintln!("parity (cpu bf16): worst cosine {worst:.6}");
+    let mut backend = spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(2) }).unwrap();
+    let worst = worst_cosine_against_reference(backend.as_mut(), &spec, 0.999, "cpu bf16");
     // Not silently float32: the bf16 mode does change numerics.
     assert!(worst < 0.999_999_9);
     let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
-    assert!(qwen.backend(BackendOptions { bf16: true, ..BackendOptions::cpu(1) }).is_err());
+    assert!(qwen.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(1) }).is_err());
+}
+
+/// The GPU encoder's code (BERT on candle ops, any device) run on the CPU: float32 matches the reference like
+/// the other backends; float16 (where candle-transformers' BertModel turns every score into NaN through its
+/// f32::MIN mask) stays finite and close.
+#[test]
+fn candle_ops_bert_matches_the_reference_in_float32_and_float16() {
+    use candle_core::{DType, Device};
+    use chatspace_mpi::bert_candle::BertCandleBackend;
+    let spec = ModelSpec::load(&model(), None).unwrap();
+    for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::F16, 0.999)] {
+        let mut backend = BertCandleBackend::load(&spec, &Device::Cpu, dtype).unwrap();
+        assert!(backend.pads());
+        worst_cosine_against_reference(&mut backend, &spec, min_cos, &format!("candle ops on cpu, {dtype:?}"));
+    }
 }
 
 /// Bad rows reach the caller as errors, never as panics or garbage vectors.

@@ -1,0 +1,156 @@
+//! BERT on candle tensor ops for any candle device and dtype: the encoder on CUDA GPUs (float32, float16,
+//! bfloat16). It also runs on the CPU, which is how the tests check its numerics without a GPU.
+//!
+//! Unlike candle-transformers' `BertModel`, the padding mask is an additive `-65504` (the most negative
+//! float16), not `f32::MIN`: in float16 that overflows to -inf and `0 * -inf` makes every score NaN. Q, K and
+//! V are one fused matmul. Batches are right-padded to their longest row (bucketing keeps that small).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::bert::{read_config, Activation};
+use crate::model::{embed_padded, ModelError, ModelSpec};
+use crate::protocol::TokenBatch;
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    up: Linear,
+    down: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A BERT encoder's weights on a candle device.
+pub struct BertCandle {
+    word: Embedding,
+    /// `max_positions x hidden`.
+    position: Tensor,
+    /// Token type 0's embedding, `hidden`.
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    act: Activation,
+    max_positions: usize,
+    dtype: DType,
+    device: Device,
+}
+
+fn norm(vb: &VarBuilder, h: usize, eps: f64) -> Result<LayerNorm, ModelError> {
+    let (w, b) = if vb.contains_tensor("weight") { ("weight", "bias") } else { ("gamma", "beta") };
+    Ok(LayerNorm::new(vb.get(h, w)?, vb.get(h, b)?, eps))
+}
+
+fn linear(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+    Ok(Linear::new(vb.get((outputs, inputs), "weight")?, Some(vb.get(outputs, "bias")?)))
+}
+
+impl BertCandle {
+    /// Loads a sentence-transformers BERT folder onto `device`, weights converted to `dtype`.
+    pub fn load(folder: &Path, device: &Device, dtype: DType) -> Result<BertCandle, ModelError> {
+        let (c, act) = read_config(folder)?;
+        let weights = folder.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only; we do not modify it while loading.
+        let root = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
+        let vb = ["bert", c.model_type.as_deref().unwrap_or("bert")]
+            .iter()
+            .map(|p| root.pp(*p))
+            .find(|vb| vb.contains_tensor("embeddings.word_embeddings.weight"))
+            .unwrap_or(root);
+        let h = c.hidden_size;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let a = l.pp("attention.self");
+            let parts = ["query", "key", "value"];
+            let w = Tensor::cat(&parts.iter().map(|p| a.pp(*p).get((h, h), "weight")).collect::<Result<Vec<_>, _>>()?, 0)?;
+            let b = Tensor::cat(&parts.iter().map(|p| a.pp(*p).get(h, "bias")).collect::<Result<Vec<_>, _>>()?, 0)?;
+            layers.push(Layer {
+                qkv: Linear::new(w, Some(b)),
+                attn_out: linear(&l.pp("attention.output.dense"), h, h)?,
+                attn_norm: norm(&l.pp("attention.output.LayerNorm"), h, c.layer_norm_eps)?,
+                up: linear(&l.pp("intermediate.dense"), h, c.intermediate_size)?,
+                down: linear(&l.pp("output.dense"), c.intermediate_size, h)?,
+                out_norm: norm(&l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+            });
+        }
+        let e = vb.pp("embeddings");
+        let types = e.get_unchecked("token_type_embeddings.weight")?;
+        Ok(BertCandle {
+            word: Embedding::new(e.get((c.vocab_size, h), "word_embeddings.weight")?, h),
+            position: e.get((c.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type: types.narrow(0, 0, 1)?.squeeze(0)?,
+            emb_norm: norm(&e.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            layers,
+            heads: c.num_attention_heads,
+            hidden: h,
+            act,
+            max_positions: c.max_position_embeddings,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Last hidden states `(rows, len, hidden)` in float32 of right-padded `ids` `(rows, len)`; `mask` holds
+    /// 1 for real tokens and 0 for padding.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+        let (b, l) = ids.dims2()?;
+        if l > self.max_positions {
+            return Err(ModelError::Batch(format!("row length {l} outside 1..={}", self.max_positions)));
+        }
+        let (h, d) = (self.hidden, self.hidden / self.heads);
+        let x = self.word.forward(ids)?.broadcast_add(&self.position.narrow(0, 0, l)?)?.broadcast_add(&self.token_type)?;
+        let mut x = self.emb_norm.forward(&x)?;
+        // 0 where attended, -65504 (finite in every float dtype) on padding: (mask - 1) * 65504.
+        let additive = mask.to_dtype(self.dtype)?.affine(65504.0, -65504.0)?.reshape((b, 1, 1, l))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?; // (b, l, 3h)
+            let split = |i: usize| -> candle_core::Result<Tensor> { qkv.narrow(D::Minus1, i * h, h)?.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous() };
+            let (q, k, v) = (split(0)?, split(1)?, split(2)?); // (b, heads, l, d)
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&additive)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+            let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let up = layer.up.forward(&a)?;
+            let up = match self.act {
+                Activation::GeluErf => up.gelu_erf()?,
+                Activation::GeluTanh => up.gelu()?,
+                Activation::Relu => up.relu()?,
+            };
+            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)?;
+        }
+        Ok(x.to_dtype(DType::F32)?)
+    }
+}
+
+/// The GPU BERT backend: [`BertCandle`] plus pooling (on the host, in float32).
+pub struct BertCandleBackend {
+    model: BertCandle,
+    spec: ModelSpec,
+}
+
+impl BertCandleBackend {
+    pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let model = BertCandle::load(Path::new(&spec.path), device, dtype)?;
+        Ok(BertCandleBackend { model, spec: spec.clone() })
+    }
+}
+
+impl crate::model::Backend for BertCandleBackend {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn pads(&self) -> bool {
+        true
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+        embed_padded(&self.spec, &self.model.device, batch, |ids, mask| self.model.forward(ids, mask))
+    }
+}

@@ -1,0 +1,119 @@
+//! Where an encoder runs: the CPU, or the CUDA GPU its place on the node gives it (`--device`).
+//!
+//! GPUs are handed out per node: the encoders hosted by this node's ranks, in rank order, take the visible
+//! devices (CUDA_VISIBLE_DEVICES applies) round-robin. Launchers place ranks on nodes in contiguous blocks by
+//! default (mpirun `--map-by slot`, srun block distribution), so the node's first rank is `rank - local_rank`.
+
+use crate::layout::Layout;
+use crate::protocol::Endpoint;
+
+/// This rank's index on its node, from the launcher: Open MPI, Slurm, MPICH/Hydra or PMIx.
+pub fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+}
+
+/// The GPU for encoder endpoint `me` on `rank` (node-local rank `local_rank`), among `devices` visible ones.
+pub fn gpu_ordinal(layout: &Layout, rank: usize, local_rank: usize, me: Endpoint, devices: usize) -> usize {
+    let first = rank.saturating_sub(local_rank);
+    let before = (0..layout.encoders)
+        .map(|i| layout.encoder(i))
+        .filter(|&e| {
+            let r = layout.ranks[e as usize];
+            r >= first && (r < rank || (r == rank && e < me))
+        })
+        .count();
+    before % devices.max(1)
+}
+
+/// CUDA devices this process sees (0 in a build without the `cuda` feature, or without a driver).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
+/// Whether this binary was built with CUDA support.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// The GPU ordinal encoder `me` uses for `--device` (`None`: the CPU).
+pub fn resolve(device: &str, layout: &Layout, me: Endpoint) -> Result<Option<usize>, String> {
+    let rank = layout.ranks.get(me as usize).copied().unwrap_or(0);
+    let pick = |count: usize| gpu_ordinal(layout, rank, local_rank().unwrap_or(if layout.world_size == 1 { 0 } else { rank }), me, count);
+    match device {
+        "cpu" => Ok(None),
+        "auto" => Ok(Some(cuda_device_count()).filter(|&n| n > 0).map(pick)),
+        "cuda" => match cuda_device_count() {
+            0 if !CUDA_BUILT => Err("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()),
+            0 => Err(format!(
+                "--device cuda: rank {rank} sees no CUDA device (CUDA_VISIBLE_DEVICES={})",
+                std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into())
+            )),
+            n => Ok(Some(pick(n))),
+        },
+        other => Err(format!("--device {other}: cpu, cuda or auto")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_go_round_robin_to_the_encoders_of_each_node() {
+        // 16 ranks on 2 nodes of 8 ranks and 4 GPUs each (the default layout: controller, loaders, encoders,
+        // writers in rank order). Node 0 holds ranks 0-7, node 1 ranks 8-15.
+        let layout = Layout::new(16, None, None, 1).unwrap();
+        let ordinal_of_rank = |rank: usize| {
+            let me = (0..layout.encoders).map(|i| layout.encoder(i)).find(|&e| layout.ranks[e as usize] == rank).unwrap();
+            gpu_ordinal(&layout, rank, rank % 8, me, 4)
+        };
+        let encoder_ranks: Vec<usize> = (0..layout.encoders).map(|i| layout.ranks[layout.encoder(i) as usize]).collect();
+        assert!(encoder_ranks.iter().any(|&r| r < 8) && encoder_ranks.iter().any(|&r| r >= 8));
+        let node0: Vec<usize> = encoder_ranks.iter().filter(|&&r| r < 8).map(|&r| ordinal_of_rank(r)).collect();
+        let node1: Vec<usize> = encoder_ranks.iter().filter(|&&r| r >= 8).map(|&r| ordinal_of_rank(r)).collect();
+        assert_eq!(node0, (0..node0.len()).map(|i| i % 4).collect::<Vec<_>>());
+        assert_eq!(node1, (0..node1.len()).map(|i| i % 4).collect::<Vec<_>>());
+        // One process (plain run): local encoder threads take GPUs in order.
+        let plain = Layout::new(1, None, None, 3).unwrap();
+        let ords: Vec<usize> = (0..3).map(|i| gpu_ordinal(&plain, 0, 0, plain.encoder(i), 2)).collect();
+        assert_eq!(ords, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn two_nodes_of_four_gpus_use_each_gpu_once() {
+        // The README's layout: --nodes=2 --ntasks-per-node=6, --loaders 1 --writers 2. Node 0: controller,
+        // loader, 4 encoders; node 1: 4 encoders, 2 writers.
+        let layout = Layout::new(12, Some(1), Some(2), 1).unwrap();
+        assert_eq!(layout.encoders, 8);
+        for node in 0..2 {
+            let mut ords: Vec<usize> = (0..layout.encoders)
+                .map(|i| layout.encoder(i))
+                .filter(|&e| layout.ranks[e as usize] / 6 == node)
+                .map(|e| {
+                    let rank = layout.ranks[e as usize];
+                    gpu_ordinal(&layout, rank, rank % 6, e, 4)
+                })
+                .collect();
+            ords.sort_unstable();
+            assert_eq!(ords, vec![0, 1, 2, 3], "node {node}");
+        }
+    }
+
+    #[test]
+    fn device_flag_resolution_without_a_gpu() {
+        let layout = Layout::new(4, None, None, 1).unwrap();
+        assert_eq!(resolve("cpu", &layout, layout.encoder(0)), Ok(None));
+        if cuda_device_count() == 0 {
+            assert_eq!(resolve("auto", &layout, layout.encoder(0)), Ok(None));
+            assert!(resolve("cuda", &layout, layout.encoder(0)).unwrap_err().contains("--device cuda"));
+        }
+        assert!(resolve("tpu", &layout, layout.encoder(0)).is_err());
+    }
+}
