@@ -26,6 +26,9 @@ pub enum Command {
         /// Path to a manifest-{split}.json.
         manifest: PathBuf,
     },
+    /// Run the encoder alone on a JSONL of texts: tokens/s per batch size (after a warm-up pass), and
+    /// optionally the embeddings as JSONL (parity checks on a GPU machine without cargo).
+    Encode(crate::encode::EncodeArgs),
 }
 
 /// How a text field holding a conversation (a list of {role, content}) becomes text.

@@ -7,6 +7,7 @@ pub mod bert_candle;
 pub mod cli;
 pub mod controller;
 pub mod device;
+pub mod encode;
 pub mod hub;
 pub mod input;
 pub mod kernels;
@@ -47,6 +48,7 @@ pub fn run() -> i32 {
         Command::Embed(args) => embed(args),
         Command::Verify { manifest } => inspect::verify_command(&manifest),
         Command::Status { manifest } => inspect::status_command(&manifest),
+        Command::Encode(args) => encode::command(&args),
     }
 }
 

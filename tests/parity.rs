@@ -199,3 +199,41 @@ fn tiny_qwen3_matches_sentence_transformers_for_documents_and_queries() {
     assert_eq!((docs, queries), (64, 16));
     eprintln!("qwen3 parity: worst cosine {worst:.9}");
 }
+
+/// `chatspace-mpi encode` (the encoder alone, as the GPU check runs it): timings per batch size, and the
+/// embeddings it writes match the reference.
+#[test]
+fn encode_subcommand_times_batch_sizes_and_writes_reference_embeddings() {
+    let d = tempfile::tempdir().unwrap();
+    let refs = reference();
+    let input = d.path().join("texts.jsonl");
+    std::fs::write(&input, refs.iter().map(|r| format!("{}\n", serde_json::json!({ "text": r["text"] }))).collect::<String>()).unwrap();
+    let out = d.path().join("vectors.jsonl");
+    let o = std::process::Command::new(bin())
+        .args(["encode", "--model"])
+        .arg(model())
+        .arg("--input")
+        .arg(&input)
+        .args(["--batch-sizes", "7,32", "--threads", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].split_whitespace().next() == Some("7") && lines[1].split_whitespace().next() == Some("32"), "{stdout}");
+    let got: Vec<Vec<f32>> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    assert_eq!(got.len(), refs.len());
+    for (v, r) in got.iter().zip(&refs) {
+        let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert!(cosine(v, &want) >= 0.99999, "{:?}", r["text"]);
+    }
+    let bad = std::process::Command::new(bin()).args(["encode", "--model"]).arg(model()).arg("--input").arg(d.path().join("missing.jsonl")).output().unwrap();
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && e.lines().next().unwrap_or("").contains("--input"), "{e}");
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The GPU check, in two halves.
+#
+#   scripts/gpu-check.sh --prepare   Here (no GPU): builds the CUDA binary (scripts/build-cuda.sh --build) and
+#       packs what travels to the lent machine into target/gpu (< 64 MiB): the binary (xz), all-MiniLM-L6-v2
+#       with float16 weights (its f32 compute still reaches cosine 0.9999990 to the reference), the shared
+#       reference and a real-text timing input. Then, with the device tool:
+#       run(command="scripts/gpu-check.sh", carry=["target/gpu"], timeout_s=...)
+#
+#   scripts/gpu-check.sh             On the GPU machine, in one call: driver and GPU, CUDA libraries found,
+#       parity of CUDA float32/float16/bfloat16 against the CPU result and the reference (float32 cosine
+#       >= 0.99999, float16/bfloat16 >= 0.999), encoder tokens/s per dtype at batch sizes 32..512 (after a
+#       warm-up pass), and Python sentence-transformers on the same inputs, weights, dtypes and batch sizes.
+#       Everything printed is also written to $OUT/gpu-check.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pack=target/gpu
+
+if [ "${1:-}" = --prepare ]; then
+  set -e
+  source scripts/env.sh
+  scripts/fetch-model.sh
+  scripts/build-cuda.sh --build
+  rm -rf "$pack" && mkdir -p "$pack/model"
+  xz -T0 -6 -c target/cuda/release/chatspace-mpi > "$pack/chatspace-mpi.xz"
+  cp -r models/all-MiniLM-L6-v2/. "$pack/model/"
+  rm -f "$pack/model/model.safetensors"
+  python3 - models/all-MiniLM-L6-v2/model.safetensors "$pack/model/model.safetensors" <<'PY'
+# float32 -> float16 safetensors with the standard library only (struct's 'e' is IEEE half).
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+raw = open(src, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+out_header, chunks, at = {}, [], 0
+for name, t in sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]):
+    a, b = t["data_offsets"]; buf = data[a:b]
+    if t["dtype"] == "F32":
+        count = len(buf) // 4
+        buf = struct.pack(f"<{count}e", *struct.unpack(f"<{count}f", buf)); dtype = "F16"
+    else:
+        dtype = t["dtype"]
+    out_header[name] = {"dtype": dtype, "shape": t["shape"], "data_offsets": [at, at + len(buf)]}
+    chunks.append(buf); at += len(buf)
+if "__metadata__" in header: out_header["__metadata__"] = header["__metadata__"]
+h = json.dumps(out_header).encode(); h += b" " * (-len(h) % 8)
+with open(dst, "wb") as f:
+    f.write(struct.pack("<Q", len(h))); f.write(h)
+    for c in chunks: f.write(c)
+PY
+  cp ../shared/fixtures/minilm-l6-v2-reference.jsonl "$pack/reference.jsonl"
+  python3 - "$pack/texts.jsonl" <<'PY'
+# Timing input: real text of data/sample.jsonl, consecutive texts joined 1..4 at a time (~115 tokens a row), x8.
+import json, sys
+texts = [t for t in (json.loads(l).get("text") for l in open("data/sample.jsonl")) if t and t.strip()]
+rows, i, k = [], 0, 0
+while i < len(texts):
+    n = k % 4 + 1; rows.append(" ".join(texts[i:i + n])); i += n; k += 1
+with open(sys.argv[1], "w") as f:
+    for _ in range(8):
+        for t in rows: f.write(json.dumps({"text": t}) + "\n")
+PY
+  du -sh "$pack"
+  exit 0
+fi
+
+# ---- on the GPU machine ----
+OUT=${OUT:-$pack/out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu-check.txt") 2>&1
+echo "== gpu-check $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
+py=""
+for p in python3 python /usr/bin/python3 /opt/conda/bin/python; do
+  if command -v "$p" >/dev/null && "$p" -c 'import torch, sentence_transformers' 2>/dev/null; then py=$p; break; fi
+done
+echo "python with torch + sentence-transformers: ${py:-none}"
+# CUDA 13 libraries: the Python install's nvidia wheels and torch/lib, plus whatever the system has.
+if [ -n "$py" ]; then
+  libs=$("$py" - <<'PY'
+import glob, os, site
+dirs = []
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += glob.glob(os.path.join(sp, "nvidia", "*", "lib")) + glob.glob(os.path.join(sp, "nvidia", "cu*", "lib")) + glob.glob(os.path.join(sp, "torch", "lib"))
+print(":".join(sorted(set(dirs))))
+PY
+)
+  export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+bin=/tmp/chatspace-mpi-cuda
+xz -dc "$pack/chatspace-mpi.xz" > "$bin" && chmod +x "$bin"
+echo "== libraries"
+ldd "$bin" | grep -E "cuda|cublas|curand|nvrtc|not found"
+if ldd "$bin" | grep -q "not found"; then echo "FAIL: missing libraries"; exit 1; fi
+model=$pack/model
+
+echo "== parity: 64 reference texts (float16 weights, computed in each dtype)"
+"$bin" encode --model "$model" --input "$pack/reference.jsonl" --device cpu --batch-sizes 16 --out "$OUT/cpu.jsonl" > /dev/null || echo "FAIL: cpu encode"
+for dt in float32 float16 bfloat16; do
+  "$bin" encode --model "$model" --input "$pack/reference.jsonl" --device cuda --dtype "$dt" --batch-sizes 16 --out "$OUT/cuda-$dt.jsonl" > /dev/null || echo "FAIL: cuda $dt encode"
+done
+python3 - "$OUT" "$pack/reference.jsonl" <<'PY'
+import json, math, os, sys
+out, ref_path = sys.argv[1], sys.argv[2]
+ref = [json.loads(l)["embedding"] for l in open(ref_path)]
+load = lambda p: [json.loads(l)["embedding"] for l in open(p)] if os.path.exists(p) else None
+def worst(a, b):
+    return min(sum(x * y for x, y in zip(u, v)) / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v)) for u, v in zip(a, b))
+cpu = load(os.path.join(out, "cpu.jsonl"))
+print(f"{'run':<16} {'vs reference':>14} {'vs cpu':>10} {'goal':>8}  verdict")
+if cpu: print(f"{'cpu float32':<16} {worst(cpu, ref):>14.7f} {'-':>10} {0.99999:>8}")
+for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
+    got = load(os.path.join(out, f"cuda-{dt}.jsonl"))
+    if got is None or len(got) != len(ref):
+        print(f"cuda {dt:<11} {'missing':>14}"); continue
+    r, c = worst(got, ref), (worst(got, cpu) if cpu else float("nan"))
+    print(f"cuda {dt:<11} {r:>14.7f} {c:>10.7f} {goal:>8}  {'ok' if r >= goal else 'FAIL'}")
+PY
+
+echo "== encoder tokens/s (chatspace-mpi encode: sorted by length, warm-up pass first)"
+for dt in float32 float16 bfloat16; do
+  "$bin" encode --model "$model" --input "$pack/texts.jsonl" --device cuda --dtype "$dt" --batch-sizes 32,64,128,256,512 | sed "s/^/[$dt] /"
+done
+
+if [ -n "$py" ]; then
+  echo "== Python sentence-transformers, same inputs and weights"
+  "$py" - "$model" "$pack/texts.jsonl" <<'PY'
+import json, sys, time, torch
+from sentence_transformers import SentenceTransformer
+model_dir, path = sys.argv[1], sys.argv[2]
+texts = [json.loads(l)["text"] for l in open(path)]
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
+for name, dt in [("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)]:
+    m = SentenceTransformer(model_dir, device="cuda", model_kwargs={"torch_dtype": dt})
+    tok = m.tokenizer
+    tokens = sum(min(len(ids), m.max_seq_length) for ids in tok(texts, add_special_tokens=True)["input_ids"])
+    for bs in [32, 64, 128, 256, 512]:
+        m.encode(texts, batch_size=bs)  # warm-up
+        torch.cuda.synchronize(); t0 = time.perf_counter()
+        m.encode(texts, batch_size=bs)
+        torch.cuda.synchronize(); s = time.perf_counter() - t0
+        print(f"[{name}] {bs:>6} {len(texts):>6} {tokens:>8} {s:>8.3f} {tokens / s:>10.0f} {len(texts) / s:>9.1f}")
+PY
+fi
+echo "== done; results in $OUT"
