@@ -9,7 +9,6 @@
 use std::time::Instant;
 
 use chatspace_mpi::model::{BackendOptions, Dtype, ModelSpec};
-use chatspace_mpi::protocol::TokenBatch;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -54,14 +53,7 @@ fn main() {
             if sorted {
                 order.sort_by_key(|&i| ids[i].len());
             }
-            let batches: Vec<TokenBatch> = order
-                .chunks(batch_size)
-                .map(|c| TokenBatch {
-                    row_ids: c.iter().map(|&i| i as u64).collect(),
-                    lengths: c.iter().map(|&i| ids[i].len() as u32).collect(),
-                    ids: c.iter().flat_map(|&i| ids[i].iter().copied()).collect(),
-                })
-                .collect();
+            let batches = chatspace_mpi::encode::batches_in_order(&ids, &order, batch_size);
             backend.embed(&batches[0]).expect("warm-up");
             let (tokens, padded): (usize, usize) = batches.iter().fold((0, 0), |(t, p), b| (t + b.tokens(), p + b.rows() * b.max_len()));
             let start = Instant::now();

@@ -73,20 +73,17 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
     let (mut timings, mut first) = (Vec::new(), None);
     for &size in &args.batch_sizes {
         anyhow::ensure!(size > 0, "--batch-sizes: 0 is not a batch size");
-        let batches: Vec<TokenBatch> = order
-            .chunks(size)
-            .map(|c| TokenBatch {
-                row_ids: c.iter().map(|&i| i as u64).collect(),
-                lengths: c.iter().map(|&i| ids[i].len() as u32).collect(),
-                ids: c.iter().flat_map(|&i| ids[i].iter().copied()).collect(),
-            })
-            .collect();
-        // Warm-up: every batch shape once (kernels load and tune per shape on GPUs).
-        let mut vectors = vec![Vec::new(); ids.len()];
+        let batches = batches_in_order(&ids, &order, size);
+        // Warm-up: every batch shape once (kernels load and tune per shape on GPUs). Its embeddings are kept
+        // for the first batch size only.
+        let keep = first.is_none();
+        let mut vectors = vec![Vec::new(); if keep { ids.len() } else { 0 }];
         for b in &batches {
             let out = backend.embed(b)?;
-            for (k, &row) in b.row_ids.iter().enumerate() {
-                vectors[row as usize] = out[k * spec.dim..(k + 1) * spec.dim].to_vec();
+            if keep {
+                for (k, &row) in b.row_ids.iter().enumerate() {
+                    vectors[row as usize] = out[k * spec.dim..(k + 1) * spec.dim].to_vec();
+                }
             }
         }
         let start = Instant::now();
@@ -97,9 +94,23 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
         let tokens: usize = batches.iter().map(TokenBatch::tokens).sum();
         let computed: usize = if backend.pads() { batches.iter().map(|b| b.rows() * b.max_len()).sum() } else { tokens };
         timings.push(Timing { batch_size: size, rows: ids.len(), tokens, seconds, padding: 1.0 - tokens as f64 / computed.max(1) as f64 });
-        first.get_or_insert(vectors);
+        if keep {
+            first = Some(vectors);
+        }
     }
     Ok((timings, first.unwrap_or_default()))
+}
+
+/// Token batches of `size` rows taken in `order` (row ids are indexes into `ids`).
+pub fn batches_in_order(ids: &[&[u32]], order: &[usize], size: usize) -> Vec<TokenBatch> {
+    order
+        .chunks(size)
+        .map(|c| TokenBatch {
+            row_ids: c.iter().map(|&i| i as u64).collect(),
+            lengths: c.iter().map(|&i| ids[i].len() as u32).collect(),
+            ids: c.iter().flat_map(|&i| ids[i].iter().copied()).collect(),
+        })
+        .collect()
 }
 
 /// The subcommand: prints one line per batch size and writes `--out`.
