@@ -124,7 +124,9 @@ pub struct EmbedArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub threads: usize,
-    /// Batches a loader may have in flight per encoder.
+    /// Batches a loader may have in flight per encoder at the start; the window grows (up to 32) for an
+    /// encoder that runs out of queued batches while the loader has more ready, so fast encoders are never
+    /// starved by the round trip.
     #[arg(long, default_value_t = 2)]
     pub prefetch_batches: usize,
     /// Compute device: cpu, cuda (binaries built with the `cuda` feature: each encoder rank takes a GPU from

@@ -139,6 +139,11 @@ fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The Euclidean norm of `x` (accumulated in lanes, so it vectorizes).
+pub fn norm(x: &[f32]) -> f32 {
+    sum_sq_dev(x, 0.0).sqrt()
+}
+
 #[inline(always)]
 fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; LANES];
@@ -369,6 +374,15 @@ unsafe fn bf16_gemm(a: &[u32], kp: usize, b: &[u32], n: usize, bias: &[f32], c: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn norm_matches_a_plain_sum_of_squares() {
+        let x: Vec<f32> = (0..389).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let plain = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        assert!((norm(&x) as f64 - plain).abs() < 1e-5 * plain);
+        assert_eq!(norm(&[]), 0.0);
+        assert_eq!(norm(&[3.0, 4.0]), 5.0);
+    }
 
     fn erf_ref(x: f64) -> f64 {
         // Series/continued fraction free reference: integrate e^{-t^2} with Simpson's rule (fine steps).

@@ -23,8 +23,10 @@ pub enum Header {
     /// Loader -> encoder: `rows` tokenized rows. Payload: row ids `u64[rows]`, lengths `u32[rows]`, then
     /// all token ids `u32[sum(lengths)]` back to back (a flat token batch).
     Batch { chunk: u64, writer: Endpoint, rows: u32 },
-    /// Encoder -> loader: one batch of this loader's is done (returns one credit).
-    Credit,
+    /// Encoder -> loader: one batch of this loader's is done (returns one credit). `starved`: the encoder
+    /// has no other batch queued, so it now waits for the next one to arrive (the loader's window to this
+    /// encoder may be too small; see `roles::Credits`).
+    Credit { starved: bool },
     /// Encoder -> writer: embeddings. Payload: row ids `u64[rows]`, then `f32[rows * dim]` row-major.
     Embedded { chunk: u64, rows: u32, dim: u32 },
     /// Loader -> writer: the rows of a chunk that will be embedded, with their text and source columns.
@@ -63,7 +65,7 @@ impl Header {
             Header::Plan(_) => "Plan",
             Header::Assign { .. } => "Assign",
             Header::Batch { .. } => "Batch",
-            Header::Credit => "Credit",
+            Header::Credit { .. } => "Credit",
             Header::Embedded { .. } => "Embedded",
             Header::ChunkData { .. } => "ChunkData",
             Header::ChunkLoaded { .. } => "ChunkLoaded",
@@ -277,7 +279,7 @@ mod tests {
         p.truncate(p.len() - 1);
         assert!(Embeddings::from_payload(2, 3, &p).is_err());
         assert!(Envelope::decode(vec![1, 2, 3]).is_err());
-        let mut bad = Envelope::new(0, 1, Header::Credit).encode();
+        let mut bad = Envelope::new(0, 1, Header::Credit { starved: false }).encode();
         let n = bad.len();
         bad[n - 4] = 200; // header length beyond the buffer
         assert!(Envelope::decode(bad).is_err());

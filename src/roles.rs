@@ -145,7 +145,7 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
             let mut payload = Vec::new();
             put(&mut payload, &batch.row_ids);
             mb.send(writer, Header::Cut { chunk, rows }, payload)?;
-            mb.send(env.from, Header::Credit, Vec::new())?;
+            mb.send(env.from, Header::Credit { starved: false }, Vec::new())?;
             continue;
         }
         if let Some(r) = fault.filter(|r| batch.row_ids.contains(r)) {
@@ -159,8 +159,58 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         let tokens = batch.tokens() as u64;
         let out = Embeddings { row_ids: batch.row_ids, dim, values };
         mb.send(writer, Header::Embedded { chunk, rows, dim: dim as u32 }, out.to_payload())?;
-        mb.send(env.from, Header::Credit, Vec::new())?;
+        // Starved: nothing else is queued here now (batches that arrived while this one ran are counted).
+        while let Some(env) = mb.try_recv()? {
+            queue.push_back(env);
+        }
+        mb.send(env.from, Header::Credit { starved: queue.is_empty() }, Vec::new())?;
         mb.send(plan.layout.controller(), Header::Progress { rows: rows as u64, tokens, padded_tokens: padded, seconds }, Vec::new())?;
+    }
+}
+
+/// The most batches a loader lets one encoder hold (see [`Credits`]); `--prefetch-batches` is the start.
+const MAX_PREFETCH_BATCHES: usize = 32;
+
+/// A loader's flow control towards its encoders: each encoder holds at most `window[k]` of this loader's
+/// batches (queued or running). The window starts at `--prefetch-batches` and grows by one, up to `max`,
+/// each time encoder `k` ran out of queued batches while this loader had batches waiting for a credit:
+/// then the round trip (credit back, next batch out) takes longer than the batches queued there, and the
+/// encoder idles. Slow encoders (CPU models) keep the small start window, so a drain or the end of the
+/// input never leaves much work queued at one encoder; fast ones (GPUs, the no-op encoder) get as many
+/// batches queued as it takes to hide the latency. Memory: at most `max` batches per encoder per loader.
+struct Credits {
+    window: Vec<usize>,
+    held: Vec<usize>,
+    max: usize,
+    next: usize,
+}
+
+impl Credits {
+    fn new(encoders: usize, start: usize, max: usize) -> Credits {
+        Credits { window: vec![start.max(1); encoders], held: vec![0; encoders], max, next: 0 }
+    }
+
+    /// An encoder with room for one more batch (the one with the most room, the next in turn on ties),
+    /// which now holds it; `None` when every encoder's window is full.
+    fn take(&mut self) -> Option<usize> {
+        let n = self.window.len();
+        let room = |k: usize| self.window[k] - self.held[k];
+        let k = (0..n).map(|j| (self.next + j) % n).max_by_key(|&k| (room(k), std::cmp::Reverse((k + n - self.next) % n)))?;
+        if room(k) == 0 {
+            return None;
+        }
+        self.held[k] += 1;
+        self.next = (k + 1) % n;
+        Some(k)
+    }
+
+    /// Encoder `k` finished one of our batches; `grow` when it then had nothing queued while we had
+    /// batches waiting.
+    fn give_back(&mut self, k: usize, grow: bool) {
+        self.held[k] = self.held[k].saturating_sub(1);
+        if grow && self.window[k] < self.max {
+            self.window[k] += 1;
+        }
     }
 }
 
@@ -186,29 +236,26 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
         max_tokens: plan.args.bucket_max_tokens,
     };
     let encoders: Vec<Endpoint> = (0..plan.layout.encoders).map(|i| plan.layout.encoder(i)).collect();
-    // Flow control: at most `prefetch_batches` batches of this loader are queued at each encoder.
-    let mut credits = vec![plan.args.prefetch_batches; encoders.len()];
+    let mut credits = Credits::new(encoders.len(), plan.args.prefetch_batches, MAX_PREFETCH_BATCHES.max(plan.args.prefetch_batches));
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
-    let mut next_encoder = 0usize;
     let mut draining = false;
     loop {
         // Hand out batches while encoders have room.
         while !queue.is_empty() {
-            let Some(k) = (0..encoders.len()).map(|j| (next_encoder + j) % encoders.len()).max_by_key(|&k| credits[k]).filter(|&k| credits[k] > 0) else {
-                break;
-            };
+            let Some(k) = credits.take() else { break };
             let o = queue.pop_front().expect("non-empty");
-            credits[k] -= 1;
-            next_encoder = (k + 1) % encoders.len();
             let rows = o.batch.rows() as u32;
             mb.send(encoders[k], Header::Batch { chunk: o.chunk, writer: o.writer, rows }, o.batch.to_payload())?;
         }
         let Some(env) = mb.recv_timeout(Duration::from_millis(50))? else { continue };
         match env.header {
-            Header::Shutdown { .. } => return Ok(()),
-            Header::Credit => {
+            Header::Shutdown { .. } => {
+                log::info!("loader {}: batches in flight per encoder grew to {:?}", mb.me, credits.window);
+                return Ok(());
+            }
+            Header::Credit { starved } => {
                 let k = encoders.iter().position(|&e| e == env.from).ok_or_else(|| RoleError::new("credit from a non-encoder"))?;
-                credits[k] += 1;
+                credits.give_back(k, starved && !queue.is_empty());
             }
             Header::Drain => {
                 // Batches not yet sent will not be embedded in this run: tell each chunk's writer which rows.
@@ -316,4 +363,38 @@ fn load_chunk(
     }
     let loaded = Loaded { rows: rows.row_ids.len() as u64, skipped: rows.skipped, tokens: lengths.iter().sum::<usize>() as u64, payload };
     Ok((batches, loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_fill_encoders_in_turn_up_to_their_window() {
+        let mut c = Credits::new(3, 2, 4);
+        let order: Vec<usize> = std::iter::from_fn(|| c.take()).collect();
+        assert_eq!(order, vec![0, 1, 2, 0, 1, 2], "two each, round robin");
+        assert_eq!(c.take(), None);
+        c.give_back(1, false);
+        assert_eq!(c.take(), Some(1));
+        assert_eq!(c.take(), None);
+    }
+
+    #[test]
+    fn a_starved_encoder_gets_a_larger_window_up_to_the_max() {
+        let mut c = Credits::new(2, 2, 3);
+        while c.take().is_some() {}
+        c.give_back(0, true);
+        assert_eq!(c.window, vec![3, 2]);
+        assert_eq!((c.take(), c.take(), c.take()), (Some(0), Some(0), None), "room for two more at encoder 0");
+        c.give_back(0, true);
+        c.give_back(0, true);
+        assert_eq!(c.window, vec![3, 2], "capped at max");
+        c.give_back(1, false);
+        assert_eq!(c.window[1], 2, "not starved: no growth");
+        // Credits returned beyond what was taken (a bug elsewhere) do not underflow.
+        let mut d = Credits::new(1, 1, 1);
+        d.give_back(0, false);
+        assert_eq!(d.take(), Some(0));
+    }
 }

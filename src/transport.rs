@@ -325,7 +325,7 @@ mod tests {
         let a = router.mailbox(0);
         let b = router.mailbox(1);
         let ha = std::thread::spawn(move || {
-            a.send(1, Header::Credit, vec![1, 2, 3]).unwrap();
+            a.send(1, Header::Credit { starved: false }, vec![1, 2, 3]).unwrap();
             let reply = a.recv_timeout(Duration::from_secs(5)).unwrap().expect("reply");
             assert_eq!(reply.from, 1);
             Ok(())

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{now_rfc3339, ShardEntry, TOOL};
-use crate::output::write_atomic;
+use crate::output::{write_atomic_large, AlignedBytes};
 use crate::plan::{ChunkSpec, Plan};
 use crate::ranges::{self, Range};
 use crate::protocol::{Embeddings, Header, PayloadReader};
@@ -215,7 +214,7 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
     };
     let (mut min_norm, mut max_norm) = (None::<f32>, None::<f32>);
     for v in values.chunks_exact(dim.max(1)) {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let n = crate::kernels::norm(v);
         min_norm = Some(min_norm.map_or(n, |m| m.min(n)));
         max_norm = Some(max_norm.map_or(n, |m| m.max(n)));
     }
@@ -236,24 +235,9 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
     // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::HashMap<_, _>>()));
     let batch = batch.with_schema(schema).map_err(RoleError::from_display)?;
-    // zstd level 1: embeddings are mostly high-entropy floats, where higher levels cost time and save little.
-    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")));
-    // Float embeddings do not compress as dictionaries; byte-stream-split helps zstd a little. Min/max
-    // statistics of 384 floats per row cost a third of the writer's time and serve no query.
-    for leaf in ["list.item", "list.element"] {
-        let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());
-        props = props
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
-            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
-    }
-    // Sized for the embeddings plus the other columns, so the buffer is not regrown (and copied) while encoding.
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() + (1 << 16));
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.build())).map_err(RoleError::from_display)?;
-    w.write(&batch).map_err(RoleError::from_display)?;
-    w.close().map_err(RoleError::from_display)?;
+    let buf = encode_parquet(&batch).map_err(RoleError::from_display)?;
     let path = plan.output.shard_path(shard);
-    write_atomic(&path, &buf).map_err(|e| RoleError::new(format!("{}: {e}", path.display())))?;
+    write_atomic_large(&path, &buf).map_err(|e| RoleError::new(format!("{}: {e}", path.display())))?;
     Ok(Some(ShardEntry {
         path: plan.output.shard_entry_path(shard),
         shard_index: shard,
@@ -262,13 +246,87 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         rows_skipped: skipped,
         row_ranges: covered,
         bytes: buf.len() as u64,
-        sha256: crate::model::hex(&Sha256::digest(&buf)),
+        sha256: crate::model::hex(&Sha256::digest(buf.as_slice())),
         embedding_dim: dim,
         min_norm,
         max_norm,
         created_at,
         tool: TOOL.to_string(),
     }))
+}
+
+/// Writer settings of a shard. zstd level 1: embeddings are mostly high-entropy floats, where higher levels
+/// cost time and save little. The embedding column gets no dictionary (floats do not repeat), no min/max
+/// statistics (384 floats per row; they would cost a third of the writer's time and serve no query) and
+/// byte-stream-split encoding, which lets zstd shrink MiniLM embeddings by 15% instead of 7%.
+fn shard_properties() -> WriterProperties {
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")));
+    for leaf in ["list.item", "list.element"] {
+        let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());
+        props = props
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
+            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+    }
+    props.build()
+}
+
+/// The float values of a column that is a non-null FixedSizeList of non-null float32 (the embeddings).
+fn flat_floats(array: &ArrayRef) -> Option<(usize, &[f32])> {
+    let list = array.as_any().downcast_ref::<FixedSizeListArray>()?;
+    let values = list.values().as_any().downcast_ref::<Float32Array>()?;
+    let dim = list.value_length() as usize;
+    let whole = list.offset() == 0 && values.offset() == 0 && values.len() == list.len() * dim;
+    (list.null_count() == 0 && values.null_count() == 0 && whole && dim > 0).then(|| (dim, values.values().as_ref()))
+}
+
+/// Encodes a shard as one Parquet file (one row group) in memory, with the Arrow schema in its footer so
+/// readers get the same types and schema metadata back.
+///
+/// The embedding column skips the Arrow writer's generic path, which computes repetition/definition
+/// levels and an index for every one of the 384 floats of a row and then gathers the floats through it:
+/// its levels are the same for every row, so they are built once, and the floats go to the column writer
+/// as they are. Other columns (any Arrow type from the source) go through the Arrow column writers.
+pub fn encode_parquet(batch: &RecordBatch) -> Result<AlignedBytes, parquet::errors::ParquetError> {
+    use parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
+    use parquet::data_type::FloatType;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = batch.schema();
+    let mut props = shard_properties();
+    parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+    let props = Arc::new(props);
+    let parquet_schema = parquet::arrow::ArrowSchemaConverter::new().with_coerce_types(props.coerce_types()).convert(&schema)?;
+    // Sized for the embeddings plus the other columns, so the buffer is not regrown (and copied) while encoding.
+    let mut buf = AlignedBytes::with_capacity(batch.get_array_memory_size() + (1 << 16));
+    let mut file = SerializedFileWriter::new(&mut buf, parquet_schema.root_schema_ptr(), props)?;
+    let mut arrow_writers = ArrowRowGroupWriterFactory::new(&file, schema.clone()).create_column_writers(0)?.into_iter();
+    let mut row_group = file.next_row_group()?;
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        // A FixedSizeList of float32 is a single Parquet leaf.
+        if let Some((dim, values)) = flat_floats(array) {
+            // One leaf, max repetition and definition level 1: each row is levels (rep 0, def 1) then
+            // dim - 1 times (rep 1, def 1). Written a block of rows at a time with the same level buffers.
+            let _arrow_path = arrow_writers.next();
+            let mut column = row_group.next_column()?.expect("the schema has a leaf for every Arrow column; this is a bug");
+            let writer = column.typed::<FloatType>();
+            let block_rows = 256.min(array.len()).max(1);
+            let def = vec![1i16; block_rows * dim];
+            let rep: Vec<i16> = (0..block_rows * dim).map(|i| (i % dim != 0) as i16).collect();
+            for block in values.chunks(block_rows * dim) {
+                writer.write_batch(block, Some(&def[..block.len()]), Some(&rep[..block.len()]))?;
+            }
+            column.close()?;
+        } else {
+            for leaf in compute_leaves(field, array)? {
+                let mut w = arrow_writers.next().expect("one Arrow column writer per leaf; this is a bug");
+                w.write(&leaf)?;
+                w.close()?.append_to_row_group(&mut row_group)?;
+            }
+        }
+    }
+    row_group.close()?;
+    file.close()?;
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -312,5 +370,61 @@ mod tests {
         let names: Vec<_> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, vec!["row_id", "text", "embedding", "model"]);
         assert_eq!(b.num_rows(), 2);
+    }
+
+    /// The file's Arrow schema (from its footer, with the schema metadata) and its rows as one batch.
+    fn read_parquet(bytes: &[u8]) -> RecordBatch {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let schema = builder.schema().clone();
+        let batches: Vec<RecordBatch> = builder.with_batch_size(1 << 20).build().unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 1);
+        batches.into_iter().next().unwrap().with_schema(schema).unwrap()
+    }
+
+    #[test]
+    fn shards_read_back_as_written_with_types_and_metadata() {
+        use arrow_array::{Int64Array, StringArray, StructArray};
+        let rows = 700; // more than one block of levels, and a partial last block
+        let dim = 5;
+        let values: Vec<f32> = (0..rows * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let nested = StructArray::from(vec![
+            (Arc::new(Field::new("a", DataType::Int64, true)), Arc::new(Int64Array::from((0..rows as i64).map(|i| (i % 3 != 0).then_some(i)).collect::<Vec<_>>())) as ArrayRef),
+            (Arc::new(Field::new("b", DataType::Utf8, false)), Arc::new(StringArray::from((0..rows).map(|i| format!("b{i}")).collect::<Vec<_>>())) as ArrayRef),
+        ]);
+        let cols = RecordBatch::try_from_iter(vec![
+            ("text", Arc::new(StringArray::from((0..rows).map(|i| format!("text {i}")).collect::<Vec<_>>())) as ArrayRef),
+            ("meta", Arc::new(nested) as ArrayRef),
+        ])
+        .unwrap();
+        let ids: Vec<u64> = (1000..1000 + rows as u64).collect();
+        let batch = shard_batch(&ids, &cols, dim, values).unwrap();
+        let meta: std::collections::HashMap<String, String> = [("chatspace.chunk".to_string(), "3".to_string())].into();
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+        let batch = batch.with_schema(schema).unwrap();
+        let bytes = encode_parquet(&batch).unwrap();
+        let back = read_parquet(bytes.as_slice());
+        assert_eq!(back.schema(), batch.schema(), "types, nullability and schema metadata come back");
+        assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn sliced_or_nullable_embeddings_round_trip() {
+        // A list with a null row is not the fast path; a sliced list is, with the right values.
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let full = FixedSizeListArray::try_new(item.clone(), 2, Arc::new(Float32Array::from(vec![1., 2., 3., 4., 5., 6.])), None).unwrap();
+        let sliced: ArrayRef = Arc::new(full.slice(1, 2));
+        assert_eq!(flat_floats(&sliced), Some((2, &[3f32, 4., 5., 6.][..])));
+        let with_null: ArrayRef = Arc::new(
+            FixedSizeListArray::try_new(item.clone(), 2, Arc::new(Float32Array::from(vec![1., 2., 0., 0.])), Some(vec![true, false].into())).unwrap(),
+        );
+        assert!(flat_floats(&with_null).is_none());
+        for (name, array, nullable) in [("sliced", sliced, false), ("with_null", with_null, true)] {
+            let schema = Arc::new(Schema::new(vec![Field::new("embedding", array.data_type().clone(), nullable)]));
+            let batch = RecordBatch::try_new(schema, vec![array]).unwrap();
+            let back = read_parquet(encode_parquet(&batch).unwrap().as_slice());
+            assert_eq!(back, batch, "{name}");
+        }
     }
 }
