@@ -1,7 +1,7 @@
 //! Encoder alone (no MPI, no I/O): tokens/s and rows/s of the model on a fixed real-text input, batches of
 //! 32 rows, sorted by length (as the pipeline batches) and in input order, with the share of computed tokens
 //! that are padding (none for the packed CPU backend). Backends: this crate's CPU BERT with all cores and with
-//! 1 thread, its bfloat16 mode (AVX512_BF16 CPUs), and candle's BertModel.
+//! 1 thread, its bfloat16 (AVX512_BF16 CPUs) and int8 (AVX512-VNNI CPUs) modes, and candle's BertModel.
 //!
 //!   cargo bench --bench encoder [-- MODEL_DIR [JSONL [BATCH]]]
 //!   BENCH_BACKENDS=cpu,cpu1,bf16,candle (default) picks the backends; BENCH_THREADS=N sets "cpu"'s threads.
@@ -27,7 +27,7 @@ fn main() {
     let ids: Vec<&[u32]> = enc.iter().map(|e| e.get_ids()).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(cores);
-    let wanted = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "cpu,cpu1,bf16,candle".into());
+    let wanted = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "cpu,cpu1,bf16,int8,candle".into());
     println!("encoder bench: {model}, {} rows of {input}, batch {batch_size}, {cores} cores", ids.len());
     println!("{:<18} {:<9} {:>6} {:>8} {:>8} {:>10} {:>9} {:>8}", "backend", "order", "rows", "tokens", "secs", "tokens/s", "rows/s", "padding");
     for which in wanted.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -41,8 +41,15 @@ fn main() {
                 println!("(cpu bf16: this CPU has no AVX512_BF16)");
                 continue;
             }
+            "int8" if chatspace_mpi::kernels::has_int8_dot() => {
+                (format!("cpu int8 ({threads} t)"), spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }).expect("model"))
+            }
+            "int8" => {
+                println!("(cpu int8: this CPU has no AVX512-VNNI)");
+                continue;
+            }
             "candle" => ("candle BertModel".to_string(), spec.backend(BackendOptions { reference: true, ..BackendOptions::cpu(1) }).expect("model")),
-            other => panic!("BENCH_BACKENDS: unknown backend {other} (cpu, cpu1, bf16, candle)"),
+            other => panic!("BENCH_BACKENDS: unknown backend {other} (cpu, cpu1, bf16, int8, candle)"),
         };
         // candle pads every batch, so its input-order pass is slow and says little: it runs sorted only.
         let orders: &[bool] = if which == "candle" { &[true] } else { &[true, false] };

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::kernels;
-use crate::model::{ModelError, ModelSpec};
+use crate::model::{Dtype, ModelError, ModelSpec};
 use crate::protocol::TokenBatch;
 
 /// The parts of a BERT config.json this forward pass uses.
@@ -58,22 +58,52 @@ struct Linear {
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
-    /// The same weights in bfloat16, when the bf16 mode is on (`--dtype bfloat16`).
-    bf16: Option<kernels::Bf16Weights>,
+    /// The same weights in bfloat16 or int8, when that mode is on (`--dtype bfloat16|int8`).
+    low: LowPrecision,
+}
+
+/// A linear layer's weights for a faster, less exact mode.
+enum LowPrecision {
+    None,
+    Bf16(kernels::Bf16Weights),
+    Int8(kernels::Int8Weights),
 }
 
 impl Linear {
     /// `out (m x outputs) = x (m x inputs) * W^T + b`.
     fn forward(&self, x: &[f32], out: &mut Vec<f32>, m: usize) {
         out.resize(m * self.outputs, 0.0);
-        match &self.bf16 {
-            Some(w) => w.matmul_bias(x, &self.bias, out, m),
-            None => kernels::matmul_bias(x, &self.wt, &self.bias, out, m, self.inputs, self.outputs),
+        match &self.low {
+            LowPrecision::Bf16(w) => w.matmul_bias(x, &self.bias, out, m),
+            LowPrecision::Int8(w) => w.matmul_bias(x, &self.bias, out, m),
+            LowPrecision::None => kernels::matmul_bias(x, &self.wt, &self.bias, out, m, self.inputs, self.outputs),
         }
     }
 
-    fn use_bf16(&mut self) {
-        self.bf16 = kernels::Bf16Weights::pack(&self.wt, self.inputs, self.outputs);
+    /// Switches to `dtype` (a layer whose shape the packed kernels do not take stays float32). For int8,
+    /// `input_max` (the largest |input| per input channel seen in calibration) moves part of each input
+    /// channel's range into the weights (SmoothQuant, alpha 1/2): channel c of the input is divided by
+    /// `s_c = sqrt(input_max_c / weight_max_c)` and row c of the weights multiplied by it, which leaves the
+    /// product unchanged and keeps a few large channels from taking the whole int8 range of every row.
+    fn use_dtype(&mut self, dtype: Dtype, input_max: Option<&[f32]>) {
+        let (k, n) = (self.inputs, self.outputs);
+        self.low = match dtype {
+            Dtype::Bf16 => kernels::Bf16Weights::pack(&self.wt, k, n).map_or(LowPrecision::None, LowPrecision::Bf16),
+            Dtype::Int8 => {
+                let smooth: Vec<f32> = match input_max {
+                    Some(xmax) if xmax.len() == k => (0..k)
+                        .map(|c| {
+                            let wmax = self.wt[c * n..(c + 1) * n].iter().fold(0f32, |a, v| a.max(v.abs()));
+                            let s = (xmax[c] / wmax).sqrt();
+                            if s.is_finite() && s > 0.0 { s.clamp(1e-3, 1e3) } else { 1.0 }
+                        })
+                        .collect(),
+                    _ => vec![1.0; k],
+                };
+                kernels::Int8Weights::pack_smoothed(&self.wt, k, n, &smooth).map_or(LowPrecision::None, LowPrecision::Int8)
+            }
+            Dtype::F32 | Dtype::F16 => LowPrecision::None,
+        };
     }
 }
 
@@ -91,6 +121,27 @@ struct Layer {
     down: Linear,
     out_norm: Norm,
 }
+
+/// Text the int8 mode calibrates on (see [`BertCpu::load_with`]): short and long, plain and technical,
+/// a question, a list, code and numbers, so each layer sees the range of inputs real batches bring.
+const CALIBRATION: &[&str] = &[
+    "hi",
+    "Thanks!",
+    "How do I reset my password?",
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing a guitar on a small stage while people dance.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a by-product.",
+    "In 1969, Apollo 11 landed on the Moon; Neil Armstrong and Buzz Aldrin walked on the surface for about 2.5 hours.",
+    "def add(a, b):\n    return a + b  # returns the sum of two numbers",
+    "Ingredients: 2 cups flour, 1 tsp salt, 3 eggs, 250 ml milk. Whisk, rest for 30 minutes, then fry.",
+    "The court held that the contract was void because one party lacked the capacity to consent at the time of signing.",
+    "Can you explain the difference between a list and a tuple in Python, and when I should use each one?",
+    "Sales rose 12% year over year to $4.3 billion, while operating margin narrowed from 18.1% to 16.4%.",
+    "Le chat dort sur le canapé pendant que la pluie tombe doucement dehors.",
+    "Patients receiving the higher dose reported more headaches (p < 0.05) but no serious adverse events were observed.",
+    "I loved this movie. The acting was great, the story kept me guessing, and the ending made me cry.",
+    "To configure the server, set the PORT environment variable, run `make install`, and restart the service with systemctl.",
+];
 
 /// The weights of a BERT encoder, ready for [`BertCpu::forward_rows`].
 pub struct BertCpu {
@@ -136,7 +187,7 @@ impl Weights {
     /// A `Linear` stored as PyTorch does (`out x in`), transposed to `in x out`.
     fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
         let wt = self.get(&format!("{name}.weight"), &[outputs, inputs])?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, bf16: None })
+        Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, low: LowPrecision::None })
     }
 
     /// Q, K and V fused into one `in x 3*out` matrix.
@@ -150,7 +201,7 @@ impl Weights {
         }
         let w = Tensor::cat(&ws, 0)?; // (3h, h)
         let wt = w.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Linear { wt, bias, inputs: h, outputs: 3 * h, bf16: None })
+        Ok(Linear { wt, bias, inputs: h, outputs: 3 * h, low: LowPrecision::None })
     }
 
     /// LayerNorm parameters, named weight/bias or (older checkpoints) gamma/beta.
@@ -186,24 +237,61 @@ pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), Mod
 impl BertCpu {
     /// Loads config.json and model.safetensors from a sentence-transformers model folder.
     pub fn load(folder: &Path) -> Result<BertCpu, ModelError> {
-        Self::load_with(folder, false)
+        Self::load_with(folder, Dtype::F32)
     }
 
-    /// As [`BertCpu::load`]; with `bf16`, the linear layers run in bfloat16 (AVX512_BF16, float32
-    /// accumulation) while embeddings, layer norms, attention and pooling stay float32.
-    pub fn load_with(folder: &Path, bf16: bool) -> Result<BertCpu, ModelError> {
-        let mut model = Self::load_f32(folder)?;
-        if bf16 {
-            if !kernels::has_bf16_dot() {
-                return Err(ModelError::Setting("--dtype bfloat16 needs a CPU with AVX512_BF16 (this one has none; use float32)".into()));
+    /// As [`BertCpu::load`], with the linear layers in `dtype`: bfloat16 (AVX512_BF16, float32
+    /// accumulation) or int8 (AVX512-VNNI, int32 accumulation) while embeddings, layer norms, attention and
+    /// pooling stay float32. Float16 is refused (CUDA only).
+    pub fn load_with(folder: &Path, dtype: Dtype) -> Result<BertCpu, ModelError> {
+        match dtype {
+            Dtype::F32 => {}
+            Dtype::Bf16 if !kernels::has_bf16_dot() => {
+                return Err(ModelError::Setting("--dtype bfloat16 needs a CPU with AVX512_BF16 (this one has none; use float32)".into()))
             }
-            for layer in &mut model.layers {
-                for linear in [&mut layer.qkv, &mut layer.attn_out, &mut layer.up, &mut layer.down] {
-                    linear.use_bf16();
-                }
+            Dtype::Int8 if !kernels::has_int8_dot() => {
+                return Err(ModelError::Setting("--dtype int8 needs a CPU with AVX512-VNNI (this one has none; use float32)".into()))
+            }
+            Dtype::F16 => return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32".into())),
+            Dtype::Bf16 | Dtype::Int8 => {}
+        }
+        let mut model = Self::load_f32(folder)?;
+        if dtype == Dtype::F32 {
+            return Ok(model);
+        }
+        // int8: the largest |input| of each linear layer's input channels over a fixed calibration text.
+        let input_max = if dtype == Dtype::Int8 { Some(model.calibrate(folder)?) } else { None };
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            for (j, linear) in [&mut layer.qkv, &mut layer.attn_out, &mut layer.up, &mut layer.down].into_iter().enumerate() {
+                linear.use_dtype(dtype, input_max.as_ref().map(|m: &Vec<[Vec<f32>; 4]>| m[i][j].as_slice()));
             }
         }
         Ok(model)
+    }
+
+    /// Runs the float32 model over [`CALIBRATION`] (tokenized with the folder's tokenizer.json) and returns,
+    /// per layer, the largest |input| per input channel of its four linear layers (qkv, attention output,
+    /// up, down).
+    fn calibrate(&self, folder: &Path) -> Result<Vec<[Vec<f32>; 4]>, ModelError> {
+        let file = folder.join("tokenizer.json");
+        let tok = tokenizers::Tokenizer::from_file(&file).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
+        let (mut ids, mut lengths) = (Vec::new(), Vec::new());
+        for text in CALIBRATION {
+            let enc = tok.encode(*text, true).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
+            let row = &enc.get_ids()[..enc.get_ids().len().min(self.max_positions)];
+            ids.extend_from_slice(row);
+            lengths.push(row.len() as u32);
+        }
+        let mut max: Vec<[Vec<f32>; 4]> = self.layers.iter().map(|l| [l.qkv.inputs, l.attn_out.inputs, l.up.inputs, l.down.inputs].map(|k| vec![0f32; k])).collect();
+        self.forward_observed(&ids, &lengths, &mut |layer, which, x| {
+            let m = &mut max[layer][which];
+            for row in x.chunks_exact(m.len()) {
+                for (a, v) in m.iter_mut().zip(row) {
+                    *a = a.max(v.abs());
+                }
+            }
+        })?;
+        Ok(max)
     }
 
     fn load_f32(folder: &Path) -> Result<BertCpu, ModelError> {
@@ -258,6 +346,12 @@ impl BertCpu {
     /// Last hidden states of packed rows: `ids` holds the rows back to back, `lengths` their token counts.
     /// Returns `sum(lengths) x hidden`, row-major, on the calling thread.
     pub fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.forward_observed(ids, lengths, &mut |_, _, _| {})
+    }
+
+    /// [`BertCpu::forward_rows`], showing `observe(layer, linear, input)` the input of each linear layer
+    /// (0 qkv, 1 attention output, 2 up, 3 down).
+    fn forward_observed(&self, ids: &[u32], lengths: &[u32], observe: &mut dyn FnMut(usize, usize, &[f32])) -> Result<Vec<f32>, ModelError> {
         let h = self.hidden;
         let m = ids.len();
         let mut x = vec![0f32; m * h];
@@ -284,18 +378,22 @@ impl BertCpu {
         let (mut qkv, mut ctx, mut y, mut inter) = (Vec::new(), vec![0f32; m * h], Vec::new(), Vec::new());
         let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
         let mut scores = vec![0f32; longest * longest];
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            observe(i, 0, &x);
             layer.qkv.forward(&x, &mut qkv, m);
             self.attention(&qkv, lengths, &mut ctx, &mut scores);
+            observe(i, 1, &ctx);
             layer.attn_out.forward(&ctx, &mut y, m);
             kernels::add_layer_norm(&mut y, &x, &layer.attn_norm.gamma, &layer.attn_norm.beta, self.eps);
             // y is the attention block's output; the feed-forward block reads it and writes x.
+            observe(i, 2, &y);
             layer.up.forward(&y, &mut inter, m);
             match self.act {
                 Activation::GeluErf => kernels::gelu_erf(&mut inter),
                 Activation::GeluTanh => inter.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + (0.797_884_6 * (*v + 0.044_715 * *v * *v * *v)).tanh())),
                 Activation::Relu => inter.iter_mut().for_each(|v| *v = v.max(0.0)),
             }
+            observe(i, 3, &inter);
             layer.down.forward(&inter, &mut x, m);
             kernels::add_layer_norm(&mut x, &y, &layer.out_norm.gamma, &layer.out_norm.beta, self.eps);
         }
@@ -341,8 +439,8 @@ pub struct BertCpuBackend {
 }
 
 impl BertCpuBackend {
-    pub fn load(spec: &ModelSpec, threads: usize, bf16: bool) -> Result<Self, ModelError> {
-        let model = BertCpu::load_with(Path::new(&spec.path), bf16)?;
+    pub fn load(spec: &ModelSpec, threads: usize, dtype: Dtype) -> Result<Self, ModelError> {
+        let model = BertCpu::load_with(Path::new(&spec.path), dtype)?;
         if model.hidden() != spec.dim {
             return Err(ModelError::Setting(format!("{}: hidden size {} differs from the pooled dimension {}", spec.path, model.hidden(), spec.dim)));
         }

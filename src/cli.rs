@@ -139,8 +139,9 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value = "model")]
     pub encoder: EncoderKind,
     /// Compute dtype: float32; float16 (cuda); bfloat16 (cuda, or on the CPU the linear layers of BERT models
-    /// with AVX512_BF16: faster, embeddings differ slightly, see docs/benchmarks.md). Embeddings are written
-    /// as float32 either way.
+    /// with AVX512_BF16: faster, embeddings differ slightly); int8 (CPU only, the linear layers of BERT models
+    /// with AVX512-VNNI: fastest, embeddings differ more). See docs/benchmarks.md for speed and accuracy.
+    /// Embeddings are written as float32 either way.
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Run id recorded in the manifest (default: from the start time).
@@ -216,10 +217,17 @@ impl EmbedArgs {
         // What the CPU can do is checked here; on GPUs every dtype runs. `auto` may fall back to the CPU.
         let cpu_possible = self.device == "cpu" || (self.device == "auto" && crate::device::cuda_device_count() == 0);
         match crate::model::Dtype::parse(&self.dtype) {
-            None => return Err(format!("--dtype {}: float32, float16 (cuda) or bfloat16", self.dtype)),
+            None => return Err(format!("--dtype {}: float32, float16 (cuda), bfloat16 or int8 (cpu)", self.dtype)),
             Some(crate::model::Dtype::F16) if cpu_possible => return Err("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()),
             Some(crate::model::Dtype::Bf16) if cpu_possible && !crate::kernels::has_bf16_dot() => {
                 return Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into())
+            }
+            Some(crate::model::Dtype::Int8) if self.device == "cuda" => return Err("--dtype int8 runs on the CPU only (--device cpu)".into()),
+            Some(crate::model::Dtype::Int8) if self.encoder == EncoderKind::Candle => {
+                return Err("--dtype int8 runs on this crate's CPU BERT only (--encoder model), not on --encoder candle".into())
+            }
+            Some(crate::model::Dtype::Int8) if !crate::kernels::has_int8_dot() => {
+                return Err("--dtype int8: this CPU has no AVX512-VNNI; use float32".into())
             }
             Some(_) => {}
         }

@@ -23,7 +23,7 @@ pub struct EncodeArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// float32, float16 (cuda) or bfloat16.
+    /// float32, float16 (cuda), bfloat16 or int8 (cpu).
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Threads of the CPU encoder (0: all cores).
@@ -53,7 +53,7 @@ pub struct Timing {
 pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
     use anyhow::Context;
     let spec = ModelSpec::load(&args.model, None).with_context(|| format!("--model {}", args.model.display()))?;
-    let dtype = Dtype::parse(&args.dtype).ok_or_else(|| anyhow::anyhow!("--dtype {}: float32, float16 or bfloat16", args.dtype))?;
+    let dtype = Dtype::parse(&args.dtype).ok_or_else(|| anyhow::anyhow!("--dtype {}: float32, float16, bfloat16 or int8", args.dtype))?;
     let layout = crate::layout::Layout::new(1, None, None, 1).map_err(anyhow::Error::msg)?;
     let gpu = crate::device::resolve(&args.device, &layout, layout.encoder(0)).map_err(anyhow::Error::msg)?;
     let threads = if args.threads > 0 { args.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };

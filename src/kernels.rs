@@ -371,6 +371,233 @@ unsafe fn bf16_gemm(a: &[u32], kp: usize, b: &[u32], n: usize, bias: &[f32], c: 
     }
 }
 
+/// Whether this CPU runs [`Int8Weights::matmul_bias`] (AVX-512F with AVX512-VNNI).
+pub fn has_int8_dot() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `k x n` weight matrix quantized to int8 with one scale per output column (symmetric:
+/// `w ~ scale[j] * q`, `q` in -127..=127), packed for the AVX512-VNNI dot product `vpdpbusd`: panels of
+/// [`INT8_NR`] columns, and within a panel, for each group of four rows `4q..4q+4`, one `u32` per column
+/// holding the four int8 values (lowest byte row `4q`).
+pub struct Int8Weights {
+    quads: Vec<u32>,
+    scale: Vec<f32>,
+    /// `sum_k q[k][j]`: activations are unsigned bytes `u = x / s + z`, and `z * colsum[j]` takes the zero
+    /// point `z` back out of the dot product.
+    colsum: Vec<i32>,
+    /// Per input channel, `1 / smooth[c]` (see [`Int8Weights::pack_smoothed`]); empty when all are 1.
+    inv_smooth: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+/// Columns per panel: two 16-lane registers.
+pub const INT8_NR: usize = 32;
+
+/// Symmetric int8 quantization of `v` with scale `inv` (1 / scale).
+#[inline(always)]
+fn quantize(v: f32, inv: f32) -> i32 {
+    (v * inv).round().clamp(-127.0, 127.0) as i32
+}
+
+impl Int8Weights {
+    /// Quantizes and packs `wt` (`k x n`, row-major). `None` when `n` is not a multiple of [`INT8_NR`].
+    pub fn pack(wt: &[f32], k: usize, n: usize) -> Option<Int8Weights> {
+        Self::pack_smoothed(wt, k, n, &[])
+    }
+
+    /// As [`Int8Weights::pack`], with row `c` of the weights multiplied by `smooth[c]` and, at run time,
+    /// input channel `c` divided by it (the product is unchanged; the split of the range between weights
+    /// and activations is). An empty `smooth` means all ones.
+    pub fn pack_smoothed(wt: &[f32], k: usize, n: usize, smooth: &[f32]) -> Option<Int8Weights> {
+        if n % INT8_NR != 0 || wt.len() != k * n || !(smooth.is_empty() || smooth.len() == k) {
+            return None;
+        }
+        let smoothed: Vec<f32>;
+        let wt = if smooth.is_empty() || smooth.iter().all(|s| *s == 1.0) {
+            wt
+        } else {
+            smoothed = wt.chunks_exact(n).zip(smooth).flat_map(|(row, s)| row.iter().map(move |w| w * s)).collect();
+            &smoothed
+        };
+        let inv_smooth: Vec<f32> = if smooth.iter().all(|s| *s == 1.0) { Vec::new() } else { smooth.iter().map(|s| 1.0 / s).collect() };
+        let mut scale = vec![0f32; n];
+        for (j, s) in scale.iter_mut().enumerate() {
+            let amax = (0..k).map(|l| wt[l * n + j].abs()).fold(0f32, f32::max);
+            *s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        }
+        let kq = k.div_ceil(4);
+        let mut quads = vec![0u32; kq * n];
+        let mut colsum = vec![0i32; n];
+        for panel in 0..n / INT8_NR {
+            for q in 0..kq {
+                for lane in 0..INT8_NR {
+                    let j = panel * INT8_NR + lane;
+                    let mut word = 0u32;
+                    for b in 0..4 {
+                        let l = 4 * q + b;
+                        let v = if l < k { quantize(wt[l * n + j], 1.0 / scale[j]) } else { 0 };
+                        colsum[j] += v;
+                        word |= ((v as i8 as u8) as u32) << (8 * b);
+                    }
+                    quads[(panel * kq + q) * INT8_NR + lane] = word;
+                }
+            }
+        }
+        Some(Int8Weights { quads, scale, colsum, inv_smooth, k, n })
+    }
+
+    /// `out (m x n) = x (m x k) * W + bias`, with each row of `x` quantized to unsigned 8 bits over its own
+    /// range (scale and zero point: `x ~ s * (u - z)`), int32 accumulation, and the result scaled back to
+    /// float32.
+    ///
+    /// Panics if the CPU lacks AVX512-VNNI (callers check [`has_int8_dot`] when choosing this path).
+    pub fn matmul_bias(&self, x: &[f32], bias: &[f32], out: &mut [f32], m: usize) {
+        let (k, n) = (self.k, self.n);
+        assert!(x.len() >= m * k && bias.len() == n && out.len() >= m * n, "int8 matmul_bias: shapes (this is a bug)");
+        assert!(has_int8_dot(), "int8 matmul on a CPU without AVX512-VNNI (this is a bug)");
+        let kq = k.div_ceil(4);
+        // Activations as unsigned bytes, four per u32 along k (byte l of a row is its element l); padding is
+        // the zero point (a zero).
+        let mut a = vec![0u32; m * kq];
+        let mut row_scale = vec![0f32; m];
+        let mut zero = vec![0i32; m];
+        let mut smoothed = vec![0f32; if self.inv_smooth.is_empty() { 0 } else { k }];
+        for (i, (row, src)) in a.chunks_exact_mut(kq).zip(x.chunks_exact(k)).enumerate() {
+            let src = if smoothed.is_empty() {
+                src
+            } else {
+                for ((o, v), inv) in smoothed.iter_mut().zip(src).zip(&self.inv_smooth) {
+                    *o = v * inv;
+                }
+                &smoothed[..]
+            };
+            let (s, z) = affine_u8(src);
+            row_scale[i] = s;
+            zero[i] = z;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (asserted above); `row` holds 4 * kq >= k bytes.
+            unsafe {
+                quantize_u8(src, 1.0 / s, z, row)
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features (asserted above); shapes were checked above.
+        unsafe {
+            int8_gemm(&a, kq, &row_scale, &zero, self, bias, out, m)
+        }
+    }
+}
+
+/// Scale and zero point that map the range of `x` (widened to include 0) onto 0..=255: `x ~ s * (u - z)`.
+fn affine_u8(x: &[f32]) -> (f32, i32) {
+    let (lo, hi) = min_max(x);
+    if hi - lo <= 0.0 || !(hi - lo).is_finite() {
+        return (1.0, 0);
+    }
+    let s = (hi - lo) / 255.0;
+    (s, ((-lo / s).round() as i32).clamp(0, 255))
+}
+
+dispatch! {
+    /// The smallest and largest of `x` and 0.
+    pub fn min_max(x: &[f32]) -> (f32, f32) => min_max_body
+}
+
+#[inline(always)]
+fn min_max_body(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold((0f32, 0f32), |(l, h), v| (l.min(*v), h.max(*v)));
+    for c in chunks {
+        for i in 0..LANES {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    (lo.iter().fold(tail.0, |a, v| a.min(*v)), hi.iter().fold(tail.1, |a, v| a.max(*v)))
+}
+
+/// Writes `clamp(round_half_even(x * inv) + z, 0, 255)` for each element of `x` as bytes into `dst` (byte l
+/// is element l), and `z` into the bytes past `x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_u8(x: &[f32], inv: f32, z: i32, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, dst.len() * 4);
+    assert!(bytes.len() >= x.len(), "quantize_u8: destination too small (this is a bug)");
+    let (vinv, vz, lo, hi) = (_mm512_set1_ps(inv), _mm512_set1_epi32(z), _mm512_setzero_si512(), _mm512_set1_epi32(255));
+    let full = x.len() / 16 * 16;
+    for l in (0..full).step_by(16) {
+        // Round to nearest even (the default rounding mode), shift by the zero point, clamp, narrow.
+        let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(l)), vinv));
+        let q = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, vz), lo), hi);
+        _mm_storeu_si128(bytes.as_mut_ptr().add(l) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+    }
+    for l in full..x.len() {
+        bytes[l] = ((x[l] * inv).round_ties_even() as i32 + z).clamp(0, 255) as u8;
+    }
+    bytes[x.len()..].fill(z as u8);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn int8_gemm(a: &[u32], kq: usize, row_scale: &[f32], zero: &[i32], w: &Int8Weights, bias: &[f32], c: &mut [f32], m: usize) {
+    use std::arch::x86_64::*;
+    let n = w.n;
+    for i0 in (0..m).step_by(BF16_MC) {
+        let i1 = (i0 + BF16_MC).min(m);
+        for panel in 0..n / INT8_NR {
+            let j = panel * INT8_NR;
+            let bp = w.quads.as_ptr().add(panel * kq * INT8_NR);
+            let cs0 = _mm512_loadu_si512(w.colsum.as_ptr().add(j) as *const _);
+            let cs1 = _mm512_loadu_si512(w.colsum.as_ptr().add(j + 16) as *const _);
+            let ws0 = _mm512_loadu_ps(w.scale.as_ptr().add(j));
+            let ws1 = _mm512_loadu_ps(w.scale.as_ptr().add(j + 16));
+            let bias0 = _mm512_loadu_ps(bias.as_ptr().add(j));
+            let bias1 = _mm512_loadu_ps(bias.as_ptr().add(j + 16));
+            let mut i = i0;
+            while i < i1 {
+                let rows = (i1 - i).min(BF16_MR);
+                let mut acc = [[_mm512_setzero_si512(); 2]; BF16_MR];
+                // Rows past the end repeat the last row (computed, never stored).
+                let mut ap = [a.as_ptr(); BF16_MR];
+                for (r, p) in ap.iter_mut().enumerate() {
+                    *p = a.as_ptr().add((i + r.min(rows - 1)) * kq);
+                }
+                for q in 0..kq {
+                    let b0 = _mm512_loadu_si512(bp.add(q * INT8_NR) as *const _);
+                    let b1 = _mm512_loadu_si512(bp.add(q * INT8_NR + 16) as *const _);
+                    for r in 0..BF16_MR {
+                        let av = _mm512_set1_epi32(*ap[r].add(q) as i32);
+                        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0);
+                        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
+                    }
+                }
+                for (r, pair) in acc.iter().enumerate().take(rows) {
+                    let rs = _mm512_set1_ps(row_scale[i + r]);
+                    let z = _mm512_set1_epi32(zero[i + r]);
+                    let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(pair[0], _mm512_mullo_epi32(z, cs0)));
+                    let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(pair[1], _mm512_mullo_epi32(z, cs1)));
+                    let dst = c.as_mut_ptr().add((i + r) * n + j);
+                    _mm512_storeu_ps(dst, _mm512_fmadd_ps(v0, _mm512_mul_ps(rs, ws0), bias0));
+                    _mm512_storeu_ps(dst.add(16), _mm512_fmadd_ps(v1, _mm512_mul_ps(rs, ws1), bias1));
+                }
+                i += BF16_MR;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +719,63 @@ mod tests {
             }
         }
         assert!(Bf16Weights::pack(&[0.0; 10], 1, 10).is_none());
+    }
+
+    #[test]
+    fn int8_matmul_matches_the_product_of_quantized_inputs() {
+        if !has_int8_dot() {
+            eprintln!("skipped: this CPU has no AVX512-VNNI");
+            return;
+        }
+        for (m, k, n) in [(1, 1, 32), (13, 37, 64), (100, 384, 96), (9, 1536, 32)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 199) as f32 * 0.01 - 1.0).collect();
+            let wt: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 211) as f32 * 0.003 - 0.3).collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+            let w = Int8Weights::pack(&wt, k, n).expect("n is a multiple of 32");
+            let mut out = vec![f32::NAN; m * n];
+            w.matmul_bias(&x, &bias, &mut out, m);
+            // The same quantization (scales per weight column, scale and zero point per activation row), then
+            // an exact dot.
+            let wscale: Vec<f32> = (0..n).map(|j| (0..k).map(|l| wt[l * n + j].abs()).fold(0f32, f32::max) / 127.0).collect();
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                let (xs, z) = affine_u8(row);
+                for j in 0..n {
+                    let u = |v: f32| (((v * (1.0 / xs)).round_ties_even() as i32 + z).clamp(0, 255) - z) as i64;
+                    let dot: i64 = (0..k).map(|l| u(row[l]) * quantize(wt[l * n + j], 1.0 / wscale[j]) as i64).sum();
+                    let want = bias[j] as f64 + dot as f64 * xs as f64 * wscale[j] as f64;
+                    let exact: f64 = bias[j] as f64 + (0..k).map(|l| row[l] as f64 * wt[l * n + j] as f64).sum::<f64>();
+                    let got = out[i * n + j] as f64;
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "({m},{k},{n}) at ({i},{j}): {got} vs {want}");
+                    // And close to the float product: int8 keeps about two significant digits per term.
+                    let bound = 0.02 * (k as f64).sqrt() * (1.0 + exact.abs());
+                    assert!((got - exact).abs() < bound, "({m},{k},{n}) at ({i},{j}): {got} vs exact {exact}");
+                }
+            }
+        }
+        // Smoothing moves range from the activations into the weights: same product, and a large input
+        // channel no longer flattens the others.
+        let (m, k, n) = (5, 64, 32);
+        let mut x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 199) as f32 * 0.01 - 1.0).collect();
+        for row in x.chunks_exact_mut(k) {
+            row[3] *= 60.0; // an outlier channel
+        }
+        let wt: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 211) as f32 * 0.003 - 0.3).collect();
+        let exact: Vec<f64> = (0..m * n).map(|ij| (0..k).map(|l| x[ij / n * k + l] as f64 * wt[l * n + ij % n] as f64).sum()).collect();
+        let smooth: Vec<f32> = (0..k).map(|c| if c == 3 { 60f32.sqrt() } else { 1.0 }).collect();
+        let err = |w: &Int8Weights| {
+            let mut out = vec![0f32; m * n];
+            w.matmul_bias(&x, &[0.0; 32], &mut out, m);
+            out.iter().zip(&exact).map(|(o, e)| (*o as f64 - e).abs()).fold(0f64, f64::max)
+        };
+        let (plain, smoothed) = (err(&Int8Weights::pack(&wt, k, n).unwrap()), err(&Int8Weights::pack_smoothed(&wt, k, n, &smooth).unwrap()));
+        assert!(smoothed < plain / 2.0, "smoothing: max error {smoothed} vs {plain} without");
+        assert!(Int8Weights::pack_smoothed(&wt, k, n, &[1.0; 3]).is_none(), "one factor per input channel");
+        // A zero row and a zero column quantize without dividing by zero.
+        let w = Int8Weights::pack(&[0.0; 32], 1, 32).unwrap();
+        let mut out = vec![f32::NAN; 32];
+        w.matmul_bias(&[0.0], &[1.0; 32], &mut out, 1);
+        assert!(out.iter().all(|v| *v == 1.0));
+        assert!(Int8Weights::pack(&[0.0; 10], 1, 10).is_none());
     }
 }

@@ -213,7 +213,7 @@ impl ModelSpec {
     }
 
     /// Loads the encoder for this model's architecture: BERT on this crate's CPU forward pass (or on candle's
-    /// `BertModel` with `opts.reference`), Qwen3 on candle. Only the CPU BERT has a bfloat16 mode.
+    /// `BertModel` with `opts.reference`), Qwen3 on candle. Only the CPU BERT has bfloat16 and int8 modes.
     pub fn backend(&self, opts: BackendOptions) -> Result<Box<dyn Backend>, ModelError> {
         if let Some(ordinal) = opts.gpu {
             let device = cuda_device(ordinal)?;
@@ -221,6 +221,7 @@ impl ModelSpec {
                 Dtype::F32 => DType::F32,
                 Dtype::F16 => DType::F16,
                 Dtype::Bf16 => DType::BF16,
+                Dtype::Int8 => return Err(ModelError::Setting("--dtype int8 runs on the CPU only (BERT models); on cuda use float32, float16 or bfloat16".into())),
             };
             return Ok(match self.architecture {
                 Architecture::Bert => Box::new(crate::bert_candle::BertCandleBackend::load(self, &device, dtype)?),
@@ -233,11 +234,14 @@ impl ModelSpec {
             Dtype::Bf16 if opts.reference || self.architecture != Architecture::Bert => {
                 return Err(ModelError::Setting("--dtype bfloat16 on cpu is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()))
             }
-            Dtype::Bf16 => {}
+            Dtype::Int8 if opts.reference || self.architecture != Architecture::Bert => {
+                return Err(ModelError::Setting("--dtype int8 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()))
+            }
+            Dtype::Bf16 | Dtype::Int8 => {}
         }
         Ok(match self.architecture {
             Architecture::Bert if opts.reference => Box::new(BertBackend::load(self)?),
-            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.dtype == Dtype::Bf16)?),
+            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.dtype)?),
             Architecture::Qwen3 => Box::new(Qwen3Backend::load_on(self, &Device::Cpu, DType::F32)?),
         })
     }
@@ -276,6 +280,9 @@ pub enum Dtype {
     F16,
     /// On CUDA; on the CPU, the BERT linear layers with AVX512_BF16 (float32 elsewhere).
     Bf16,
+    /// CPU only: the BERT linear layers in int8 with AVX512-VNNI (weights per column, activations per
+    /// row, int32 accumulation; float32 elsewhere).
+    Int8,
 }
 
 impl Dtype {
@@ -284,6 +291,7 @@ impl Dtype {
             "float32" => Some(Dtype::F32),
             "float16" => Some(Dtype::F16),
             "bfloat16" => Some(Dtype::Bf16),
+            "int8" => Some(Dtype::Int8),
             _ => None,
         }
     }

@@ -82,6 +82,12 @@ fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
     }
     let (ok, e) = embed(&good, &m, &out, &["--dtype", "float64"]);
     assert!(!ok && error_line(&e).contains("--dtype float64"), "{e}");
+    if !chatspace_mpi::kernels::has_int8_dot() {
+        let (ok, e) = embed(&good, &m, &out, &["--dtype", "int8"]);
+        assert!(!ok && error_line(&e).contains("AVX512-VNNI"), "{e}");
+    }
+    let (ok, e) = embed(&good, &m, &out, &["--dtype", "int8", "--encoder", "candle"]);
+    assert!(!ok && error_line(&e).contains("int8"), "{e}");
     assert!(!out.join("indexes").exists(), "refused runs write nothing");
 }
 
