@@ -5,7 +5,8 @@
 //! into contiguous groups of rows with about equal tokens, one per thread; each thread runs the whole stack
 //! for its group with single-threaded GEMMs (no synchronisation between layers). Weights are stored once,
 //! transposed to `in x out` so GEMMs read them row-major; Q, K and V are one `hidden x 3*hidden` GEMM.
-//! Numerics are float32 throughout and match candle's `BertModel` (the reference backend) within 1e-5.
+//! Numerics are float32 throughout and match candle's `BertModel` (the reference backend) within 1e-5,
+//! unless a bfloat16 or int8 mode is asked for (the linear layers only; see [`BertCpu::load_with`]).
 
 use std::path::Path;
 

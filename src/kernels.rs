@@ -4,6 +4,9 @@
 //! on x86_64 each one is also compiled for AVX-512 and for AVX2+FMA, and the widest the CPU has is picked at
 //! run time (the default target only assumes SSE2). Results are float32 and follow the reference formulas: `exp` and `erf` are polynomial
 //! approximations with errors below 2e-7 (relative) and 1.5e-7 (absolute), far inside the parity budget.
+//!
+//! The optional faster modes have packed weight types of their own: [`Bf16Weights`] (AVX512_BF16) and
+//! [`Int8Weights`] (AVX512-VNNI, with per-row activation quantization); each says how it rounds.
 
 /// Lanes of the accumulators in reductions (two AVX2 registers); sums are split this way so they vectorize.
 const LANES: usize = 16;

@@ -276,7 +276,8 @@ fn flat_floats(array: &ArrayRef) -> Option<(usize, &[f32])> {
     let list = array.as_any().downcast_ref::<FixedSizeListArray>()?;
     let values = list.values().as_any().downcast_ref::<Float32Array>()?;
     let dim = list.value_length() as usize;
-    let whole = list.offset() == 0 && values.offset() == 0 && values.len() == list.len() * dim;
+    // Slicing a list slices its values, so the values are exactly this list's rows when the lengths agree.
+    let whole = values.len() == list.len() * dim;
     (list.null_count() == 0 && values.null_count() == 0 && whole && dim > 0).then(|| (dim, values.values().as_ref()))
 }
 
