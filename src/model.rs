@@ -270,8 +270,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
-/// model says so).
 /// Compute dtype (`--dtype`). Embeddings are written as float32 whatever it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
@@ -327,6 +325,8 @@ fn cuda_device(_ordinal: usize) -> Result<Device, ModelError> {
     Err(ModelError::Setting("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()))
 }
 
+/// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
+/// model says so).
 pub trait Backend: Send {
     fn dim(&self) -> usize;
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
@@ -355,7 +355,7 @@ fn load_parts_on<C: serde::de::DeserializeOwned>(spec: &ModelSpec, device: &Devi
 }
 
 /// Placeholder vectors without running a model, for measuring the pipeline around the encoder. Values are a
-/// cheap hash of the row's length and first tokens (random mantissas, so shards compress like real floats),
+/// cheap hash of the row id, length and first tokens (random mantissas, so shards compress like real floats),
 /// normalized like real embeddings.
 pub struct NoopBackend {
     pub dim: usize,
@@ -438,10 +438,6 @@ pub struct Qwen3Backend {
 }
 
 impl Qwen3Backend {
-    pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
-        Self::load_on(spec, &Device::Cpu, DType::F32)
-    }
-
     /// On `device` (the CPU or a CUDA GPU) with weights in `dtype`.
     pub fn load_on(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let (config, vb, device) = load_parts_on::<candle_transformers::models::qwen3::Config>(spec, device, dtype)?;
@@ -476,7 +472,6 @@ impl Backend for Qwen3Backend {
     }
 }
 
-/// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.
 /// Rejects rows a model cannot take: empty ones (every row has at least its special tokens) and ones longer
 /// than `max`.
 pub fn check_lengths(batch: &TokenBatch, max: usize) -> Result<(), ModelError> {
@@ -505,6 +500,7 @@ pub fn embed_padded(
     Ok(pool(&hidden, &batch.lengths, l, spec.dim, spec.pooling, spec.normalize))
 }
 
+/// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.
 pub fn pad_right(batch: &TokenBatch, len: usize) -> (Vec<u32>, Vec<u32>) {
     let b = batch.rows();
     let mut ids = vec![0u32; b * len];

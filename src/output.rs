@@ -82,11 +82,7 @@ pub fn dataset_name(dataset: &str) -> String {
 /// Writes `bytes` to `path` durably: a temporary file in the same folder, fsync, rename, fsync the folder.
 /// Readers see the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    atomically(path, |tmp| {
-        let mut f = File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })
+    atomically(path, |tmp| write_synced(tmp, bytes))
 }
 
 /// Like [`write_atomic`], for large files (shards): when the file system takes direct I/O, the bytes go from
@@ -98,10 +94,15 @@ pub fn write_atomic_large(path: &Path, bytes: &AlignedBytes) -> std::io::Result<
         if write_direct(tmp, bytes)? {
             return Ok(());
         }
-        let mut f = File::create(tmp)?;
-        f.write_all(bytes.as_slice())?;
-        f.sync_all()
+        write_synced(tmp, bytes.as_slice())
     })
+}
+
+/// Creates (or truncates) `path`, writes `bytes` and fsyncs the file.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Runs `write` on a temporary path next to `path`, then renames it over `path` and fsyncs the folder; the

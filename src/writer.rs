@@ -271,8 +271,13 @@ fn shard_properties() -> WriterProperties {
     props.build()
 }
 
-/// The float values of a column that is a non-null FixedSizeList of non-null float32 (the embeddings).
-fn flat_floats(array: &ArrayRef) -> Option<(usize, &[f32])> {
+/// The float values of a column that is a non-nullable FixedSizeList of non-nullable float32 (the
+/// embeddings): the one shape whose Parquet levels are always (rep 0, def 1), then (rep 1, def 1).
+fn flat_floats<'a>(field: &Field, array: &'a ArrayRef) -> Option<(usize, &'a [f32])> {
+    let DataType::FixedSizeList(item, _) = field.data_type() else { return None };
+    if field.is_nullable() || item.is_nullable() {
+        return None;
+    }
     let list = array.as_any().downcast_ref::<FixedSizeListArray>()?;
     let values = list.values().as_any().downcast_ref::<Float32Array>()?;
     let dim = list.value_length() as usize;
@@ -304,7 +309,7 @@ pub fn encode_parquet(batch: &RecordBatch) -> Result<AlignedBytes, parquet::erro
     let mut row_group = file.next_row_group()?;
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
         // A FixedSizeList of float32 is a single Parquet leaf.
-        if let Some((dim, values)) = flat_floats(array) {
+        if let Some((dim, values)) = flat_floats(field, array) {
             // One leaf, max repetition and definition level 1: each row is levels (rep 0, def 1) then
             // dim - 1 times (rep 1, def 1). Written a block of rows at a time with the same level buffers.
             let _arrow_path = arrow_writers.next();
@@ -412,17 +417,21 @@ mod tests {
 
     #[test]
     fn sliced_or_nullable_embeddings_round_trip() {
-        // A list with a null row is not the fast path; a sliced list is, with the right values.
+        // A list with a null row is not the fast path; a sliced list is, with the right values; a nullable
+        // column without nulls is not (its Parquet levels differ).
         let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let field = |nullable: bool, array: &ArrayRef| Field::new("embedding", array.data_type().clone(), nullable);
         let full = FixedSizeListArray::try_new(item.clone(), 2, Arc::new(Float32Array::from(vec![1., 2., 3., 4., 5., 6.])), None).unwrap();
         let sliced: ArrayRef = Arc::new(full.slice(1, 2));
-        assert_eq!(flat_floats(&sliced), Some((2, &[3f32, 4., 5., 6.][..])));
+        assert_eq!(flat_floats(&field(false, &sliced), &sliced), Some((2, &[3f32, 4., 5., 6.][..])));
+        assert!(flat_floats(&field(true, &sliced), &sliced).is_none());
         let with_null: ArrayRef = Arc::new(
             FixedSizeListArray::try_new(item.clone(), 2, Arc::new(Float32Array::from(vec![1., 2., 0., 0.])), Some(vec![true, false].into())).unwrap(),
         );
-        assert!(flat_floats(&with_null).is_none());
-        for (name, array, nullable) in [("sliced", sliced, false), ("with_null", with_null, true)] {
-            let schema = Arc::new(Schema::new(vec![Field::new("embedding", array.data_type().clone(), nullable)]));
+        assert!(flat_floats(&field(true, &with_null), &with_null).is_none());
+        let no_nulls: ArrayRef = Arc::new(full.clone());
+        for (name, array, nullable) in [("sliced", sliced, false), ("with_null", with_null, true), ("nullable, no nulls", no_nulls, true)] {
+            let schema = Arc::new(Schema::new(vec![field(nullable, &array)]));
             let batch = RecordBatch::try_new(schema, vec![array]).unwrap();
             let back = read_parquet(encode_parquet(&batch).unwrap().as_slice());
             assert_eq!(back, batch, "{name}");

@@ -108,40 +108,35 @@ fn worst_cosine_against_reference(backend: &mut dyn Backend, spec: &ModelSpec, m
     worst
 }
 
+/// A faster CPU mode (`dtype`): refused, naming `needs`, on CPUs without it; otherwise every reference text
+/// within `min_cos`, numerics not silently float32, and refused for Qwen3.
+fn low_precision_mode_stays_close(dtype: Dtype, available: bool, needs: &str, min_cos: f64, name: &str) {
+    let spec = ModelSpec::load(&model(), None).unwrap();
+    if !available {
+        let e = spec.backend(BackendOptions { dtype, ..BackendOptions::cpu(1) }).err().expect("refused without the instructions");
+        assert!(e.to_string().contains(needs), "{e}");
+        eprintln!("{name} parity skipped: this CPU has no {needs}");
+        return;
+    }
+    let mut backend = spec.backend(BackendOptions { dtype, ..BackendOptions::cpu(2) }).unwrap();
+    let worst = worst_cosine_against_reference(backend.as_mut(), &spec, min_cos, name);
+    assert!(worst < 0.999_999_9, "{name} changes numerics");
+    let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
+    assert!(qwen.backend(BackendOptions { dtype, ..BackendOptions::cpu(1) }).is_err());
+}
+
 /// The optional bfloat16 mode (AVX512_BF16 CPUs): close to the reference, though not float32-exact.
 #[test]
 fn minilm_bf16_mode_stays_close_to_the_reference() {
-    let spec = ModelSpec::load(&model(), None).unwrap();
-    if !chatspace_mpi::kernels::has_bf16_dot() {
-        let e = spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(1) }).err().expect("refused without AVX512_BF16");
-        assert!(e.to_string().contains("AVX512_BF16"), "{e}");
-        eprintln!("bf16 parity skipped: this CPU has no AVX512_BF16");
-        return;
-    }
-    let mut backend = spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(2) }).unwrap();
-    let worst = worst_cosine_against_reference(backend.as_mut(), &spec, 0.999, "cpu bf16");
-    // Not silently float32: the bf16 mode does change numerics.
-    assert!(worst < 0.999_999_9);
-    let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
-    assert!(qwen.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(1) }).is_err());
+    low_precision_mode_stays_close(Dtype::Bf16, chatspace_mpi::kernels::has_bf16_dot(), "AVX512_BF16", 0.999, "cpu bf16");
 }
 
 /// The optional int8 mode (AVX512-VNNI CPUs): the linear layers in int8, further from the reference than
 /// bfloat16 but still close (the bound is the one docs/benchmarks.md reports).
 #[test]
 fn minilm_int8_mode_stays_close_to_the_reference() {
+    low_precision_mode_stays_close(Dtype::Int8, chatspace_mpi::kernels::has_int8_dot(), "AVX512-VNNI", 0.995, "cpu int8");
     let spec = ModelSpec::load(&model(), None).unwrap();
-    if !chatspace_mpi::kernels::has_int8_dot() {
-        let e = spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(1) }).err().expect("refused without AVX512-VNNI");
-        assert!(e.to_string().contains("AVX512-VNNI"), "{e}");
-        eprintln!("int8 parity skipped: this CPU has no AVX512-VNNI");
-        return;
-    }
-    let mut backend = spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(2) }).unwrap();
-    let worst = worst_cosine_against_reference(backend.as_mut(), &spec, 0.995, "cpu int8");
-    assert!(worst < 0.999_999_9, "int8 changes numerics");
-    let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
-    assert!(qwen.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(1) }).is_err());
     assert!(spec.backend(BackendOptions { dtype: Dtype::Int8, reference: true, ..BackendOptions::cpu(1) }).is_err());
 }
 
