@@ -34,16 +34,18 @@ fn main() {
         let (name, mut backend) = match which {
             "cpu" => (format!("cpu ({threads} threads)"), spec.backend(BackendOptions::cpu(threads)).expect("model")),
             "cpu1" => ("cpu (1 thread)".to_string(), spec.backend(BackendOptions::cpu(1)).expect("model")),
-            "bf16" if chatspace_mpi::kernels::has_bf16_dot() => {
-                (format!("cpu bf16 ({threads} t)"), spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }).expect("model"))
-            }
+            "bf16" if chatspace_mpi::kernels::has_bf16_dot() => (
+                format!("cpu bf16 ({threads} t)"),
+                spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }).expect("model"),
+            ),
             "bf16" => {
                 println!("(cpu bf16: this CPU has no AVX512_BF16)");
                 continue;
             }
-            "int8" if chatspace_mpi::kernels::has_int8_dot() => {
-                (format!("cpu int8 ({threads} t)"), spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }).expect("model"))
-            }
+            "int8" if chatspace_mpi::kernels::has_int8_dot() => (
+                format!("cpu int8 ({threads} t)"),
+                spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }).expect("model"),
+            ),
             "int8" => {
                 println!("(cpu int8: this CPU has no AVX512-VNNI)");
                 continue;

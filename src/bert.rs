@@ -96,7 +96,11 @@ impl Linear {
                         .map(|c| {
                             let wmax = self.wt[c * n..(c + 1) * n].iter().fold(0f32, |a, v| a.max(v.abs()));
                             let s = (xmax[c] / wmax).sqrt();
-                            if s.is_finite() && s > 0.0 { s.clamp(1e-3, 1e3) } else { 1.0 }
+                            if s.is_finite() && s > 0.0 {
+                                s.clamp(1e-3, 1e3)
+                            } else {
+                                1.0
+                            }
                         })
                         .collect(),
                     _ => vec![1.0; k],
@@ -176,7 +180,10 @@ impl Weights {
         let full = format!("{}{name}", self.prefix);
         let t = self.st.load(&full, &Device::Cpu).map_err(|e| ModelError::BadFile { file: self.file.clone(), message: format!("{full}: {e}") })?;
         if t.dims() != shape {
-            return Err(ModelError::BadFile { file: self.file.clone(), message: format!("{full} has shape {:?}, config.json implies {shape:?}", t.dims()) });
+            return Err(ModelError::BadFile {
+                file: self.file.clone(),
+                message: format!("{full} has shape {:?}, config.json implies {shape:?}", t.dims()),
+            });
         }
         Ok(t.to_dtype(DType::F32)?)
     }
@@ -229,7 +236,7 @@ pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), Mod
     if let Some(p) = c.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
         return Err(bad(format!("position_embedding_type \"{p}\" is not supported (absolute)")));
     }
-    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return Err(bad(format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads)));
     }
     Ok((c, act))
@@ -275,7 +282,8 @@ impl BertCpu {
     /// up, down).
     fn calibrate(&self, folder: &Path) -> Result<Vec<[Vec<f32>; 4]>, ModelError> {
         let file = folder.join("tokenizer.json");
-        let tok = tokenizers::Tokenizer::from_file(&file).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
+        let tok =
+            tokenizers::Tokenizer::from_file(&file).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
         let (mut ids, mut lengths) = (Vec::new(), Vec::new());
         for text in CALIBRATION {
             let enc = tok.encode(*text, true).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
@@ -283,7 +291,8 @@ impl BertCpu {
             ids.extend_from_slice(row);
             lengths.push(row.len() as u32);
         }
-        let mut max: Vec<[Vec<f32>; 4]> = self.layers.iter().map(|l| [l.qkv.inputs, l.attn_out.inputs, l.up.inputs, l.down.inputs].map(|k| vec![0f32; k])).collect();
+        let mut max: Vec<[Vec<f32>; 4]> =
+            self.layers.iter().map(|l| [l.qkv.inputs, l.attn_out.inputs, l.up.inputs, l.down.inputs].map(|k| vec![0f32; k])).collect();
         self.forward_observed(&ids, &lengths, &mut |layer, which, x| {
             let m = &mut max[layer][which];
             for row in x.chunks_exact(m.len()) {

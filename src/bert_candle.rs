@@ -110,7 +110,9 @@ impl BertCandle {
         let scale = 1.0 / (d as f64).sqrt();
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?; // (b, l, 3h)
-            let split = |i: usize| -> candle_core::Result<Tensor> { qkv.narrow(D::Minus1, i * h, h)?.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous() };
+            let split = |i: usize| -> candle_core::Result<Tensor> {
+                qkv.narrow(D::Minus1, i * h, h)?.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous()
+            };
             let (q, k, v) = (split(0)?, split(1)?, split(2)?); // (b, heads, l, d)
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&additive)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;

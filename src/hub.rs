@@ -99,7 +99,8 @@ fn repo_id(repo: &Repo) -> String {
 
 fn api() -> Result<hf_hub::api::sync::Api, String> {
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    let mut b = hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(cache_dir()).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut b =
+        hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(cache_dir()).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if token.is_some() {
         b = b.with_token(token);
     }
@@ -128,10 +129,7 @@ fn fetch(kind: RepoType, snap: &Snapshot, files: &[String]) -> Result<Vec<PathBu
     }
     let api = api().map_err(|message| HubError::Hub { repo: snap.repo.clone(), message })?;
     let repo = api.repo(Repo::with_revision(snap.repo.clone(), kind, snap.sha.clone()));
-    files
-        .iter()
-        .map(|f| repo.get(f).map_err(|e| HubError::Hub { repo: snap.repo.clone(), message: format!("downloading {f}: {e}") }))
-        .collect()
+    files.iter().map(|f| repo.get(f).map_err(|e| HubError::Hub { repo: snap.repo.clone(), message: format!("downloading {f}: {e}") })).collect()
 }
 
 /// Parquet files of a dataset repo grouped by (subset, split), from the Hub's layouts: `data/{split}-*.parquet`,
@@ -160,7 +158,12 @@ pub fn index_parquet(files: &[String]) -> BTreeMap<(Option<String>, String), Vec
 }
 
 /// Chooses the files of `subset`/`split`; without a subset, the unnamed one, `default`, or the only one.
-pub fn select<'a>(repo: &str, index: &'a BTreeMap<(Option<String>, String), Vec<String>>, subset: Option<&str>, split: &str) -> Result<&'a Vec<String>, HubError> {
+pub fn select<'a>(
+    repo: &str,
+    index: &'a BTreeMap<(Option<String>, String), Vec<String>>,
+    subset: Option<&str>,
+    split: &str,
+) -> Result<&'a Vec<String>, HubError> {
     let subsets: Vec<Option<&str>> = {
         let mut s: Vec<Option<&str>> = index.keys().map(|(s, _)| s.as_deref()).collect();
         s.dedup();
@@ -170,7 +173,11 @@ pub fn select<'a>(repo: &str, index: &'a BTreeMap<(Option<String>, String), Vec<
         Some(s) => {
             if !subsets.contains(&Some(s)) {
                 let names: Vec<&str> = subsets.iter().map(|s| s.unwrap_or("(none)")).collect();
-                return Err(HubError::NoSplit { repo: repo.into(), what: format!("--subset {s}"), available: format!("subsets {}", names.join(", ")) });
+                return Err(HubError::NoSplit {
+                    repo: repo.into(),
+                    what: format!("--subset {s}"),
+                    available: format!("subsets {}", names.join(", ")),
+                });
             }
             Some(s)
         }
@@ -179,7 +186,11 @@ pub fn select<'a>(repo: &str, index: &'a BTreeMap<(Option<String>, String), Vec<
         None if subsets.len() == 1 => subsets[0],
         None => {
             let names: Vec<&str> = subsets.iter().flatten().copied().collect();
-            return Err(HubError::NoSplit { repo: repo.into(), what: "no --subset".into(), available: format!("subsets {} (pass --subset)", names.join(", ")) });
+            return Err(HubError::NoSplit {
+                repo: repo.into(),
+                what: "no --subset".into(),
+                available: format!("subsets {} (pass --subset)", names.join(", ")),
+            });
         }
     };
     index.get(&(chosen.map(String::from), split.to_string())).ok_or_else(|| {
@@ -214,12 +225,8 @@ pub fn resolve_model(id: &str, revision: &str) -> Result<Snapshot, HubError> {
     // Weights and files candle does not use are not downloaded.
     let skip_ext = [".bin", ".onnx", ".h5", ".msgpack", ".ot", ".pt", ".tflite", ".mlmodel", ".gguf"];
     let skip_dir = ["onnx/", "openvino/", "coreml/"];
-    let wanted: Vec<String> = snap
-        .files
-        .iter()
-        .filter(|f| !skip_ext.iter().any(|e| f.ends_with(e)) && !skip_dir.iter().any(|d| f.starts_with(d)))
-        .cloned()
-        .collect();
+    let wanted: Vec<String> =
+        snap.files.iter().filter(|f| !skip_ext.iter().any(|e| f.ends_with(e)) && !skip_dir.iter().any(|d| f.starts_with(d))).cloned().collect();
     fetch(RepoType::Model, &snap, &wanted)?;
     Ok(snap)
 }
@@ -257,7 +264,10 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let idx = index_parquet(&files);
-        assert_eq!(idx[&(None, "train".into())], vec!["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "train/0001.parquet"]);
+        assert_eq!(
+            idx[&(None, "train".into())],
+            vec!["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "train/0001.parquet"]
+        );
         assert_eq!(idx[&(None, "test".into())].len(), 1);
         assert_eq!(idx[&(Some("all".into()), "train".into())].len(), 1);
         assert_eq!(idx[&(Some("en".into()), "validation".into())].len(), 1);

@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, BooleanArray, LargeListArray, LargeStringArray, ListArray, RecordBatch, StringArray, StringViewArray, StructArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, LargeListArray, LargeStringArray, ListArray, RecordBatch, StringArray, StringViewArray, StructArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
@@ -138,9 +140,8 @@ fn chat_text<'a>(turns: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>
             .find_map(|(_, content)| content.and_then(non_empty))
             .map(|c| c.trim().to_string()),
         ChatFormat::Turns => {
-            let lines: Vec<String> = turns
-                .filter_map(|(role, content)| Some(format!("{}: {}", role.unwrap_or("unknown"), content.and_then(non_empty)?.trim())))
-                .collect();
+            let lines: Vec<String> =
+                turns.filter_map(|(role, content)| Some(format!("{}: {}", role.unwrap_or("unknown"), content.and_then(non_empty)?.trim()))).collect();
             (!lines.is_empty()).then(|| lines.join("\n"))
         }
     }
@@ -151,7 +152,11 @@ fn is_assistant(role: &str) -> bool {
 }
 
 fn non_empty(s: &str) -> Option<String> {
-    if s.trim().is_empty() { None } else { Some(s.to_string()) }
+    if s.trim().is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
 }
 
 /// Reads the rows of `chunk` from the input files.
@@ -205,8 +210,7 @@ impl ChunkReader {
                     return Err(file_err(path, "columns differ from the first input file's; all files must share one schema"));
                 }
             }
-            out.columns = arrow_select::concat::concat_batches(&schema, &batches)
-                .map_err(|e| file_err(&self.inputs[0].path, e))?;
+            out.columns = arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| file_err(&self.inputs[0].path, e))?;
         }
         Ok(out)
     }
@@ -215,7 +219,9 @@ impl ChunkReader {
         let schema = self.jsonl_schema.clone().expect("JSONL schema is set for JSONL inputs; this is a bug");
         let mut file = File::open(&f.path).map_err(|e| file_err(&f.path, e))?;
         // Start from the nearest recorded offset at or before line `a`.
-        let (mut line, offset) = f.offsets.iter().rev().find(|(l, _)| *l <= a).copied().unwrap_or((0, 0));
+        // Offsets are sorted by line: a binary search, not a scan (a file may have millions of chunks).
+        let at = f.offsets.partition_point(|(l, _)| *l <= a);
+        let (mut line, offset) = at.checked_sub(1).map_or((0, 0), |i| f.offsets[i]);
         file.seek(SeekFrom::Start(offset)).map_err(|e| file_err(&f.path, e))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
@@ -235,9 +241,11 @@ impl ChunkReader {
                 let lineno = line + 1;
                 match parse_line(&f.path, lineno, &buf)? {
                     None => rows.skipped += 1,
-                    Some(obj) => match text_of_json(obj.get(&self.rule.field), &self.rule)
-                        .map_err(|message| InputError::Line { path: f.path.clone(), line: lineno, message })?
-                    {
+                    Some(obj) => match text_of_json(obj.get(&self.rule.field), &self.rule).map_err(|message| InputError::Line {
+                        path: f.path.clone(),
+                        line: lineno,
+                        message,
+                    })? {
                         None => rows.skipped += 1,
                         Some(t) => {
                             rows.row_ids.push(f.first_row + line);
@@ -314,6 +322,14 @@ impl ChunkReader {
     /// `text` followed by the source columns: the source text column is dropped when it is the plain `text`
     /// field (identical), other names the writer uses are renamed `source_<name>`.
     fn output_columns(&self, source: RecordBatch, texts: &[String], path: &str) -> Result<RecordBatch, InputError> {
+        // Arrow strings have 32-bit offsets: a column holds at most i32::MAX bytes of text.
+        let bytes: usize = texts.iter().map(String::len).sum();
+        if bytes > i32::MAX as usize {
+            return Err(file_err(
+                path,
+                format!("{bytes} bytes of text in one chunk, more than the 2 GiB a shard's text column holds; lower --rows-per-shard"),
+            ));
+        }
         let mut fields = vec![Field::new("text", DataType::Utf8, false)];
         let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(texts))];
         let schema = source.schema();

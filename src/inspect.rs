@@ -1,17 +1,22 @@
-//! `verify` and `status`: reading a manifest and its shards back, without MPI.
+//! `verify` and `status`: reading a manifest, its shard log and its shards back, without MPI. `verify` hashes
+//! every shard on `--jobs` threads and reports progress.
 
 use std::fs::File;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow_array::{Array, UInt64Array};
 use arrow_schema::DataType;
+use sha2::Digest;
 
 use crate::manifest::{Manifest, ShardEntry, Status};
-use crate::output::resolve_shard_path;
+use crate::output::{open_regular, resolve_shard_path};
 use crate::ranges;
 
-/// Checks one shard file against its manifest entry; returns problems.
-fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry) -> Vec<String> {
+/// Checks one shard file against its manifest entry; returns problems. `hashed` counts the bytes read.
+fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64) -> Vec<String> {
     let mut problems = Vec::new();
     let mut bad = |msg: String| problems.push(format!("{}: {msg}", s.path));
     let path = match resolve_shard_path(manifest, &s.path) {
@@ -21,18 +26,25 @@ fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry) -> Vec<String> {
             return problems;
         }
     };
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let open = || open_regular(&path).map_err(|e| format!("cannot read: {e}"));
+    let mut file = match open() {
+        Ok(f) => f,
         Err(e) => {
-            bad(format!("cannot read: {e}"));
+            bad(e);
             return problems;
         }
     };
-    if bytes.len() as u64 != s.bytes {
-        bad(format!("{} bytes, manifest says {}", bytes.len(), s.bytes));
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len != s.bytes {
+        bad(format!("{len} bytes, manifest says {}", s.bytes));
+        return problems;
     }
-    use sha2::Digest;
-    let sha = crate::model::hex(&sha2::Sha256::digest(&bytes));
+    let mut hasher = HashCounter { sha: sha2::Sha256::new(), counted: hashed };
+    if let Err(e) = std::io::copy(&mut std::io::Read::take(&mut file, s.bytes), &mut hasher) {
+        bad(format!("cannot read: {e}"));
+        return problems;
+    }
+    let sha = crate::model::hex(&hasher.sha.finalize());
     if sha != s.sha256 {
         bad(format!("sha256 {sha}, manifest says {}", s.sha256));
         return problems;
@@ -40,125 +52,182 @@ fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry) -> Vec<String> {
     if s.embedding_dim != m.embedding_dim {
         bad(format!("embedding_dim {} differs from the manifest's {}", s.embedding_dim, m.embedding_dim));
     }
-    let normalized = ranges::normalize(s.row_ranges.clone());
-    if normalized != s.row_ranges {
+    if ranges::normalize(s.row_ranges.clone()) != s.row_ranges {
         bad("row_ranges are not sorted and disjoint".into());
     }
     if ranges::total(&s.row_ranges) != s.rows + s.rows_skipped {
         bad(format!("row_ranges cover {} rows but rows + rows_skipped = {}", ranges::total(&s.row_ranges), s.rows + s.rows_skipped));
     }
-    let reader = match parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("read above")) {
-        Ok(b) => b,
-        Err(e) => {
-            bad(format!("not a valid Parquet file: {e}"));
-            return problems;
-        }
-    };
-    let schema = reader.schema().clone();
-    let want_emb = |t: &DataType| matches!(t, DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float32 && *n as usize == m.embedding_dim);
-    match (schema.field_with_name("row_id"), schema.field_with_name("text"), schema.field_with_name("embedding")) {
-        (Ok(r), Ok(t), Ok(e)) if r.data_type() == &DataType::UInt64 && t.data_type() == &DataType::Utf8 && want_emb(e.data_type()) => {}
-        _ => {
-            bad(format!("schema is not row_id uint64, text utf8, embedding fixed_size_list<float32, {}>", m.embedding_dim));
-            return problems;
-        }
-    }
-    let mask = parquet::arrow::ProjectionMask::columns(reader.parquet_schema(), ["row_id"]);
-    let reader = match reader.with_projection(mask).build() {
-        Ok(r) => r,
-        Err(e) => {
-            bad(format!("cannot read rows: {e}"));
-            return problems;
-        }
-    };
-    let (mut n, mut last, mut outside) = (0u64, None::<u64>, 0u64);
-    for batch in reader {
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                bad(format!("cannot decode rows: {e}"));
-                return problems;
-            }
-        };
-        let ids = batch.column(0).as_any().downcast_ref::<UInt64Array>().expect("row_id is uint64 (checked)");
-        for i in 0..ids.len() {
-            let id = ids.value(i);
-            if last.is_some_and(|l| id <= l) {
-                bad(format!("row ids not strictly increasing at row {id} (duplicate or unsorted)"));
-                return problems;
-            }
-            last = Some(id);
-            if !ranges::contains(&s.row_ranges, id) {
-                outside += 1;
-            }
-            n += 1;
-        }
-    }
-    if outside > 0 {
-        bad(format!("{outside} row ids outside the shard's row_ranges"));
-    }
-    if n != s.rows {
-        bad(format!("{n} rows in the file, manifest says {}", s.rows));
+    match open().and_then(|f| check_rows(f, m.embedding_dim, s)) {
+        Ok(()) => {}
+        Err(e) => bad(e),
     }
     problems
 }
 
-/// Every problem of a manifest and its shards; empty when all is consistent.
-pub fn verify(manifest: &Path) -> Result<(Manifest, Vec<String>), String> {
-    let m = Manifest::read(manifest)?;
-    let mut problems = Vec::new();
-    let mut covered: Vec<ranges::Range> = Vec::new();
-    for s in &m.shards {
-        problems.extend(check_shard(manifest, &m, s));
-        let mine = ranges::normalize(s.row_ranges.clone());
-        if ranges::overlaps(&ranges::normalize(covered.clone()), &mine) {
-            problems.push(format!("{}: rows overlap another shard's (rows would be duplicated)", s.path));
+/// A hasher that counts what goes through it (for progress).
+struct HashCounter<'a> {
+    sha: sha2::Sha256,
+    counted: &'a AtomicU64,
+}
+
+impl std::io::Write for HashCounter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.sha.update(b);
+        self.counted.fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The shard's schema and row ids: strictly increasing, inside its ranges, as many as the entry says.
+fn check_rows(file: File, dim: usize, s: &ShardEntry) -> Result<(), String> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("not a valid Parquet file: {e}"))?;
+    let schema = reader.schema().clone();
+    let want_emb = |t: &DataType| matches!(t, DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float32 && *n as usize == dim);
+    match (schema.field_with_name("row_id"), schema.field_with_name("text"), schema.field_with_name("embedding")) {
+        (Ok(r), Ok(t), Ok(e)) if r.data_type() == &DataType::UInt64 && t.data_type() == &DataType::Utf8 && want_emb(e.data_type()) => {}
+        _ => return Err(format!("schema is not row_id uint64, text utf8, embedding fixed_size_list<float32, {dim}>")),
+    }
+    let mask = parquet::arrow::ProjectionMask::columns(reader.parquet_schema(), ["row_id"]);
+    let reader = reader.with_projection(mask).build().map_err(|e| format!("cannot read rows: {e}"))?;
+    let (mut n, mut last, mut outside) = (0u64, None::<u64>, 0u64);
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("cannot decode rows: {e}"))?;
+        let ids = batch.column(0).as_any().downcast_ref::<UInt64Array>().ok_or("row_id is not uint64")?;
+        for i in 0..ids.len() {
+            let id = ids.value(i);
+            if last.is_some_and(|l| id <= l) {
+                return Err(format!("row ids not strictly increasing at row {id} (duplicate or unsorted)"));
+            }
+            last = Some(id);
+            outside += u64::from(!ranges::contains(&s.row_ranges, id));
+            n += 1;
         }
-        if mine.last().is_some_and(|r| r.1 > m.rows_total) {
+    }
+    if outside > 0 {
+        return Err(format!("{outside} row ids outside the shard's row_ranges"));
+    }
+    if n != s.rows {
+        return Err(format!("{n} rows in the file, manifest says {}", s.rows));
+    }
+    Ok(())
+}
+
+/// What `verify` read, for its closing line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerifyStats {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub jobs: usize,
+}
+
+/// Checks every shard on `jobs` threads (0: one per core); progress on stderr when `progress`.
+fn check_all(manifest: &Path, m: &Manifest, jobs: usize, progress: bool) -> (Vec<String>, VerifyStats) {
+    let jobs = if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs }.clamp(1, m.shards.len().max(1));
+    let started = Instant::now();
+    let (next, hashed, finished) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicUsize::new(0));
+    let results: Vec<std::sync::Mutex<Vec<String>>> = m.shards.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(s) = m.shards.get(i) else { return };
+                    let problems = check_shard(manifest, m, s, &hashed);
+                    *results[i].lock().expect("a verify thread panicked; this is a bug") = problems;
+                    finished.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let tty = std::io::stderr().is_terminal();
+        let mut last = Instant::now();
+        while progress && workers.iter().any(|w| !w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(if tty { 1 } else { 10 }) {
+                last = Instant::now();
+                let (done, mb, secs) =
+                    (finished.load(Ordering::Relaxed), hashed.load(Ordering::Relaxed) as f64 / 1e6, started.elapsed().as_secs_f64());
+                let line = format!("verify: {done}/{} shards, {mb:.0} MB hashed, {:.0} MB/s", m.shards.len(), mb / secs.max(1e-9));
+                if tty {
+                    eprint!("\r\x1b[2K{line}")
+                } else {
+                    eprintln!("{line}")
+                }
+            }
+        }
+        if progress && tty {
+            eprint!("\r\x1b[2K");
+        }
+    });
+    let problems = results.into_iter().flat_map(|r| r.into_inner().unwrap_or_default()).collect();
+    (problems, VerifyStats { bytes: hashed.load(Ordering::Relaxed), seconds: started.elapsed().as_secs_f64(), jobs })
+}
+
+/// Every problem of a manifest and its shards; empty when all is consistent.
+pub fn verify(manifest: &Path, jobs: usize, progress: bool) -> Result<(Manifest, Vec<String>, VerifyStats), String> {
+    let m = Manifest::read(manifest).map_err(|e| e.to_string())?;
+    let (mut problems, stats) = check_all(manifest, &m, jobs, progress);
+    let owners: Vec<(ranges::Range, usize)> = m.shards.iter().enumerate().flat_map(|(i, s)| s.row_ranges.iter().map(move |&r| (r, i))).collect();
+    for (a, b) in ranges::overlapping_pairs(owners) {
+        problems.push(format!("{}: rows overlap those of {} (rows would be duplicated)", m.shards[b].path, m.shards[a].path));
+    }
+    for s in &m.shards {
+        if s.row_ranges.iter().any(|r| r.1 > m.rows_total) {
             problems.push(format!("{}: rows beyond rows_total {}", s.path, m.rows_total));
         }
-        covered.extend(mine);
-    }
-    let covered = ranges::normalize(covered);
-    if m.shards.iter().map(|s| s.rows).sum::<u64>() != m.rows_embedded {
-        problems.push(format!("rows_embedded {} differs from the shards' sum", m.rows_embedded));
-    }
-    if m.shards.iter().map(|s| s.rows_skipped).sum::<u64>() != m.rows_skipped {
-        problems.push(format!("rows_skipped {} differs from the shards' sum", m.rows_skipped));
     }
     if m.status == Status::Complete {
+        let covered = ranges::normalize(m.shards.iter().flat_map(|s| s.row_ranges.iter().copied()).collect());
         let missing = ranges::subtract(&[(0, m.rows_total)], &covered);
         if !missing.is_empty() {
             problems.push(format!("status is complete but rows {} are not covered", show_ranges(&missing)));
         }
     }
-    Ok((m, problems))
+    Ok((m, problems, stats))
 }
 
 fn show_ranges(r: &[ranges::Range]) -> String {
     let parts: Vec<String> = r.iter().take(5).map(|(a, b)| format!("{a}..{b}")).collect();
-    if r.len() > 5 { format!("{} and {} more ranges", parts.join(", "), r.len() - 5) } else { parts.join(", ") }
+    if r.len() > 5 {
+        format!("{} and {} more ranges", parts.join(", "), r.len() - 5)
+    } else {
+        parts.join(", ")
+    }
 }
 
-pub fn verify_command(manifest: &Path) -> i32 {
-    match verify(manifest) {
+pub fn verify_command(manifest: &Path, jobs: usize) -> i32 {
+    match verify(manifest, jobs, true) {
         Err(e) => {
             eprintln!("error: {e}");
             crate::EXIT_FAILED
         }
-        Ok((m, problems)) if problems.is_empty() => {
+        Ok((m, problems, stats)) if problems.is_empty() => {
+            if let Some((line, bytes)) = m.log.torn {
+                println!(
+                    "note: line {line} of the shard log ({bytes} bytes) was torn by a crash before its commit counted; --resume redoes its rows"
+                );
+            }
             println!(
-                "ok: {} shards, {} rows embedded, {} skipped, {}/{} rows covered, status {}",
-                m.shards.len(),
+                "ok: {} shards, {} rows embedded, {} skipped, {}/{} rows covered, status {}; {:.1} MB hashed in {:.2}s ({:.0} MB/s, {} jobs)",
+                m.num_shards,
                 m.rows_embedded,
                 m.rows_skipped,
                 m.rows_done(),
                 m.rows_total,
-                status_name(m.status)
+                status_name(m.status),
+                stats.bytes as f64 / 1e6,
+                stats.seconds,
+                stats.bytes as f64 / 1e6 / stats.seconds.max(1e-9),
+                stats.jobs
             );
             crate::EXIT_OK
         }
-        Ok((_, problems)) => {
+        Ok((_, problems, _)) => {
             eprintln!("error: {} problem(s) in {}:", problems.len(), manifest.display());
             for p in &problems {
                 eprintln!("  {p}");
@@ -183,7 +252,7 @@ pub fn status_text(m: &Manifest) -> String {
         100.0 * done as f64 / m.rows_total.max(1) as f64,
         m.rows_embedded,
         m.rows_skipped,
-        m.shards.len(),
+        m.num_shards,
         m.runs.len()
     );
     for (i, r) in m.runs.iter().enumerate() {
@@ -254,8 +323,7 @@ mod tests {
             deadline: Some("2026-11-27T12:00:00.000Z".into()),
             drain_estimate_seconds: Some(2.5),
         });
-        m.shards.push(crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
-        m.rows_embedded = 38;
+        m.count_shard(&crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
         let t = status_text(&m);
         assert!(t.contains("rows: 40/100 done (40.0%)"), "{t}");
         assert!(t.contains("60 remaining"), "{t}");

@@ -284,7 +284,7 @@ pub const BF16_NR: usize = 32;
 impl Bf16Weights {
     /// Packs `wt` (`k x n`, row-major). `None` when `n` is not a multiple of [`BF16_NR`].
     pub fn pack(wt: &[f32], k: usize, n: usize) -> Option<Bf16Weights> {
-        if n % BF16_NR != 0 || wt.len() != k * n {
+        if !n.is_multiple_of(BF16_NR) || wt.len() != k * n {
             return None;
         }
         let kp = k.div_ceil(2);
@@ -421,7 +421,7 @@ impl Int8Weights {
     /// input channel `c` divided by it (the product is unchanged; the split of the range between weights
     /// and activations is). An empty `smooth` means all ones.
     pub fn pack_smoothed(wt: &[f32], k: usize, n: usize, smooth: &[f32]) -> Option<Int8Weights> {
-        if n % INT8_NR != 0 || wt.len() != k * n || !(smooth.is_empty() || smooth.len() == k) {
+        if !n.is_multiple_of(INT8_NR) || wt.len() != k * n || !(smooth.is_empty() || smooth.len() == k) {
             return None;
         }
         let smoothed: Vec<f32>;
@@ -717,7 +717,11 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = bias[j] as f64 + (0..k).map(|l| bf(x[i * k + l]) as f64 * bf(wt[l * n + j]) as f64).sum::<f64>();
-                    assert!((out[i * n + j] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()), "({m},{k},{n}) at ({i},{j}): {} vs {want}", out[i * n + j]);
+                    assert!(
+                        (out[i * n + j] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "({m},{k},{n}) at ({i},{j}): {} vs {want}",
+                        out[i * n + j]
+                    );
                 }
             }
         }

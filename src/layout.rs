@@ -44,6 +44,9 @@ pub struct Layout {
     pub writers: usize,
 }
 
+/// Which rank hosts the `i`-th instance of a role.
+type RankOf = Box<dyn Fn(Role, usize) -> usize>;
+
 impl Layout {
     /// Lays roles out over `world_size` ranks. `local_encoders` is used only when `world_size == 1`.
     pub fn new(world_size: usize, loaders: Option<usize>, writers: Option<usize>, local_encoders: usize) -> Result<Layout, String> {
@@ -53,7 +56,7 @@ impl Layout {
         if writers == Some(0) {
             return Err("--writers must be at least 1".into());
         }
-        let (l, e, w, rank_of): (usize, usize, usize, Box<dyn Fn(Role, usize) -> usize>) = match world_size {
+        let (l, e, w, rank_of): (usize, usize, usize, RankOf) = match world_size {
             0 => return Err("world size 0".into()),
             1 => (loaders.unwrap_or(1), local_encoders, writers.unwrap_or(1), Box::new(|_, _| 0)),
             2 => (loaders.unwrap_or(1), 1, writers.unwrap_or(1), Box::new(|r, _| if r == Role::Encoder { 1 } else { 0 })),
@@ -81,17 +84,20 @@ impl Layout {
                     e -= 1;
                 }
                 if l + w >= workers {
-                    return Err(format!(
-                        "--loaders {l} and --writers {w} leave no encoder rank among {n} ranks (rank 0 is the controller)"
-                    ));
+                    return Err(format!("--loaders {l} and --writers {w} leave no encoder rank among {n} ranks (rank 0 is the controller)"));
                 }
                 let e = workers - l - w;
-                (l, e, w, Box::new(move |r, i| match r {
-                    Role::Controller => 0,
-                    Role::Loader => 1 + i,
-                    Role::Encoder => 1 + l + i,
-                    Role::Writer => 1 + l + e + i,
-                }))
+                (
+                    l,
+                    e,
+                    w,
+                    Box::new(move |r, i| match r {
+                        Role::Controller => 0,
+                        Role::Loader => 1 + i,
+                        Role::Encoder => 1 + l + i,
+                        Role::Writer => 1 + l + e + i,
+                    }),
+                )
             }
         };
         let mut ranks = vec![rank_of(Role::Controller, 0)];
@@ -154,7 +160,11 @@ impl Layout {
                     .into_iter()
                     .map(|e| {
                         let (role, i) = self.role_of(e);
-                        if role == Role::Controller { role.name().to_string() } else { format!("{} {}", role.name(), i) }
+                        if role == Role::Controller {
+                            role.name().to_string()
+                        } else {
+                            format!("{} {}", role.name(), i)
+                        }
                     })
                     .collect();
                 format!("rank {r}: {}", roles.join(" + "))
@@ -182,11 +192,8 @@ pub fn encoder_threads(requested: usize, layout: &Layout) -> usize {
 }
 
 fn auto_threads(cores: usize, layout: &Layout, ranks_here: usize) -> usize {
-    let encoders_here = if layout.world_size <= 1 {
-        layout.encoders
-    } else {
-        (layout.encoders * ranks_here.clamp(1, layout.world_size)).div_ceil(layout.world_size)
-    };
+    let encoders_here =
+        if layout.world_size <= 1 { layout.encoders } else { (layout.encoders * ranks_here.clamp(1, layout.world_size)).div_ceil(layout.world_size) };
     (cores / encoders_here.max(1)).max(1)
 }
 

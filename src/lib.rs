@@ -4,23 +4,25 @@
 pub mod batching;
 pub mod bert;
 pub mod bert_candle;
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod controller;
 pub mod device;
 pub mod encode;
 pub mod hub;
 pub mod input;
-pub mod kernels;
 pub mod inspect;
+pub mod kernels;
 pub mod layout;
 pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod plan;
 pub mod protocol;
-pub mod scheduler;
 pub mod ranges;
 pub mod roles;
+pub mod scheduler;
 pub mod transport;
 pub mod walltime;
 pub mod writer;
@@ -30,8 +32,9 @@ use std::sync::atomic::Ordering;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, EmbedArgs};
+use crate::controller::Outcome;
 use crate::layout::{Layout, Role};
-use crate::transport::{MpiWire, Router};
+use crate::transport::{MpiWire, Router, RouterOutcome};
 
 /// Exit codes.
 pub const EXIT_OK: i32 = 0;
@@ -46,7 +49,7 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Embed(args) => embed(args),
-        Command::Verify { manifest } => inspect::verify_command(&manifest),
+        Command::Verify { manifest, jobs } => inspect::verify_command(&manifest, jobs),
         Command::Status { manifest } => inspect::status_command(&manifest),
         Command::Encode(args) => encode::command(&args),
     }
@@ -71,7 +74,8 @@ fn peak_rss_kib() -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Runs `embed` on this rank: its roles on threads, its main thread routing messages (and MPI).
+/// Runs `embed` on this rank: its roles on threads, its main thread routing messages (and MPI). Returns the
+/// process exit code (or exits the process at once when the controller stopped the job mid-batch).
 pub fn embed(args: EmbedArgs) -> i32 {
     // First thing, before MPI_Init (which takes a while): a scheduler's signal must never kill a rank.
     if let Err(e) = transport::install_signal_handlers() {
@@ -89,46 +93,26 @@ pub fn embed(args: EmbedArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let mut router = Router::new(rank, layout.clone());
-    for e in layout.local_endpoints(rank) {
-        let mb = router.mailbox(e);
-        let (role, _) = layout.role_of(e);
-        let handle = match role {
-            Role::Controller => {
-                let (args, layout) = (args.clone(), layout.clone());
-                roles::spawn(role, mb, move |mb| controller::run(mb, &args, &layout))
-            }
-            Role::Loader => roles::spawn(role, mb, roles::loader),
-            Role::Encoder => roles::spawn(role, mb, roles::encoder),
-            Role::Writer => roles::spawn(role, mb, writer::run),
-        };
-        router.add_role(e, handle);
-    }
-    let outcome = router.run(&mut wire);
-    if let Some(kib) = peak_rss_kib() {
-        let roles: Vec<String> = layout.local_endpoints(rank).iter().map(|&e| { let (r, i) = layout.role_of(e); format!("{} {i}", r.name()) }).collect();
-        log::info!("rank {rank} ({}): peak RSS {:.1} MiB", roles.join(" + "), kib as f64 / 1024.0);
-    }
-    let controller_result = outcome.results.iter().find(|(e, _)| *e == layout.controller()).map(|(_, r)| r);
-    let code = match controller_result {
-        Some(result) => {
-            if let Err(message) = result {
+    let (routed, controller) = run_roles(&args, rank, &layout, &mut wire);
+    let code = match controller {
+        Some(outcome) => {
+            if let Some(message) = &outcome.error {
                 eprintln!("error: {message}");
             }
-            let code = controller::EXIT_CODE.load(Ordering::SeqCst);
-            if controller::NEEDS_ABORT.load(Ordering::SeqCst) && wire.is_some() {
-                // Ranks may be mid-batch or stuck; they were sent `Abort` and exit on their own. Committed shards
-                // and the manifest are safe; MPI_Finalize would wait for them, MPI_Abort can hang in the launcher.
-                std::process::exit(code);
+            if let Some(path) = &args.status_file {
+                controller::write_status_file(path, outcome.code, outcome.manifest.as_deref());
             }
-            code
+            if outcome.abort {
+                // Roles here and on other ranks may be mid-batch or stuck; the other ranks were sent `Abort` and
+                // exit on their own. MPI_Finalize would wait for them, MPI_Abort can hang in the launcher.
+                std::process::exit(outcome.code);
+            }
+            outcome.code
         }
-        None if outcome.abort_code.is_some() => {
-            // Local roles may still be mid-batch: end the process now (see `Header::Abort`).
-            std::process::exit(outcome.abort_code.unwrap_or(EXIT_FAILED));
-        }
+        // Local roles may still be mid-batch: end the process now (see `Header::Abort`).
+        None if routed.abort_code.is_some() => std::process::exit(routed.abort_code.unwrap_or(EXIT_FAILED)),
         // Other ranks: the controller's verdict, or a failure of a local role (reported to rank 0).
-        None => outcome.shutdown_code.unwrap_or(if outcome.results.iter().any(|(_, r)| r.is_err()) { EXIT_FAILED } else { EXIT_OK }),
+        None => routed.shutdown_code.unwrap_or(if routed.results.iter().any(|(_, r)| r.is_err()) { EXIT_FAILED } else { EXIT_OK }),
     };
     if transport::TERMINATING.load(Ordering::SeqCst) {
         // mpirun is tearing the job down: MPI_Finalize would block until SIGKILL. Everything is committed.
@@ -136,4 +120,64 @@ pub fn embed(args: EmbedArgs) -> i32 {
     }
     drop(wire);
     code
+}
+
+/// A whole `embed` job in this process, every role on a thread of its own and no MPI or signal handlers: for
+/// tests and embedding the pipeline in other programs. The roles have ended when it returns, unless the
+/// outcome says `abort` (then some may still be finishing a batch).
+pub fn embed_in_process(args: EmbedArgs) -> Outcome {
+    let layout = match Layout::new(1, args.loaders, args.writers, args.local_encoders) {
+        Ok(l) => l,
+        Err(e) => return Outcome { code: EXIT_USAGE, abort: false, error: Some(e), manifest: None },
+    };
+    let (_, controller) = run_roles(&args, 0, &layout, &mut None);
+    controller.expect("rank 0 hosts the controller; this is a bug")
+}
+
+/// Runs this rank's roles until they end; on rank 0, also returns the controller's outcome.
+fn run_roles(args: &EmbedArgs, rank: usize, layout: &Layout, wire: &mut Option<MpiWire>) -> (RouterOutcome, Option<Outcome>) {
+    let mut router = Router::new(rank, layout.clone());
+    let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
+    for e in layout.local_endpoints(rank) {
+        let mb = router.mailbox(e);
+        let (role, _) = layout.role_of(e);
+        let handle = match role {
+            Role::Controller => {
+                let (args, layout, tx) = (args.clone(), layout.clone(), outcome_tx.clone());
+                roles::spawn(role, mb, move |mb| {
+                    let outcome = controller::run(mb, &args, &layout);
+                    let result = outcome.error.clone().map_or(Ok(()), |m| Err(roles::RoleError::new(m)));
+                    let _ = tx.send(outcome);
+                    result
+                })
+            }
+            Role::Loader => roles::spawn(role, mb, roles::loader),
+            Role::Encoder => roles::spawn(role, mb, roles::encoder),
+            Role::Writer => roles::spawn(role, mb, writer::run),
+        };
+        router.add_role(e, handle);
+    }
+    drop(outcome_tx);
+    let routed = router.run(wire);
+    if let Some(kib) = peak_rss_kib() {
+        let roles: Vec<String> = layout
+            .local_endpoints(rank)
+            .iter()
+            .map(|&e| {
+                let (r, i) = layout.role_of(e);
+                format!("{} {i}", r.name())
+            })
+            .collect();
+        log::info!("rank {rank} ({}): peak RSS {:.1} MiB", roles.join(" + "), kib as f64 / 1024.0);
+    }
+    let controller = outcome_rx.try_recv().ok().or_else(|| {
+        // The controller thread panicked: its result holds the message.
+        routed.results.iter().find(|(e, _)| *e == layout.controller()).map(|(_, r)| Outcome {
+            code: EXIT_FAILED,
+            abort: layout.world_size > 1,
+            error: Some(r.clone().err().unwrap_or_else(|| "the controller ended without an outcome (this is a bug)".into())),
+            manifest: None,
+        })
+    });
+    (routed, controller)
 }

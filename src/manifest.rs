@@ -1,16 +1,23 @@
-//! The manifest: the run's checkpoint. It names every committed shard; a shard counts only once listed here.
-//! Written atomically (tmp -> fsync -> rename) after each commit; versioned.
+//! The checkpoint's format. The manifest (`manifest-{S}.json`) is a small header: fingerprint, runs, status,
+//! totals. Committed shards are lines of an append-only log beside it (`shards-{S}.jsonl`), one JSON object
+//! per shard; a shard counts only once its line is fsynced. Reads both this format (version 2) and version 1,
+//! whose manifest held every shard itself (`--resume` migrates it).
 
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::cli::EmbedArgs;
+use crate::config::RunConfig;
 use crate::model::ModelSpec;
-use crate::output::write_atomic;
 
-pub const MANIFEST_VERSION: u32 = 1;
+/// The format this version writes (`format_version` in the manifest).
+pub const FORMAT_VERSION: u32 = 2;
 pub const TOOL: &str = concat!("chatspace-mpi ", env!("CARGO_PKG_VERSION"));
+/// The largest manifest header read: the header has no per-shard content (a version-1 manifest, with every
+/// shard in it, is bounded by this too: about 400,000 shards).
+const HEADER_MAX_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,9 +107,10 @@ pub struct RunRecord {
     pub drain_estimate_seconds: Option<f64>,
 }
 
+/// The manifest header, and (when read) the shards of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub version: u32,
+    pub format_version: u32,
     pub status: Status,
     pub dataset: String,
     pub subset: Option<String>,
@@ -111,23 +119,60 @@ pub struct Manifest {
     pub model_info: ModelSpec,
     pub source: Source,
     pub rows_total: u64,
+    /// Totals over committed shards. In the file they are as of `updated_at` (the header is rewritten every
+    /// few seconds during a run and at its end, the log at every commit); [`Manifest::read`] recounts them
+    /// from the log.
     pub rows_embedded: u64,
     pub rows_skipped: u64,
+    pub num_shards: u64,
     pub embedding_dim: usize,
     pub rows_per_shard: u64,
-    pub shards: Vec<ShardEntry>,
+    /// The shard log's file name, in the manifest's folder.
+    pub shard_log: String,
     pub created_at: String,
     pub updated_at: String,
     pub run_id: String,
     pub min_norm: Option<f32>,
     pub max_norm: Option<f32>,
     pub preprocessing: Preprocessing,
-    pub run_config: EmbedArgs,
+    /// The last run's settings (absent in manifests migrated from version 1 until a run writes them).
+    #[serde(default)]
+    pub run_config: Option<RunConfig>,
     pub runs: Vec<RunRecord>,
     pub error: Option<String>,
     pub tool: String,
     /// What must not change between a run and its resumption.
     pub fingerprint: Fingerprint,
+    /// The log's entries, in commit order ([`Manifest::read`] fills them; never in the header file).
+    #[serde(skip)]
+    pub shards: Vec<ShardEntry>,
+    /// How the log looked when read.
+    #[serde(skip)]
+    pub log: LogState,
+}
+
+/// What reading the shard log found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogState {
+    /// Bytes of whole lines (where the next line goes).
+    pub valid_len: u64,
+    /// A last line without its newline, `(line number, bytes)`: a commit a crash interrupted. It was never
+    /// committed (a commit counts once its whole line is fsynced); resuming cuts it off and redoes its rows.
+    pub torn: Option<(u64, u64)>,
+    /// The format the manifest was read in (1: shards were in the manifest; there was no log).
+    pub read_version: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a valid manifest: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{path}: manifest format {version} is not supported (this version reads 1 and {FORMAT_VERSION})")]
+    Version { path: String, version: u64 },
+    #[error("{path}:{line}: {message}")]
+    Log { path: String, line: u64, message: String },
 }
 
 /// Everything that decides which rows exist and what their embeddings are. `--resume` refuses a mismatch.
@@ -163,63 +208,213 @@ fn default_encoder() -> crate::cli::EncoderKind {
 }
 
 impl Fingerprint {
-    /// Names of the fields that differ, with both values.
+    /// Names of the fields that differ, with both values (long values cut at a character boundary).
     pub fn differences(&self, other: &Fingerprint) -> Vec<String> {
-        let a = serde_json::to_value(self).expect("serializes");
-        let b = serde_json::to_value(other).expect("serializes");
-        let (a, b) = (a.as_object().expect("object"), b.as_object().expect("object"));
+        let a = serde_json::to_value(self.normalized()).expect("a fingerprint serializes; this is a bug");
+        let b = serde_json::to_value(other.normalized()).expect("a fingerprint serializes; this is a bug");
+        let (a, b) = (a.as_object().expect("a struct is an object"), b.as_object().expect("a struct is an object"));
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
             .map(|(k, v)| {
-                let show = |v: &serde_json::Value| {
-                    let s = v.to_string();
-                    if s.len() > 120 { format!("{}...", &s[..117]) } else { s }
-                };
+                let show = |v: &serde_json::Value| shorten(&v.to_string(), 120);
                 format!("{k} (manifest {}, now {})", show(v), show(b.get(k).unwrap_or(&serde_json::Value::Null)))
             })
             .collect()
     }
 }
 
+impl Fingerprint {
+    /// `--extract-first-assistant` and `--chat-format first-assistant` are one setting spelled two ways.
+    fn normalized(&self) -> Fingerprint {
+        let mut f = self.clone();
+        f.extract_first_assistant = f.extract_first_assistant || f.chat_format == Some(crate::cli::ChatFormat::FirstAssistant);
+        if f.extract_first_assistant {
+            f.chat_format = Some(crate::cli::ChatFormat::FirstAssistant);
+        }
+        f
+    }
+}
+
+/// `s`, or its first `max - 3` characters and "..." when it has more than `max` characters.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(3)).collect();
+    out.push_str("...");
+    out
+}
+
+/// The log's file name for a manifest named `manifest-{S}.json`: `shards-{S}.jsonl`.
+pub fn log_name_for(manifest: &Path) -> String {
+    let name = manifest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.strip_prefix("manifest-").and_then(|n| n.strip_suffix(".json")) {
+        Some(split) => format!("shards-{split}.jsonl"),
+        None => format!("{}.shards.jsonl", name.trim_end_matches(".json")),
+    }
+}
+
+/// Member of each log line after the entry's own: `"check":"<16 hex digits>"`.
+const CHECK_KEY: &[u8] = b",\"check\":\"";
+
+/// First 8 bytes of the SHA-256 of `object`, as hex.
+fn line_check(object: &[u8]) -> String {
+    crate::model::hex(&Sha256::digest(object)[..8])
+}
+
+/// One log line (with its newline): the entry as a JSON object, whose last member `check` holds the first 16
+/// hex digits of the SHA-256 of the line's bytes before that member, closed by `}`. Tools that read the log
+/// as JSON Lines just see one more field; an edited or damaged line no longer matches its check.
+pub fn encode_line(entry: &ShardEntry) -> Vec<u8> {
+    let mut line = serde_json::to_vec(entry).expect("a shard entry serializes; this is a bug");
+    let check = line_check(&line);
+    line.pop(); // the closing brace
+    line.extend_from_slice(CHECK_KEY);
+    line.extend_from_slice(check.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    line
+}
+
+/// Parses one log line (without its newline), checking it.
+pub fn decode_line(line: &[u8]) -> Result<ShardEntry, String> {
+    let at = memchr::memmem::rfind(line, CHECK_KEY).ok_or("not a shard log line (no check field)")?;
+    let tail = &line[at + CHECK_KEY.len()..];
+    if tail.len() != 18 || &tail[16..] != b"\"}" {
+        return Err("malformed check field".into());
+    }
+    let mut object = line[..at].to_vec();
+    object.push(b'}');
+    if line_check(&object).as_bytes() != &tail[..16] {
+        return Err("the line does not match its check (edited or damaged); refusing to trust this log".into());
+    }
+    serde_json::from_slice(line).map_err(|e| format!("not a shard entry: {e}"))
+}
+
+/// Reads the shard log: every whole line checked and parsed; a last line without its newline is a torn
+/// commit (see [`LogState::torn`]), any other damage an error naming the line.
+pub fn read_log(path: &Path) -> Result<(Vec<ShardEntry>, LogState), ManifestError> {
+    let io = |source| ManifestError::Io { path: path.display().to_string(), source };
+    let file = crate::output::open_regular(path).map_err(io)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let (mut entries, mut state) = (Vec::new(), LogState { read_version: FORMAT_VERSION, ..LogState::default() });
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            state.torn = Some((number, n as u64));
+            break;
+        }
+        let entry = decode_line(&line[..n - 1]).map_err(|message| ManifestError::Log { path: path.display().to_string(), line: number, message })?;
+        entries.push(entry);
+        state.valid_len += n as u64;
+    }
+    Ok((entries, state))
+}
+
 impl Manifest {
-    /// Adds a committed shard and updates the totals.
-    pub fn add_shard(&mut self, shard: ShardEntry) {
+    /// Reads a manifest and its shard log (or, for version 1, the shards inside it), recounting the totals
+    /// from the shards.
+    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
+        let name = path.display().to_string();
+        let invalid = |message: String| ManifestError::Invalid { path: name.clone(), message };
+        let bytes = crate::output::read_regular(path, HEADER_MAX_BYTES).map_err(|source| ManifestError::Io { path: name.clone(), source })?;
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let obj = value.as_object_mut().ok_or_else(|| invalid("not a JSON object".into()))?;
+        let version = obj.get("format_version").or_else(|| obj.get("version")).and_then(|v| v.as_u64());
+        let mut legacy_shards = None;
+        match version {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(1) => {
+                // Version 1: `version`, the shards inline, the flags as `run_config`.
+                let shards = obj.remove("shards").unwrap_or(serde_json::Value::Array(Vec::new()));
+                let shards: Vec<ShardEntry> = serde_json::from_value(shards).map_err(|e| invalid(format!("shards: {e}")))?;
+                obj.remove("version");
+                obj.remove("run_config");
+                obj.insert("format_version".into(), FORMAT_VERSION.into());
+                obj.insert("num_shards".into(), shards.len().into());
+                obj.insert("shard_log".into(), log_name_for(path).into());
+                legacy_shards = Some(shards);
+            }
+            Some(v) => return Err(ManifestError::Version { path: name, version: v }),
+            None => return Err(invalid("no format_version".into())),
+        }
+        let mut m: Manifest = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let counted = m.num_shards;
+        match legacy_shards {
+            Some(shards) => {
+                m.shards = shards;
+                m.log = LogState { read_version: 1, ..LogState::default() };
+            }
+            None => {
+                let log = m.log_path(path).map_err(invalid)?;
+                let (shards, state) = read_log(&log)?;
+                if (shards.len() as u64) < counted {
+                    return Err(ManifestError::Log {
+                        path: log.display().to_string(),
+                        line: shards.len() as u64 + 1,
+                        message: format!(
+                            "the log ends after {} shards but the manifest counted {counted}: committed lines are missing",
+                            shards.len()
+                        ),
+                    });
+                }
+                m.shards = shards;
+                m.log = state;
+            }
+        }
+        m.recount();
+        Ok(m)
+    }
+
+    /// The shard log's path (its name must be a plain file name in the manifest's folder).
+    pub fn log_path(&self, manifest: &Path) -> Result<PathBuf, String> {
+        let n = &self.shard_log;
+        if n.is_empty() || n.starts_with('.') || n.contains(['/', '\\']) {
+            return Err(format!("shard_log {n:?} is not a file name beside the manifest"));
+        }
+        Ok(manifest.parent().unwrap_or(Path::new(".")).join(n))
+    }
+
+    /// Totals from `shards`.
+    fn recount(&mut self) {
+        let (mut embedded, mut skipped, mut lo, mut hi) = (0, 0, None, None);
+        for s in &self.shards {
+            embedded += s.rows;
+            skipped += s.rows_skipped;
+            lo = min_opt(lo, s.min_norm);
+            hi = max_opt(hi, s.max_norm);
+        }
+        (self.rows_embedded, self.rows_skipped, self.num_shards, self.min_norm, self.max_norm) =
+            (embedded, skipped, self.shards.len() as u64, lo, hi);
+    }
+
+    /// Counts a committed shard in the totals (the entry itself goes to the log, not here).
+    pub fn count_shard(&mut self, shard: &ShardEntry) {
         self.rows_embedded += shard.rows;
         self.rows_skipped += shard.rows_skipped;
+        self.num_shards += 1;
         self.min_norm = min_opt(self.min_norm, shard.min_norm);
         self.max_norm = max_opt(self.max_norm, shard.max_norm);
-        let pos = self.shards.partition_point(|s| s.shard_index < shard.shard_index);
-        self.shards.insert(pos, shard);
     }
 
     /// Input rows accounted for (embedded or skipped) by committed shards.
     pub fn rows_done(&self) -> u64 {
-        self.shards.iter().map(|s| crate::ranges::total(&s.row_ranges)).sum()
-    }
-
-    /// Row ids of `chunk` already covered by committed shards.
-    pub fn covered(&self, chunk: u64) -> Vec<(u64, u64)> {
-        crate::ranges::normalize(self.shards.iter().filter(|s| s.chunk == chunk).flat_map(|s| s.row_ranges.iter().copied()).collect())
+        self.rows_embedded + self.rows_skipped
     }
 
     pub fn next_shard_index(&self) -> u64 {
         self.shards.iter().map(|s| s.shard_index + 1).max().unwrap_or(0)
     }
 
-    pub fn write(&mut self, path: &Path) -> std::io::Result<()> {
-        self.updated_at = now_rfc3339();
-        let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes; this is a bug");
+    /// The header as written: pretty JSON without the shards.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest serializes; this is a bug");
         bytes.push(b'\n');
-        write_atomic(path, &bytes)
-    }
-
-    pub fn read(path: &Path) -> Result<Manifest, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| format!("{}: not a valid manifest: {e}", path.display()))?;
-        if m.version != MANIFEST_VERSION {
-            return Err(format!("{}: manifest version {} is not supported (expected {MANIFEST_VERSION})", path.display(), m.version));
-        }
-        Ok(m)
+        bytes
     }
 }
 
@@ -271,27 +466,9 @@ mod tests {
         assert_eq!(format_utc(1_795_779_296, 0), "2026-11-27T11:34:56.000Z");
     }
 
-    fn shard(i: u64, rows: u64, skipped: u64, norms: (f32, f32)) -> ShardEntry {
-        ShardEntry {
-            path: format!("s{i}"),
-            shard_index: i,
-            rows,
-            chunk: i,
-            rows_skipped: skipped,
-            row_ranges: vec![(i * 10, i * 10 + rows + skipped)],
-            bytes: 1,
-            sha256: String::new(),
-            embedding_dim: 4,
-            min_norm: Some(norms.0),
-            max_norm: Some(norms.1),
-            created_at: String::new(),
-            tool: TOOL.into(),
-        }
-    }
-
     #[test]
-    fn fingerprint_differences_name_the_fields() {
-        let a = crate::manifest::tests_support::empty_manifest().fingerprint;
+    fn fingerprint_differences_name_the_fields_and_cut_long_text_safely() {
+        let a = tests_support::empty_manifest().fingerprint;
         let mut b = a.clone();
         assert!(a.differences(&b).is_empty());
         b.text_field = "body".into();
@@ -300,24 +477,117 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert!(d.iter().any(|x| x.starts_with("text_field (manifest \"text\", now \"body\")")), "{d:?}");
         assert!(d.iter().any(|x| x.starts_with("model_sha256")));
+        // A long non-ASCII value (a prompt) is cut at a character, not a byte.
+        b.prompt = "é".repeat(300);
+        let d = a.differences(&b);
+        let p = d.iter().find(|x| x.starts_with("prompt")).unwrap();
+        assert!(p.ends_with("...)") && p.contains("éé"), "{p}");
+        assert_eq!(shorten("ab", 2), "ab");
+        assert_eq!(shorten("日本語テキスト", 5), "日本...");
     }
 
     #[test]
-    fn shards_stay_sorted_and_totals_add_up() {
-        let mut m = crate::manifest::tests_support::empty_manifest();
-        m.add_shard(shard(2, 5, 1, (0.9, 1.0)));
-        m.add_shard(shard(0, 10, 0, (0.99, 1.1)));
-        assert_eq!(m.shards.iter().map(|s| s.shard_index).collect::<Vec<_>>(), vec![0, 2]);
-        assert_eq!((m.rows_embedded, m.rows_skipped, m.rows_done()), (15, 1, 16));
-        assert_eq!(m.covered(2), vec![(20, 26)]);
-        assert_eq!(m.next_shard_index(), 3);
-        assert_eq!((m.min_norm, m.max_norm), (Some(0.9), Some(1.1)));
+    fn log_lines_round_trip_and_catch_edits() {
+        let mut e = tests_support::shard(3, 2, vec![(20, 25), (27, 30)], 1);
+        e.min_norm = Some(0.99999994);
+        e.path = "../../../embeddings/M/D/train/shard-00003.parquet".into();
+        let line = encode_line(&e);
+        assert_eq!(line.last(), Some(&b'\n'));
+        let body = &line[..line.len() - 1];
+        assert_eq!(decode_line(body).unwrap(), e);
+        // Plain JSON for other tools, with one more member.
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["rows"], 7);
+        assert_eq!(v["check"].as_str().unwrap().len(), 16);
+        // Any edit that keeps the JSON valid is caught.
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for (from, to) in [("\"rows\":7", "\"rows\":8"), ("[27,30]", "[27,31]"), ("shard-00003", "shard-00004")] {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text);
+            assert!(decode_line(edited.as_bytes()).unwrap_err().contains("does not match its check"), "{from}");
+        }
+        assert!(decode_line(b"{\"rows\":1}").unwrap_err().contains("no check"));
+        assert!(decode_line(&body[..body.len() - 3]).is_err());
+        assert!(decode_line(b"").is_err());
+    }
+
+    fn write_v2(dir: &Path, m: &Manifest, lines: &[Vec<u8>]) -> PathBuf {
+        let p = dir.join("manifest-train.json");
+        std::fs::write(&p, m.header_bytes()).unwrap();
+        std::fs::write(dir.join(&m.shard_log), lines.concat()).unwrap();
+        p
+    }
+
+    #[test]
+    fn reading_recounts_from_the_log_and_reports_a_torn_tail() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("manifest.json");
-        m.write(&p).unwrap();
-        assert_eq!(Manifest::read(&p).unwrap().shards, m.shards);
-        std::fs::write(&p, "{\"version\": 1, \"status\"").unwrap();
-        assert!(Manifest::read(&p).unwrap_err().contains("not a valid manifest"));
+        let mut m = tests_support::empty_manifest();
+        let shards = [tests_support::shard(0, 0, vec![(0, 10)], 1), tests_support::shard(2, 1, vec![(10, 15)], 0)];
+        m.count_shard(&shards[0]); // the header lags the log by one commit
+        let lines: Vec<Vec<u8>> = shards.iter().map(encode_line).collect();
+        let p = write_v2(d.path(), &m, &lines);
+        let r = Manifest::read(&p).unwrap();
+        assert_eq!(r.shards, shards);
+        assert_eq!((r.num_shards, r.rows_embedded, r.rows_skipped, r.rows_done(), r.next_shard_index()), (2, 14, 1, 15, 3));
+        assert_eq!(r.log, LogState { valid_len: (lines[0].len() + lines[1].len()) as u64, torn: None, read_version: 2 });
+        // A torn last line (a crash mid-append): not an error, not a shard.
+        let third = encode_line(&tests_support::shard(3, 2, vec![(20, 30)], 0));
+        let mut torn = lines.clone();
+        torn.push(third[..40].to_vec());
+        write_v2(d.path(), &m, &torn);
+        let r = Manifest::read(&p).unwrap();
+        assert_eq!(r.shards.len(), 2);
+        assert_eq!(r.log.torn, Some((3, 40)));
+        // A damaged line that is not the last, or a complete last line that is bad: errors naming the line.
+        let mut bad = lines.clone();
+        bad[0] = String::from_utf8(bad[0].clone()).unwrap().replace("\"rows\":9", "\"rows\":19").into_bytes();
+        write_v2(d.path(), &m, &bad);
+        let e = Manifest::read(&p).unwrap_err().to_string();
+        assert!(e.contains("shards-train.jsonl:1:") && e.contains("does not match"), "{e}");
+        // Lines missing that the header counted.
+        m.count_shard(&shards[1]);
+        m.count_shard(&shards[1]);
+        write_v2(d.path(), &m, &lines);
+        let e = Manifest::read(&p).unwrap_err().to_string();
+        assert!(e.contains("committed lines are missing"), "{e}");
+        std::fs::write(&p, b"{\"format_version\": 2, \"status\"").unwrap();
+        assert!(Manifest::read(&p).unwrap_err().to_string().contains("not a valid manifest"));
+        std::fs::write(&p, b"{\"format_version\": 9}").unwrap();
+        assert!(Manifest::read(&p).unwrap_err().to_string().contains("format 9 is not supported"));
+    }
+
+    #[test]
+    fn version_one_manifests_are_read_with_their_shards() {
+        let d = tempfile::tempdir().unwrap();
+        let m = tests_support::empty_manifest();
+        let mut v = serde_json::to_value(&m).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in ["format_version", "num_shards", "shard_log"] {
+            o.remove(k);
+        }
+        o.insert("version".into(), 1.into());
+        o.insert("run_config".into(), serde_json::json!({"dataset": "d", "no_progress": true}));
+        let shards = vec![tests_support::shard(0, 0, vec![(0, 10)], 0), tests_support::shard(1, 1, vec![(10, 12)], 2)];
+        o.insert("shards".into(), serde_json::to_value(&shards).unwrap());
+        let p = d.path().join("manifest-train.json");
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        let r = Manifest::read(&p).unwrap();
+        assert_eq!(r.shards, shards);
+        assert_eq!((r.log.read_version, r.format_version, r.shard_log.as_str()), (1, 2, "shards-train.jsonl"));
+        assert_eq!((r.rows_done(), r.run_config.is_none()), (12, true));
+    }
+
+    #[test]
+    fn log_names_are_plain_files_beside_the_manifest() {
+        assert_eq!(log_name_for(Path::new("/o/indexes/M/D/manifest-train.json")), "shards-train.jsonl");
+        assert_eq!(log_name_for(Path::new("x.json")), "x.shards.jsonl");
+        let mut m = tests_support::empty_manifest();
+        let p = Path::new("/o/i/manifest-train.json");
+        assert_eq!(m.log_path(p).unwrap(), Path::new("/o/i/shards-train.jsonl"));
+        for bad in ["../../etc/passwd", "", ".hidden", "a/b"] {
+            m.shard_log = bad.into();
+            assert!(m.log_path(p).is_err(), "{bad}");
+        }
     }
 }
 
@@ -346,12 +616,8 @@ pub(crate) mod tests_support {
     }
 
     pub fn empty_manifest() -> Manifest {
-        let args = match <crate::cli::Cli as clap::Parser>::parse_from(["x", "embed", "--dataset", "d", "--model", "m"]).command {
-            crate::cli::Command::Embed(a) => a,
-            _ => unreachable!("embed was parsed"),
-        };
         Manifest {
-            version: MANIFEST_VERSION,
+            format_version: FORMAT_VERSION,
             status: Status::Running,
             dataset: "d".into(),
             subset: None,
@@ -374,9 +640,10 @@ pub(crate) mod tests_support {
             rows_total: 0,
             rows_embedded: 0,
             rows_skipped: 0,
+            num_shards: 0,
             embedding_dim: 4,
             rows_per_shard: 10,
-            shards: vec![],
+            shard_log: "shards-train.jsonl".into(),
             created_at: String::new(),
             updated_at: String::new(),
             run_id: "r".into(),
@@ -392,7 +659,7 @@ pub(crate) mod tests_support {
                 normalize: true,
                 dtype: "float32".into(),
             },
-            run_config: args,
+            run_config: None,
             runs: vec![],
             error: None,
             tool: TOOL.into(),
@@ -417,6 +684,8 @@ pub(crate) mod tests_support {
                 dtype: "float32".into(),
                 encoder: crate::cli::EncoderKind::Model,
             },
+            shards: Vec::new(),
+            log: LogState::default(),
         }
     }
 }

@@ -116,10 +116,11 @@ impl ModelSpec {
             let arch = if model_type.is_empty() { archs.join(",") } else { model_type };
             return Err(ModelError::Unsupported { file: config_path.display().to_string(), arch });
         };
-        let dim = config.get("hidden_size").and_then(|v| v.as_u64()).ok_or_else(|| ModelError::BadFile {
-            file: config_path.display().to_string(),
-            message: "no hidden_size".into(),
-        })? as usize;
+        let dim = config
+            .get("hidden_size")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| ModelError::BadFile { file: config_path.display().to_string(), message: "no hidden_size".into() })?
+            as usize;
         let max_pos = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
 
         let mut pooling = Pooling::Cls; // transformers' default when no Pooling module: not used by ST models
@@ -145,9 +146,7 @@ impl ModelSpec {
                     ["pooling_mode_mean_tokens"] => Pooling::Mean,
                     ["pooling_mode_cls_token"] => Pooling::Cls,
                     ["pooling_mode_lasttoken"] => Pooling::LastToken,
-                    other => {
-                        return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: other.join("+") })
-                    }
+                    other => return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: other.join("+") }),
                 };
                 has_pooling = true;
             } else if m.kind.ends_with("models.Normalize") {
@@ -207,7 +206,10 @@ impl ModelSpec {
             None => Ok(String::new()),
             Some(name) => self.prompts.get(&name).cloned().ok_or_else(|| {
                 let known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
-                format!("--prompt-name {name}: the model has no such prompt (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") })
+                format!(
+                    "--prompt-name {name}: the model has no such prompt (it has: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                )
             }),
         }
     }
@@ -221,7 +223,11 @@ impl ModelSpec {
                 Dtype::F32 => DType::F32,
                 Dtype::F16 => DType::F16,
                 Dtype::Bf16 => DType::BF16,
-                Dtype::Int8 => return Err(ModelError::Setting("--dtype int8 runs on the CPU only (BERT models); on cuda use float32, float16 or bfloat16".into())),
+                Dtype::Int8 => {
+                    return Err(ModelError::Setting(
+                        "--dtype int8 runs on the CPU only (BERT models); on cuda use float32, float16 or bfloat16".into(),
+                    ))
+                }
             };
             return Ok(match self.architecture {
                 Architecture::Bert => Box::new(crate::bert_candle::BertCandleBackend::load(self, &device, dtype)?),
@@ -230,12 +236,18 @@ impl ModelSpec {
         }
         match opts.dtype {
             Dtype::F32 => {}
-            Dtype::F16 => return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into())),
+            Dtype::F16 => {
+                return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()))
+            }
             Dtype::Bf16 if opts.reference || self.architecture != Architecture::Bert => {
-                return Err(ModelError::Setting("--dtype bfloat16 on cpu is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()))
+                return Err(ModelError::Setting(
+                    "--dtype bfloat16 on cpu is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into(),
+                ))
             }
             Dtype::Int8 if opts.reference || self.architecture != Architecture::Bert => {
-                return Err(ModelError::Setting("--dtype int8 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into()))
+                return Err(ModelError::Setting(
+                    "--dtype int8 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into(),
+                ))
             }
             Dtype::Bf16 | Dtype::Int8 => {}
         }
@@ -271,26 +283,34 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Compute dtype (`--dtype`). Embeddings are written as float32 whatever it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Dtype {
+    #[serde(rename = "float32")]
     F32,
     /// CUDA only.
+    #[serde(rename = "float16")]
     F16,
     /// On CUDA; on the CPU, the BERT linear layers with AVX512_BF16 (float32 elsewhere).
+    #[serde(rename = "bfloat16")]
     Bf16,
     /// CPU only: the BERT linear layers in int8 with AVX512-VNNI (weights per column, activations per
     /// row, int32 accumulation; float32 elsewhere).
+    #[serde(rename = "int8")]
     Int8,
 }
 
 impl Dtype {
     pub fn parse(s: &str) -> Option<Dtype> {
-        match s {
-            "float32" => Some(Dtype::F32),
-            "float16" => Some(Dtype::F16),
-            "bfloat16" => Some(Dtype::Bf16),
-            "int8" => Some(Dtype::Int8),
-            _ => None,
+        [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8].into_iter().find(|d| d.name() == s)
+    }
+
+    /// The `--dtype` name (also what the manifest and the shards' metadata record).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::Bf16 => "bfloat16",
+            Dtype::Int8 => "int8",
         }
     }
 }
@@ -342,7 +362,11 @@ fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, ca
 }
 
 /// As [`load_parts`], on `device` with weights converted to `dtype`.
-fn load_parts_on<C: serde::de::DeserializeOwned>(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
+fn load_parts_on<C: serde::de::DeserializeOwned>(
+    spec: &ModelSpec,
+    device: &Device,
+    dtype: DType,
+) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
     let folder = Path::new(&spec.path);
     let config_path = folder.join("config.json");
     let config: C = serde_json::from_value(read_json(&config_path)?)
@@ -374,7 +398,8 @@ impl Backend for NoopBackend {
             // different vectors (as real data would: no long repeats that compress away), runs with any
             // layout the same ones.
             let ids = &batch.ids[at..at + n as usize];
-            let seed = ids.iter().take(64).fold(row.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+            let seed =
+                ids.iter().take(64).fold(row.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
             at += n as usize;
             let start = out.len();
             // 32 random bits per element (wyrand): random sign and mantissa, and a magnitude that halves with

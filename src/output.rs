@@ -22,7 +22,11 @@ pub fn sanitize(name: &str) -> String {
         s = s.replace("--", "-");
     }
     let s = s.trim_matches('-');
-    if s.is_empty() { "unnamed".into() } else { s.to_string() }
+    if s.is_empty() {
+        "unnamed".into()
+    } else {
+        s.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +35,8 @@ pub struct OutputPaths {
     /// `embeddings/{M}/{D}/{S}` under root.
     pub shard_dir: PathBuf,
     pub manifest: PathBuf,
+    /// The append-only log of committed shards, beside the manifest.
+    pub shard_log: PathBuf,
     pub run_summary: PathBuf,
     /// Shard paths in the manifest are relative to the manifest's folder; this is that prefix.
     pub shard_prefix: String,
@@ -49,6 +55,7 @@ impl OutputPaths {
             root: root.to_path_buf(),
             shard_dir: root.join("embeddings").join(&m).join(&d).join(&s),
             manifest: index_dir.join(format!("manifest-{s}.json")),
+            shard_log: index_dir.join(format!("shards-{s}.jsonl")),
             run_summary: index_dir.join(format!("run-{s}.json")),
             shard_prefix: format!("../../../embeddings/{m}/{d}/{s}"),
         }
@@ -70,10 +77,7 @@ impl OutputPaths {
 
 /// Default dataset name for a local path: the file stem, the folder name, or a glob's last plain folder.
 pub fn dataset_name(dataset: &str) -> String {
-    let plain: PathBuf = Path::new(dataset)
-        .components()
-        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
-        .collect();
+    let plain: PathBuf = Path::new(dataset).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
     let p = std::fs::canonicalize(&plain).unwrap_or(plain);
     let name = if p.is_file() { p.file_stem() } else { p.file_name() };
     name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into())
@@ -208,6 +212,39 @@ fn write_direct(tmp: &Path, bytes: &AlignedBytes) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Opens `path` for reading only if it is a regular file: a symbolic link is not followed, and a FIFO or
+/// device is refused before anything blocks on it.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a symbolic link; refusing to follow it")
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Reads a regular file (see [`open_regular`]) of at most `max` bytes.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{len} bytes, more than the {max} this file may have")));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("grew past {max} bytes while read")));
+    }
+    Ok(bytes)
+}
+
 /// Removes `.` and `..` components without touching the file system.
 pub fn normalize_lexically(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -312,7 +349,11 @@ mod tests {
         let resolved = o.manifest.parent().unwrap().join(o.shard_entry_path(3));
         assert_eq!(std::fs::canonicalize(resolved.parent().unwrap()).ok(), None); // nothing on disk yet
         let norm: PathBuf = resolved.components().fold(PathBuf::new(), |mut acc, c| {
-            if c == std::path::Component::ParentDir { acc.pop(); } else { acc.push(c); }
+            if c == std::path::Component::ParentDir {
+                acc.pop();
+            } else {
+                acc.push(c);
+            }
             acc
         });
         assert_eq!(norm, o.shard_path(3));
@@ -322,10 +363,31 @@ mod tests {
     fn shard_paths_must_stay_inside_the_output() {
         let m = Path::new("/o/indexes/M/D/manifest-train.json");
         assert_eq!(root_of_manifest(m), Path::new("/o"));
-        assert_eq!(resolve_shard_path(m, "../../../embeddings/M/D/train/shard-00000.parquet").unwrap(), Path::new("/o/embeddings/M/D/train/shard-00000.parquet"));
+        assert_eq!(
+            resolve_shard_path(m, "../../../embeddings/M/D/train/shard-00000.parquet").unwrap(),
+            Path::new("/o/embeddings/M/D/train/shard-00000.parquet")
+        );
         assert!(resolve_shard_path(m, "/etc/passwd").unwrap_err().contains("absolute"));
         assert!(resolve_shard_path(m, "../../../../etc/passwd").unwrap_err().contains("outside"));
         assert!(resolve_shard_path(m, "../../../indexes/M/D/manifest-train.json").unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        assert_eq!(read_regular(&f, 5).unwrap(), b"12345");
+        assert!(read_regular(&f, 4).unwrap_err().to_string().contains("more than the 4"));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(open_regular(&link).unwrap_err().to_string().contains("symbolic link"));
+        assert!(open_regular(d.path()).unwrap_err().to_string().contains("not a regular file"));
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_regular(&fifo).unwrap_err().to_string().contains("not a regular file"), "a FIFO is refused without blocking");
     }
 
     #[test]

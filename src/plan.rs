@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::EmbedArgs;
+use crate::config::RunConfig;
 use crate::layout::Layout;
 use crate::model::ModelSpec;
 use crate::output::OutputPaths;
@@ -64,7 +64,7 @@ pub struct ChunkSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    pub args: EmbedArgs,
+    pub config: RunConfig,
     pub layout: Layout,
     pub inputs: Vec<InputFile>,
     /// Rows in scope (after --max-rows).
@@ -111,11 +111,11 @@ impl DatasetSource {
 
 impl Plan {
     pub fn chunk_count(&self) -> u64 {
-        self.rows_total.div_ceil(self.args.rows_per_shard)
+        self.rows_total.div_ceil(self.config.rows_per_shard)
     }
 
     pub fn chunk(&self, index: u64) -> ChunkSpec {
-        let r = self.args.rows_per_shard;
+        let r = self.config.rows_per_shard;
         ChunkSpec { index, start: index * r, end: ((index + 1) * r).min(self.rows_total) }
     }
 }
@@ -142,7 +142,7 @@ pub fn discover(dataset: &str) -> Result<Vec<(PathBuf, Format)>, PlanError> {
     files.sort();
     let found: Vec<_> = files.into_iter().filter_map(|p| format_of(&p).map(|f| (p, f))).collect();
     if found.is_empty() {
-        return Err(if is_glob { PlanError::Empty(dataset.into()) } else { PlanError::Empty(dataset.into()) });
+        return Err(PlanError::Empty(dataset.into()));
     }
     Ok(found)
 }
@@ -235,7 +235,7 @@ fn jsonl_lines(path: &Path, first_row: u64, rows_per_chunk: u64, limit: Option<u
                 if limit.is_some_and(|l| lines >= l) {
                     break;
                 }
-                if (first_row + lines) % rows_per_chunk == 0 {
+                if (first_row + lines).is_multiple_of(rows_per_chunk) {
                     offsets.push((lines, pos + consumed as u64));
                 }
                 at_line_start = false;

@@ -99,6 +99,8 @@ pub enum ProtocolError {
     Header(#[from] serde_json::Error),
     #[error("payload of {what} has {got} bytes, expected {expected}")]
     PayloadSize { what: &'static str, got: usize, expected: usize },
+    #[error("message header of {0} bytes is larger than the 4 GiB the wire format holds")]
+    HeaderTooLarge(usize),
 }
 
 impl Envelope {
@@ -113,15 +115,16 @@ impl Envelope {
 
     /// Serializes for a transport that moves bytes (MPI): the payload first, so it is neither copied here
     /// nor in [`Envelope::decode`] (only the small header is appended, into the payload's spare capacity).
-    pub fn encode(self) -> Vec<u8> {
+    pub fn encode(self) -> Result<Vec<u8>, ProtocolError> {
         let header = serde_json::to_vec(&self.header).expect("headers always serialize; this is a bug");
+        let header_len = u32::try_from(header.len()).map_err(|_| ProtocolError::HeaderTooLarge(header.len()))?;
         let mut out = self.payload;
         out.reserve_exact(header.len() + 12);
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.from.to_le_bytes());
         out.extend_from_slice(&self.to.to_le_bytes());
-        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        out
+        out.extend_from_slice(&header_len.to_le_bytes());
+        Ok(out)
     }
 
     pub fn decode(mut bytes: Vec<u8>) -> Result<Self, ProtocolError> {
@@ -258,7 +261,7 @@ mod tests {
     fn envelope_round_trip_keeps_header_and_payload() {
         let batch = TokenBatch { row_ids: vec![7, 3], lengths: vec![2, 3], ids: vec![101, 102, 101, 5, 102] };
         let env = Envelope::new(2, 5, Header::Batch { chunk: 9, writer: 5, rows: 2 }).with_payload(batch.to_payload());
-        let back = Envelope::decode(env.clone().encode()).unwrap();
+        let back = Envelope::decode(env.clone().encode().unwrap()).unwrap();
         assert_eq!(back, env);
         let Header::Batch { rows, .. } = back.header else { panic!("wrong header") };
         assert_eq!(TokenBatch::from_payload(rows as usize, &back.payload).unwrap(), batch);
@@ -279,7 +282,7 @@ mod tests {
         p.truncate(p.len() - 1);
         assert!(Embeddings::from_payload(2, 3, &p).is_err());
         assert!(Envelope::decode(vec![1, 2, 3]).is_err());
-        let mut bad = Envelope::new(0, 1, Header::Credit { starved: false }).encode();
+        let mut bad = Envelope::new(0, 1, Header::Credit { starved: false }).encode().unwrap();
         let n = bad.len();
         bad[n - 4] = 200; // header length beyond the buffer
         assert!(Envelope::decode(bad).is_err());

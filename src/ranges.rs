@@ -65,6 +65,28 @@ pub fn overlaps(a: &[Range], b: &[Range]) -> bool {
     total(&subtract(a, b)) != total(a)
 }
 
+/// Every overlap among `(range, owner)` items, found in one sort (O(n log n)): for each range that starts
+/// before the furthest end seen so far, `(owner of that furthest range, its owner)`. An owner whose own ranges
+/// overlap is reported as a pair with itself.
+pub fn overlapping_pairs<T: Copy>(mut items: Vec<(Range, T)>) -> Vec<(T, T)> {
+    items.retain(|((a, b), _)| a < b);
+    items.sort_unstable_by_key(|(r, _)| *r);
+    let mut out = Vec::new();
+    let mut reach: Option<(u64, T)> = None;
+    for ((a, b), owner) in items {
+        match reach {
+            Some((end, other)) if a < end => {
+                out.push((other, owner));
+                if b > end {
+                    reach = Some((b, owner));
+                }
+            }
+            _ => reach = Some((b, owner)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +115,18 @@ mod tests {
     }
 
     #[test]
+    fn overlaps_found_in_one_sort() {
+        let first = |v: Vec<(Range, char)>| overlapping_pairs(v).first().copied();
+        assert_eq!(first(vec![((10, 20), 'a'), ((0, 10), 'b'), ((20, 30), 'c')]), None);
+        assert_eq!(first(vec![((10, 20), 'a'), ((0, 5), 'b'), ((19, 30), 'c')]), Some(('a', 'c')));
+        assert_eq!(first(vec![((0, 10), 'a'), ((5, 8), 'a')]), Some(('a', 'a')));
+        assert_eq!(first(vec![((0, 0), 'a'), ((0, 10), 'b')]), None, "empty ranges hold no ids");
+        // Every overlapping range is named once, against the range reaching furthest before it.
+        let all = overlapping_pairs(vec![((0, 100), 'a'), ((40, 50), 'b'), ((60, 120), 'c'), ((110, 130), 'd'), ((200, 210), 'e')]);
+        assert_eq!(all, vec![('a', 'b'), ('a', 'c'), ('c', 'd')]);
+    }
+
+    #[test]
     fn subtract_agrees_with_a_brute_force_set() {
         let mut seed = 12345u64;
         let mut rnd = |n: u64| {
@@ -100,7 +134,16 @@ mod tests {
             (seed >> 33) % n
         };
         for _ in 0..200 {
-            let mk = |rnd: &mut dyn FnMut(u64) -> u64| normalize((0..4).map(|_| { let a = rnd(40); (a, a + rnd(10)) }).collect());
+            let mk = |rnd: &mut dyn FnMut(u64) -> u64| {
+                normalize(
+                    (0..4)
+                        .map(|_| {
+                            let a = rnd(40);
+                            (a, a + rnd(10))
+                        })
+                        .collect(),
+                )
+            };
             let (a, b) = (mk(&mut rnd), mk(&mut rnd));
             let got = subtract(&a, &b);
             for x in 0..60 {

@@ -96,20 +96,18 @@ pub fn test_delay(point: &str) {
 
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let mut backend: Box<dyn crate::model::Backend> = match plan.args.encoder {
+    let mut backend: Box<dyn crate::model::Backend> = match plan.config.encoder {
         crate::cli::EncoderKind::Noop => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
         kind => {
-            let threads = crate::layout::encoder_threads(plan.args.threads, &plan.layout);
-            let gpu = crate::device::resolve(&plan.args.device, &plan.layout, mb.me).map_err(RoleError::new)?;
-            let dtype = crate::model::Dtype::parse(&plan.args.dtype).ok_or_else(|| RoleError::new(format!("--dtype {}", plan.args.dtype)))?;
+            let threads = crate::layout::encoder_threads(plan.config.encoder_threads, &plan.layout);
+            let gpu = crate::device::resolve(plan.config.device.as_str(), &plan.layout, mb.me).map_err(RoleError::new)?;
+            let dtype = plan.config.dtype;
             match gpu {
-                Some(g) => log::info!("encoder {}: CUDA device {g}, {}", mb.me, plan.args.dtype),
-                None => log::info!("encoder {}: cpu, {threads} threads, {}", mb.me, plan.args.dtype),
+                Some(g) => log::info!("encoder {}: CUDA device {g}, {}", mb.me, dtype.name()),
+                None => log::info!("encoder {}: cpu, {threads} threads, {}", mb.me, dtype.name()),
             }
             let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, dtype, gpu };
-            plan.model
-                .backend(opts)
-                .map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
+            plan.model.backend(opts).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
         }
     };
     let fault = injected_fault_row();
@@ -223,20 +221,21 @@ struct Outgoing {
 
 pub fn loader(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let tokenizer = match plan.args.encoder {
+    let tokenizer = match plan.config.encoder {
         crate::cli::EncoderKind::Noop => Tokens::Bytes(plan.model.max_seq_length),
         _ => Tokens::Model(Box::new(plan.model.tokenizer().map_err(RoleError::from_display)?)),
     };
-    let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.args.text_field.clone(), chat: plan.args.chat() })
+    let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.config.text_field.clone(), chat: plan.config.chat_format })
         .map_err(RoleError::from_display)?;
+    let b = &plan.config.batching;
     let bucketing = Bucketing {
-        batch_size: plan.args.batch_size,
-        tokens_per_batch: plan.args.tokens_per_batch,
-        min_tokens: plan.args.bucket_min_tokens,
-        max_tokens: plan.args.bucket_max_tokens,
+        batch_size: b.batch_size,
+        tokens_per_batch: b.tokens_per_batch,
+        min_tokens: b.bucket_min_tokens,
+        max_tokens: b.bucket_max_tokens,
     };
     let encoders: Vec<Endpoint> = (0..plan.layout.encoders).map(|i| plan.layout.encoder(i)).collect();
-    let mut credits = Credits::new(encoders.len(), plan.args.prefetch_batches, MAX_PREFETCH_BATCHES.max(plan.args.prefetch_batches));
+    let mut credits = Credits::new(encoders.len(), b.prefetch_batches, MAX_PREFETCH_BATCHES.max(b.prefetch_batches));
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
     let mut draining = false;
     loop {

@@ -81,13 +81,37 @@ impl Mailbox {
 pub struct MpiWire {
     _universe: mpi::environment::Universe,
     world: mpi::topology::SimpleCommunicator,
-    /// Non-blocking sends not yet complete; the buffer must live until MPI is done with it.
-    /// Sends in flight: each buffer stays here until MPI reports its request complete.
-    pending_bufs: Vec<Vec<u8>>,
+    /// Sends in flight: each request's buffer stays here until MPI reports the request complete (the parts
+    /// of a split message share one buffer).
+    pending_bufs: Vec<std::rc::Rc<Vec<u8>>>,
     pending_reqs: Vec<mpi::ffi::MPI_Request>,
+    /// Largest MPI message this rank sends; longer envelopes go in parts.
+    max_message: usize,
+    /// Parts received so far of a split message, by source rank.
+    partial: HashMap<i32, Vec<u8>>,
 }
 
+/// Tag of a whole message, or of the last part of a split one.
 const TAG: i32 = 7;
+/// Tag of every part of a split message but the last.
+const TAG_PART: i32 = 8;
+/// Largest MPI message: MPI counts are C `int`s, so an envelope past this (a chunk's texts, a plan with many
+/// input files) is sent as parts of at most this many bytes. A rank's parts travel in order (MPI does not
+/// let messages between two ranks on one communicator overtake each other) and are joined on arrival.
+pub const MAX_MESSAGE: usize = 1 << 30;
+
+/// Byte ranges of the parts a message of `len` bytes is sent in, each at most `max` long (one part, maybe
+/// empty, for a short message).
+pub fn message_parts(len: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    let max = max.max(1);
+    let n = len.div_ceil(max).max(1);
+    (0..n).map(|i| i * max..((i + 1) * max).min(len)).collect()
+}
+
+/// `CHATSPACE_MPI_MAX_MESSAGE=N` (a test hook) lowers the part size, so tests split every message.
+fn max_message() -> usize {
+    std::env::var("CHATSPACE_MPI_MAX_MESSAGE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(MAX_MESSAGE, |n| n.clamp(1, MAX_MESSAGE))
+}
 
 impl MpiWire {
     /// Initializes MPI when the process was started by mpirun/srun; `None` for a plain process.
@@ -98,7 +122,14 @@ impl MpiWire {
         }
         let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
         let world = universe.world();
-        Some(MpiWire { _universe: universe, world, pending_bufs: Vec::new(), pending_reqs: Vec::new() })
+        Some(MpiWire {
+            _universe: universe,
+            world,
+            pending_bufs: Vec::new(),
+            pending_reqs: Vec::new(),
+            max_message: max_message(),
+            partial: HashMap::new(),
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -114,21 +145,27 @@ impl MpiWire {
     fn send(&mut self, rank: usize, bytes: Vec<u8>) {
         use mpi::datatype::Equivalence;
         use mpi::raw::AsRaw;
-        // SAFETY: the buffer is kept in `pending_bufs` (its heap storage does not move) until MPI reports the
-        // send complete; the datatype/communicator handles are valid for the life of `self`.
-        unsafe {
-            let mut req: mpi::ffi::MPI_Request = std::mem::zeroed();
-            mpi::ffi::MPI_Isend(
-                bytes.as_ptr() as *const std::ffi::c_void,
-                bytes.len() as i32,
-                u8::equivalent_datatype().as_raw(),
-                rank as i32,
-                TAG,
-                self.world.as_raw(),
-                &mut req,
-            );
-            self.pending_bufs.push(bytes);
-            self.pending_reqs.push(req);
+        let parts = message_parts(bytes.len(), self.max_message);
+        let last = parts.len() - 1;
+        let bytes = std::rc::Rc::new(bytes);
+        for (i, part) in parts.into_iter().enumerate() {
+            // SAFETY: the buffer is kept in `pending_bufs` (its heap storage does not move) until MPI reports
+            // the send complete; each part is at most MAX_MESSAGE (< i32::MAX) bytes of it; the datatype and
+            // communicator handles are valid for the life of `self`.
+            unsafe {
+                let mut req: mpi::ffi::MPI_Request = std::mem::zeroed();
+                mpi::ffi::MPI_Isend(
+                    bytes[part.clone()].as_ptr() as *const std::ffi::c_void,
+                    part.len() as i32,
+                    u8::equivalent_datatype().as_raw(),
+                    rank as i32,
+                    if i == last { TAG } else { TAG_PART },
+                    self.world.as_raw(),
+                    &mut req,
+                );
+                self.pending_bufs.push(bytes.clone());
+                self.pending_reqs.push(req);
+            }
         }
     }
 
@@ -159,13 +196,27 @@ impl MpiWire {
         self.pending_reqs.len()
     }
 
+    /// A whole envelope's bytes, if one has arrived (parts of split messages are gathered on the way).
     fn try_recv(&mut self) -> Option<Vec<u8>> {
         use mpi::point_to_point::{MatchedReceiveVec, Source};
         use mpi::topology::Communicator;
-        let probed = self.world.any_process().immediate_matched_probe_with_tag(TAG)?;
-        Some(probed.matched_receive_vec::<u8>().0)
+        loop {
+            let (message, status) = self.world.any_process().immediate_matched_probe()?;
+            let (source, tag) = (status.source_rank(), status.tag());
+            let bytes = (message, status).matched_receive_vec::<u8>().0;
+            if tag == TAG_PART {
+                self.partial.entry(source).or_default().extend_from_slice(&bytes);
+                continue;
+            }
+            return Some(match self.partial.remove(&source) {
+                Some(mut head) => {
+                    head.extend_from_slice(&bytes);
+                    head
+                }
+                None => bytes,
+            });
+        }
     }
-
 }
 
 /// How a rank's roles ended.
@@ -210,7 +261,25 @@ impl Router {
     fn deliver(&mut self, env: Envelope, wire: &mut Option<MpiWire>) {
         let rank = self.layout.ranks.get(env.to as usize).copied();
         match (rank, wire) {
-            (Some(r), Some(w)) if r != self.rank => w.send(r, env.encode()),
+            (Some(r), Some(w)) if r != self.rank => {
+                let (kind, from, to) = (env.header.kind(), env.from, env.to);
+                match env.encode() {
+                    Ok(bytes) => w.send(r, bytes),
+                    Err(e) => {
+                        // Never sent truncated: the run fails with a line naming the message.
+                        let message = format!("{kind} from {} to {}: {e}", self.layout.describe(from), self.layout.describe(to));
+                        let failed = Envelope::new(from, self.layout.controller(), Header::Failed { role: "router".into(), message });
+                        match self.layout.ranks[self.layout.controller() as usize] {
+                            here if here == self.rank => self.deliver(failed, &mut None),
+                            there => {
+                                if let Ok(bytes) = failed.encode() {
+                                    w.send(there, bytes);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             _ => {
                 match env.header {
                     Header::Shutdown { code } => self.shutdown_code = Some(code),
@@ -317,6 +386,21 @@ pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_go_in_parts_that_cover_every_byte_once() {
+        assert_eq!(message_parts(0, 10), vec![0..0]);
+        assert_eq!(message_parts(10, 10), vec![0..10]);
+        assert_eq!(message_parts(25, 10), vec![0..10, 10..20, 20..25]);
+        assert_eq!(message_parts(3, 0), vec![0..1, 1..2, 2..3], "a part holds at least a byte");
+        for len in [1, 999, 1000, 1001, 123_457] {
+            let parts = message_parts(len, 1000);
+            assert!(parts.iter().all(|p| p.len() <= 1000 && !p.is_empty()));
+            assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), len);
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        assert!(MAX_MESSAGE <= i32::MAX as usize);
+    }
 
     #[test]
     fn local_router_delivers_between_roles_and_collects_results() {

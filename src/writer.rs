@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::manifest::{now_rfc3339, ShardEntry, TOOL};
 use crate::output::{write_atomic_large, AlignedBytes};
 use crate::plan::{ChunkSpec, Plan};
-use crate::ranges::{self, Range};
 use crate::protocol::{Embeddings, Header, PayloadReader};
+use crate::ranges::{self, Range};
 use crate::roles::{RoleError, RoleResult};
 use crate::transport::Mailbox;
 
@@ -46,7 +46,15 @@ struct Pending {
 
 impl Pending {
     fn new(spec: ChunkSpec) -> Self {
-        Pending { spec, rows: None, dropped: Vec::new(), dim: 0, values: Vec::new(), filled: vec![false; (spec.end - spec.start) as usize], arrived: 0 }
+        Pending {
+            spec,
+            rows: None,
+            dropped: Vec::new(),
+            dim: 0,
+            values: Vec::new(),
+            filled: vec![false; (spec.end - spec.start) as usize],
+            arrived: 0,
+        }
     }
 
     fn add(&mut self, e: &Embeddings) -> Result<(), String> {
@@ -119,7 +127,12 @@ pub fn run(mb: &Mailbox) -> RoleResult {
 
 /// Assembles chunks from loader and encoder messages, hands complete ones to the shard threads and reports
 /// what they wrote to the controller.
-fn receive(mb: &Mailbox, plan: &Plan, jobs: std::sync::mpsc::SyncSender<Pending>, done: &std::sync::mpsc::Receiver<Result<Header, RoleError>>) -> RoleResult {
+fn receive(
+    mb: &Mailbox,
+    plan: &Plan,
+    jobs: std::sync::mpsc::SyncSender<Pending>,
+    done: &std::sync::mpsc::Receiver<Result<Header, RoleError>>,
+) -> RoleResult {
     let mut chunks: HashMap<u64, Pending> = HashMap::new();
     loop {
         while let Ok(result) = done.try_recv() {
@@ -196,7 +209,8 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
             return Ok(None);
         }
         let keep: Vec<bool> = ids.iter().map(|id| p.dropped.binary_search(id).is_err()).collect();
-        let columns = arrow_select::filter::filter_record_batch(&columns, &arrow_array::BooleanArray::from(keep.clone())).map_err(RoleError::from_display)?;
+        let columns =
+            arrow_select::filter::filter_record_batch(&columns, &arrow_array::BooleanArray::from(keep.clone())).map_err(RoleError::from_display)?;
         let ids: Vec<u64> = ids.iter().zip(&keep).filter(|(_, k)| **k).map(|(id, _)| *id).collect();
         (ids, columns, covered)
     };
@@ -225,7 +239,7 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         ("chatspace.model_sha256", plan.model.weights_sha256.clone()),
         ("chatspace.run_id", plan.run_id.clone()),
         ("chatspace.created_at", created_at.clone()),
-        ("chatspace.dtype", plan.args.dtype.clone()),
+        ("chatspace.dtype", plan.config.dtype.name().to_string()),
         ("chatspace.pooling", format!("{:?}", plan.model.pooling).to_lowercase()),
         ("chatspace.normalize", plan.model.normalize.to_string()),
         ("chatspace.chunk", p.spec.index.to_string()),
@@ -233,7 +247,13 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         ("chatspace.tool", TOOL.to_string()),
     ];
     // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
-    let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::HashMap<_, _>>()));
+    let schema = Arc::new(
+        batch
+            .schema()
+            .as_ref()
+            .clone()
+            .with_metadata(meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::HashMap<_, _>>()),
+    );
     let batch = batch.with_schema(schema).map_err(RoleError::from_display)?;
     let buf = encode_parquet(&batch).map_err(RoleError::from_display)?;
     let path = plan.output.shard_path(shard);
@@ -396,8 +416,14 @@ mod tests {
         let dim = 5;
         let values: Vec<f32> = (0..rows * dim).map(|i| (i as f32 * 0.37).sin()).collect();
         let nested = StructArray::from(vec![
-            (Arc::new(Field::new("a", DataType::Int64, true)), Arc::new(Int64Array::from((0..rows as i64).map(|i| (i % 3 != 0).then_some(i)).collect::<Vec<_>>())) as ArrayRef),
-            (Arc::new(Field::new("b", DataType::Utf8, false)), Arc::new(StringArray::from((0..rows).map(|i| format!("b{i}")).collect::<Vec<_>>())) as ArrayRef),
+            (
+                Arc::new(Field::new("a", DataType::Int64, true)),
+                Arc::new(Int64Array::from((0..rows as i64).map(|i| (i % 3 != 0).then_some(i)).collect::<Vec<_>>())) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("b", DataType::Utf8, false)),
+                Arc::new(StringArray::from((0..rows).map(|i| format!("b{i}")).collect::<Vec<_>>())) as ArrayRef,
+            ),
         ]);
         let cols = RecordBatch::try_from_iter(vec![
             ("text", Arc::new(StringArray::from((0..rows).map(|i| format!("text {i}")).collect::<Vec<_>>())) as ArrayRef),

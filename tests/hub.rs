@@ -74,10 +74,18 @@ fn hub_dataset_and_model_from_an_offline_cache_under_mpirun() {
         &[("en/train-00000-of-00001.parquet", &src.join("test0.parquet")), ("fr/train-00000-of-00001.parquet", &src.join("test0.parquet"))],
     );
     let m = model();
-    let model_files: Vec<(&str, std::path::PathBuf)> = ["modules.json", "config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"]
-        .iter()
-        .map(|f| (*f, m.join(f)))
-        .collect();
+    let model_files: Vec<(&str, std::path::PathBuf)> = [
+        "modules.json",
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+    ]
+    .iter()
+    .map(|f| (*f, m.join(f)))
+    .collect();
     let model_refs: Vec<(&str, &Path)> = model_files.iter().map(|(f, p)| (*f, p.as_path())).collect();
     cache_repo(&hub, "models--sentence-transformers--all-MiniLM-L6-v2", MODEL_SHA, &model_refs);
 
@@ -87,7 +95,17 @@ fn hub_dataset_and_model_from_an_offline_cache_under_mpirun() {
     };
     let mut c = mpirun_cmd(4);
     env(&mut c);
-    c.args(["--dataset", "test-org/snippets", "--split", "train", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--rows-per-shard", "20", "--no-progress"]);
+    c.args([
+        "--dataset",
+        "test-org/snippets",
+        "--split",
+        "train",
+        "--model",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "--rows-per-shard",
+        "20",
+        "--no-progress",
+    ]);
     c.arg("--output-root").arg(&out);
     let o = run_limited(&mut c, 300);
     let err = stderr(&o);
@@ -96,7 +114,10 @@ fn hub_dataset_and_model_from_an_offline_cache_under_mpirun() {
     let (man, rows) = read_output(&out);
     check_complete(&man, &rows);
     assert_eq!(man.rows_total, 64, "train split only");
-    assert_eq!((man.source.kind.as_str(), man.source.repo.as_deref(), man.source.revision.as_deref()), ("hf-hub", Some("test-org/snippets"), Some(DATA_SHA)));
+    assert_eq!(
+        (man.source.kind.as_str(), man.source.repo.as_deref(), man.source.revision.as_deref()),
+        ("hf-hub", Some("test-org/snippets"), Some(DATA_SHA))
+    );
     assert_eq!(man.model_info.source.as_deref(), Some(format!("hf://sentence-transformers/all-MiniLM-L6-v2@{MODEL_SHA}").as_str()));
     assert!(man.fingerprint.files[0].path.starts_with("hf://datasets/test-org/snippets/data/train-00000"), "{:?}", man.fingerprint.files);
     assert!(manifest_path(&out).ends_with("indexes/sentence-transformers__all-MiniLM-L6-v2/test-org__snippets/manifest-train.json"));

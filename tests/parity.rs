@@ -208,7 +208,11 @@ fn tiny_qwen3_matches_sentence_transformers_for_documents_and_queries() {
             let c = cosine(&out[i * 64..(i + 1) * 64], &want);
             worst = worst.min(c);
             assert!(c >= 0.99999, "{:?} (prompt {:?}): cosine {c}", r["text"], r["prompt_name"]);
-            if r["prompt_name"].is_null() { docs += 1 } else { queries += 1 }
+            if r["prompt_name"].is_null() {
+                docs += 1
+            } else {
+                queries += 1
+            }
         }
     }
     assert_eq!((docs, queries), (64, 16));
@@ -241,14 +245,27 @@ fn encode_subcommand_times_batch_sizes_and_writes_reference_embeddings() {
     let got: Vec<Vec<f32>> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     assert_eq!(got.len(), refs.len());
     for (v, r) in got.iter().zip(&refs) {
         let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         assert!(cosine(v, &want) >= 0.99999, "{:?}", r["text"]);
     }
-    let bad = std::process::Command::new(bin()).args(["encode", "--model"]).arg(model()).arg("--input").arg(d.path().join("missing.jsonl")).output().unwrap();
+    let bad = std::process::Command::new(bin())
+        .args(["encode", "--model"])
+        .arg(model())
+        .arg("--input")
+        .arg(d.path().join("missing.jsonl"))
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && e.lines().next().unwrap_or("").contains("--input"), "{e}");
 }

@@ -91,7 +91,11 @@ fn interrupt(child: &mut Child, ranks: Option<usize>, how: Interrupt, rng: &mut 
     };
     let pick = |rng: &mut Rng| {
         let kids = ranks_pids();
-        if ranks.is_none() || kids.is_empty() { pid } else { kids[rng.next(kids.len() as u64) as usize] }
+        if ranks.is_none() || kids.is_empty() {
+            pid
+        } else {
+            kids[rng.next(kids.len() as u64) as usize]
+        }
     };
     match how {
         Interrupt::Usr1 => kill("USR1", pid),
@@ -119,7 +123,6 @@ fn interrupt(child: &mut Child, ranks: Option<usize>, how: Interrupt, rng: &mut 
     }
     code
 }
-
 
 #[test]
 fn interrupted_runs_resume_to_the_uninterrupted_result() {
@@ -193,8 +196,7 @@ fn wait_started(child: &mut Child, out: &Path, launched: std::time::SystemTime) 
         if child.try_wait().unwrap().is_some() {
             return;
         }
-        let fresh = manifest_exists(out)
-            && std::fs::metadata(manifest_path(out)).and_then(|m| m.modified()).is_ok_and(|t| t >= launched);
+        let fresh = manifest_exists(out) && std::fs::metadata(manifest_path(out)).and_then(|m| m.modified()).is_ok_and(|t| t >= launched);
         if fresh {
             return;
         }
@@ -210,10 +212,18 @@ fn manifest_exists(out: &Path) -> bool {
 }
 
 fn walk_has_manifest(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|d| d.flatten().any(|e| {
-        let path = e.path();
-        if path.is_dir() { walk_has_manifest(&path) } else { e.file_name().to_string_lossy().starts_with("manifest-") }
-    })).unwrap_or(false)
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten().any(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    walk_has_manifest(&path)
+                } else {
+                    e.file_name().to_string_lossy().starts_with("manifest-")
+                }
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Each way a resume could lose or duplicate rows is refused with a clear line, and nothing is written.
@@ -245,17 +255,32 @@ fn resume_refuses_what_would_lose_or_duplicate_rows() {
     let (code, e) = run(&["--resume", "--max-rows", "50"]);
     assert!(code == Some(1) && e.contains("other settings") && e.contains("max_rows") && e.contains("files"), "{e}");
 
-    // A tampered shard (same size, one byte changed).
+    // A tampered shard (same size, one byte changed): `verify` hashes every shard and catches it; resume
+    // checks sizes and footers only (metadata time), so it goes on.
     let good = snapshot(&shard);
     let mut bad = good.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
     std::fs::write(&shard, &bad).unwrap();
-    let (code, e) = run(&["--resume"]);
-    assert!(code == Some(1) && e.contains("does not match the manifest"), "{e}");
     let v = Command::new(bin()).arg("verify").arg(&mp).output().unwrap();
     assert!(!v.status.success() && stderr(&v).contains("sha256"), "{}", stderr(&v));
-    assert_eq!(snapshot(&shard), bad, "a refused resume leaves files alone");
+    let (code, e) = run(&["--resume"]);
+    assert!(code == Some(0) && e.contains("already complete"), "{e}");
+    assert_eq!(snapshot(&shard), bad, "resume leaves committed files alone");
+
+    // A shard whose footer a lost write destroyed (same size): refused.
+    let mut torn = good.clone();
+    let n = torn.len();
+    torn[n - 8..].fill(0);
+    std::fs::write(&shard, &torn).unwrap();
+    let (code, e) = run(&["--resume"]);
+    assert!(code == Some(1) && e.contains(&m.shards[1].path) && e.contains("no valid Parquet footer"), "{e}");
+    assert_eq!(snapshot(&shard), torn, "a refused resume leaves files alone");
+
+    // A shard of another size.
+    std::fs::write(&shard, &good[..n - 1]).unwrap();
+    let (code, e) = run(&["--resume"]);
+    assert!(code == Some(1) && e.contains("does not match the manifest") && e.contains(&format!("{} bytes", n - 1)), "{e}");
 
     // A deleted shard.
     std::fs::remove_file(&shard).unwrap();
@@ -265,13 +290,16 @@ fn resume_refuses_what_would_lose_or_duplicate_rows() {
     assert!(!v.status.success() && stderr(&v).contains("cannot read"), "{}", stderr(&v));
     std::fs::write(&shard, &good).unwrap();
 
-    // A shard path outside the output root.
-    let text = String::from_utf8(pristine.clone()).unwrap().replace(&m.shards[0].path, "../../../../../etc/passwd");
-    std::fs::write(&mp, text).unwrap();
+    // A shard path in the log edited to point outside the output root: the line no longer matches its check.
+    let log = mp.parent().unwrap().join("shards-train.jsonl");
+    let pristine_log = std::fs::read(&log).unwrap();
+    let text = String::from_utf8(pristine_log.clone()).unwrap().replace(&m.shards[0].path, "../../../../../etc/passwd");
+    std::fs::write(&log, text).unwrap();
     let (code, e) = run(&["--resume"]);
-    assert!(code == Some(1) && e.contains("outside the output root"), "{e}");
+    assert!(code == Some(1) && e.contains("does not match its check"), "{e}");
     let v = Command::new(bin()).arg("verify").arg(&mp).output().unwrap();
-    assert!(!v.status.success() && stderr(&v).contains("outside"), "{}", stderr(&v));
+    assert!(!v.status.success() && stderr(&v).contains("does not match its check"), "{}", stderr(&v));
+    std::fs::write(&log, &pristine_log).unwrap();
 
     // A truncated manifest.
     std::fs::write(&mp, &pristine[..pristine.len() / 2]).unwrap();

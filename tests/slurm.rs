@@ -115,7 +115,6 @@ impl Drop for Cluster {
     }
 }
 
-
 fn dataset(dir: &Path, copies: usize) -> PathBuf {
     let sample = std::fs::read_to_string(root().join("data/sample.jsonl")).unwrap();
     let p = dir.join(format!("data-{copies}.jsonl"));
@@ -186,7 +185,12 @@ fn sbatch_jobs_complete_checkpoint_requeue_and_cancel_on_a_real_cluster() {
     let start = Instant::now();
     loop {
         let mut c = embed_cmd();
-        c.arg("--dataset").arg(&big).arg("--model").arg(model()).arg("--output-root").arg(&out).args(["--resume", "--no-progress", "--rows-per-shard", "100"]);
+        c.arg("--dataset").arg(&big).arg("--model").arg(model()).arg("--output-root").arg(&out).args([
+            "--resume",
+            "--no-progress",
+            "--rows-per-shard",
+            "100",
+        ]);
         let o = run_limited(&mut c, 600);
         if o.status.success() {
             break;

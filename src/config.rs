@@ -1,0 +1,265 @@
+//! The validated run configuration: what `embed` was asked to do, checked once. It has a schema of its own,
+//! separate from the command line: the plan carries it to every rank and the manifest records it, so renaming
+//! a flag changes neither.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{ChatFormat, EmbedArgs, EncoderKind};
+use crate::model::Dtype;
+
+/// Where encoders run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    /// CUDA when a GPU is visible, else the CPU.
+    Auto,
+}
+
+impl DeviceChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+            DeviceChoice::Auto => "auto",
+        }
+    }
+}
+
+/// What to do with an output that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartMode {
+    /// Refuse an existing output.
+    Fresh,
+    /// Continue an existing manifest (refuse if there is none).
+    Resume,
+    /// Continue if there is a manifest, start otherwise.
+    AutoResume,
+    /// Delete the existing output first.
+    Overwrite,
+}
+
+/// How rows are grouped into encoder batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchConfig {
+    pub batch_size: usize,
+    pub tokens_per_batch: Option<usize>,
+    pub bucket_min_tokens: usize,
+    pub bucket_max_tokens: usize,
+    /// Batches a loader may have in flight per encoder at the start.
+    pub prefetch_batches: usize,
+}
+
+/// The run's settings, validated (see [`RunConfig::from_args`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub dataset: String,
+    pub dataset_name: Option<String>,
+    pub subset: Option<String>,
+    pub split: String,
+    pub text_field: String,
+    pub chat_format: Option<ChatFormat>,
+    pub prompt: Option<String>,
+    pub prompt_name: Option<String>,
+    pub max_rows: Option<u64>,
+    pub model: PathBuf,
+    pub model_name: Option<String>,
+    pub output_root: PathBuf,
+    pub rows_per_shard: u64,
+    pub batching: BatchConfig,
+    /// Threads per encoder (0: shared out from the node's cores).
+    pub encoder_threads: usize,
+    pub device: DeviceChoice,
+    pub encoder: EncoderKind,
+    pub dtype: Dtype,
+    pub run_id: Option<String>,
+    pub start: StartMode,
+    pub drain_timeout_seconds: f64,
+    pub stop_before_seconds: f64,
+    /// The job's end time (Unix seconds) when given on the command line.
+    pub end_time: Option<f64>,
+    pub status_file: Option<PathBuf>,
+    pub progress: bool,
+    pub progress_interval_seconds: f64,
+}
+
+/// Longest duration a flag may give (a year): beyond it `Duration` arithmetic and JSON stay finite.
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// A finite number of seconds in `[min, MAX_SECONDS]` (`min` itself excluded when `open`).
+fn seconds(flag: &str, v: f64, min: f64, open: bool) -> Result<f64, String> {
+    let low_ok = if open { v > min } else { v >= min };
+    if v.is_finite() && low_ok && v <= MAX_SECONDS {
+        Ok(v)
+    } else {
+        let low = if open { format!("more than {min}") } else { format!("at least {min}") };
+        Err(format!("{flag} {v}: must be a finite number of seconds, {low} and at most {MAX_SECONDS}"))
+    }
+}
+
+impl RunConfig {
+    /// Checks the flags that clap cannot; an error is one line naming the flag.
+    pub fn from_args(a: &EmbedArgs) -> Result<RunConfig, String> {
+        let at_least_one = |flag: &str, v: u64| if v == 0 { Err(format!("{flag} must be at least 1")) } else { Ok(()) };
+        at_least_one("--rows-per-shard", a.rows_per_shard)?;
+        at_least_one("--batch-size", a.batch_size as u64)?;
+        if a.tokens_per_batch == Some(0) {
+            return Err("--tokens-per-batch must be at least 1".into());
+        }
+        if a.bucket_min_tokens == 0 || a.bucket_min_tokens > a.bucket_max_tokens {
+            return Err("--bucket-min-tokens must be at least 1 and at most --bucket-max-tokens".into());
+        }
+        at_least_one("--prefetch-batches", a.prefetch_batches as u64)?;
+        at_least_one("--local-encoders", a.local_encoders as u64)?;
+        if a.max_rows == Some(0) {
+            return Err("--max-rows must be at least 1".into());
+        }
+        let device = match a.device.as_str() {
+            "cpu" => DeviceChoice::Cpu,
+            "auto" => DeviceChoice::Auto,
+            "cuda" if crate::device::CUDA_BUILT => DeviceChoice::Cuda,
+            "cuda" => return Err("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()),
+            other => return Err(format!("--device {other}: cpu, cuda or auto")),
+        };
+        let dtype = check_dtype(&a.dtype, device, a.encoder)?;
+        if a.text_field.is_empty() {
+            return Err("--text-field must not be empty".into());
+        }
+        let stop_before_seconds = seconds("--stop-before", a.stop_before, 0.0, false)?;
+        let drain_timeout_seconds = seconds("--drain-timeout", a.drain_timeout, 0.0, true)?;
+        let progress_interval_seconds = seconds("--progress-interval", a.progress_interval, 0.0, true)?;
+        if let Some(t) = a.end_time {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(format!("--end-time {t}: must be Unix seconds (a finite number, at least 0)"));
+            }
+        }
+        let start = match (a.resume, a.auto_resume, a.overwrite) {
+            (true, _, _) => StartMode::Resume,
+            (_, true, _) => StartMode::AutoResume,
+            (_, _, true) => StartMode::Overwrite,
+            _ => StartMode::Fresh,
+        };
+        Ok(RunConfig {
+            dataset: a.dataset.clone(),
+            dataset_name: a.dataset_name.clone(),
+            subset: a.subset.clone(),
+            split: a.split.clone(),
+            text_field: a.text_field.clone(),
+            chat_format: a.chat(),
+            prompt: a.prompt.clone(),
+            prompt_name: a.prompt_name.clone(),
+            max_rows: a.max_rows,
+            model: a.model.clone(),
+            model_name: a.model_name.clone(),
+            output_root: a.output_root.clone(),
+            rows_per_shard: a.rows_per_shard,
+            batching: BatchConfig {
+                batch_size: a.batch_size,
+                tokens_per_batch: a.tokens_per_batch,
+                bucket_min_tokens: a.bucket_min_tokens,
+                bucket_max_tokens: a.bucket_max_tokens,
+                prefetch_batches: a.prefetch_batches,
+            },
+            encoder_threads: a.threads,
+            device,
+            encoder: a.encoder,
+            dtype,
+            run_id: a.run_id.clone(),
+            start,
+            drain_timeout_seconds,
+            stop_before_seconds,
+            end_time: a.end_time,
+            status_file: a.status_file.clone(),
+            progress: !a.no_progress,
+            progress_interval_seconds,
+        })
+    }
+
+    /// Whether the run continues an existing manifest when there is one.
+    pub fn resumes(&self) -> bool {
+        matches!(self.start, StartMode::Resume | StartMode::AutoResume)
+    }
+}
+
+/// `--dtype`, checked against the device and encoder (what the CPU can do is checked here; on GPUs every
+/// dtype runs; `auto` may fall back to the CPU).
+fn check_dtype(name: &str, device: DeviceChoice, encoder: EncoderKind) -> Result<Dtype, String> {
+    let cpu_possible = device == DeviceChoice::Cpu || (device == DeviceChoice::Auto && crate::device::cuda_device_count() == 0);
+    let dtype = Dtype::parse(name).ok_or_else(|| format!("--dtype {name}: float32, float16 (cuda), bfloat16 or int8 (cpu)"))?;
+    match dtype {
+        Dtype::F16 if cpu_possible => Err("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()),
+        Dtype::Bf16 if cpu_possible && !crate::kernels::has_bf16_dot() => Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into()),
+        Dtype::Int8 if device == DeviceChoice::Cuda => Err("--dtype int8 runs on the CPU only (--device cpu)".into()),
+        Dtype::Int8 if encoder == EncoderKind::Candle => {
+            Err("--dtype int8 runs on this crate's CPU BERT only (--encoder model), not on --encoder candle".into())
+        }
+        Dtype::Int8 if !crate::kernels::has_int8_dot() => Err("--dtype int8: this CPU has no AVX512-VNNI; use float32".into()),
+        _ => Ok(dtype),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(extra: &[&str]) -> EmbedArgs {
+        let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Embed(a) => a,
+            _ => unreachable!("embed was parsed"),
+        }
+    }
+
+    fn error(extra: &[&str]) -> String {
+        RunConfig::from_args(&parse(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = RunConfig::from_args(&parse(&[])).unwrap();
+        assert_eq!((c.text_field.as_str(), c.rows_per_shard, c.start), ("text", 8192, StartMode::Fresh));
+        assert_eq!((c.device, c.dtype, c.progress), (DeviceChoice::Cpu, Dtype::F32, true));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        assert!(error(&["--rows-per-shard", "0"]).contains("--rows-per-shard"));
+        assert!(error(&["--device", "gpu"]).contains("--device"));
+        assert!(error(&["--bucket-min-tokens", "64", "--bucket-max-tokens", "32"]).contains("--bucket-min-tokens"));
+        assert!(error(&["--dtype", "float64"]).contains("--dtype"));
+    }
+
+    #[test]
+    fn durations_must_be_finite_and_in_range() {
+        for (flag, v) in [("--progress-interval", "inf"), ("--drain-timeout", "inf"), ("--drain-timeout", "1e300"), ("--stop-before", "NaN")] {
+            let e = error(&[flag, v]);
+            assert!(e.starts_with(flag) && e.contains("finite"), "{flag} {v}: {e}");
+        }
+        assert!(error(&["--drain-timeout", "0"]).contains("more than 0"));
+        assert!(error(&["--end-time", "inf"]).contains("--end-time"));
+        let c = RunConfig::from_args(&parse(&["--drain-timeout", "0.5", "--stop-before", "0"])).unwrap();
+        assert_eq!((c.drain_timeout_seconds, c.stop_before_seconds), (0.5, 0.0));
+    }
+
+    #[test]
+    fn start_modes_and_the_schema_do_not_follow_flag_names() {
+        assert_eq!(RunConfig::from_args(&parse(&["--resume"])).unwrap().start, StartMode::Resume);
+        assert_eq!(RunConfig::from_args(&parse(&["--auto-resume"])).unwrap().start, StartMode::AutoResume);
+        assert_eq!(RunConfig::from_args(&parse(&["--overwrite"])).unwrap().start, StartMode::Overwrite);
+        let json = serde_json::to_value(RunConfig::from_args(&parse(&["--no-progress", "--threads", "3"])).unwrap()).unwrap();
+        assert_eq!(json["progress"], false);
+        assert_eq!(json["encoder_threads"], 3);
+        assert_eq!(json["dtype"], "float32");
+        assert_eq!(json["start"], "fresh");
+        assert!(json.get("no_progress").is_none() && json.get("threads").is_none());
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.encoder_threads, 3);
+    }
+}

@@ -1,0 +1,276 @@
+//! Controller (rank 0): prepares the run ([`prepare`], [`resume`]), feeds what the other roles report to the
+//! [`Scheduler`] and carries out its actions (assignments, commits to the [`Checkpoint`], drains), and ends the
+//! run with an [`Outcome`] that says how the process must exit.
+
+mod prepare;
+mod report;
+mod resume;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use prepare::{build_plan, Prepared, Start, MAX_SHARD_EMBEDDING_BYTES};
+pub use report::{signal_name, write_status_file};
+pub use resume::FOOTER_CHECKS;
+
+use crate::checkpoint::Checkpoint;
+use crate::cli::EmbedArgs;
+use crate::layout::Layout;
+use crate::manifest::{now_rfc3339, Status};
+use crate::plan::Plan;
+use crate::protocol::{Endpoint, Envelope, Header};
+use crate::scheduler::{Action, Event, Policy, Scheduler};
+use crate::transport::{Mailbox, TransportError};
+use crate::walltime::now_unix;
+use report::Progress;
+
+/// Exit code of a run that stopped early but left a resumable manifest (EX_TEMPFAIL).
+pub const EXIT_PREEMPTED: i32 = 75;
+
+/// Chunks a loader may have assigned and not yet committed (bounds memory: each chunk's rows, texts and
+/// embeddings are held until its shard is written).
+pub const CHUNKS_IN_FLIGHT_PER_LOADER: usize = 3;
+
+/// How a run ended, for the process hosting the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub code: i32,
+    /// Ranks may be mid-batch: every rank was told to exit at once (`Abort`), and this process must exit too,
+    /// without waiting for its other roles or MPI_Finalize. Committed shards and the manifest are safe.
+    pub abort: bool,
+    /// The failure line of a failed run.
+    pub error: Option<String>,
+    /// The manifest, once the run got that far.
+    pub manifest: Option<PathBuf>,
+}
+
+impl Outcome {
+    fn failed(message: String) -> Outcome {
+        Outcome { code: crate::EXIT_FAILED, abort: false, error: Some(message), manifest: None }
+    }
+}
+
+/// The controller role: prepares, runs and ends the job.
+pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> Outcome {
+    match build_plan(args, layout) {
+        Ok(Start::Run(p)) => {
+            let mut run = Run::new(mb, layout, *p);
+            let end = run.drive();
+            run.finish(end)
+        }
+        Ok(Start::AlreadyComplete(path)) => {
+            eprintln!("done: {} is already complete; nothing to resume", path.display());
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_OK });
+            Outcome { code: crate::EXIT_OK, abort: false, error: None, manifest: Some(path) }
+        }
+        Err(e) => {
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_FAILED });
+            Outcome::failed(format!("{e:#}"))
+        }
+    }
+}
+
+fn broadcast(mb: &Mailbox, layout: &Layout, header: &Header) -> Result<(), TransportError> {
+    for e in 1..layout.endpoints() as Endpoint {
+        mb.send(e, header.clone(), Vec::new())?;
+    }
+    Ok(())
+}
+
+/// How the event loop ended.
+enum End {
+    /// Every row is covered.
+    Complete,
+    /// A drain finished: what was in flight is committed or released.
+    Drained,
+    /// Stopped without waiting for work in flight.
+    StoppedNow(String),
+    Failed(String),
+}
+
+/// A run in progress.
+struct Run<'a> {
+    mb: &'a Mailbox,
+    layout: &'a Layout,
+    plan: Plan,
+    checkpoint: Checkpoint,
+    sched: Scheduler,
+    progress: Progress,
+    embedded_before: u64,
+    /// Held until the run ends.
+    _lock: std::fs::File,
+}
+
+impl<'a> Run<'a> {
+    fn new(mb: &'a Mailbox, layout: &'a Layout, p: Prepared) -> Run<'a> {
+        let Prepared { lock, plan, mut checkpoint, work, first_shard } = p;
+        let deadline = plan.config.end_time.or_else(crate::walltime::slurm_end_time);
+        if let (Some(d), Some(r)) = (deadline, checkpoint.manifest.runs.last_mut()) {
+            r.deadline = Some(crate::manifest::format_utc(d as i64, 0));
+            log::info!("job ends in {:.0}s; draining {}s + drain estimate before", d - now_unix(), plan.config.stop_before_seconds);
+        }
+        let policy = Policy {
+            loaders: layout.loaders,
+            writers: layout.writers,
+            cap: CHUNKS_IN_FLIGHT_PER_LOADER,
+            first_shard,
+            drain_timeout: plan.config.drain_timeout_seconds,
+            stop_before: plan.config.stop_before_seconds,
+            deadline,
+        };
+        let progress = Progress::new(work.rows_left(), plan.config.progress, plan.config.progress_interval_seconds);
+        let embedded_before = checkpoint.manifest.rows_embedded;
+        Run { mb, layout, plan, checkpoint, sched: Scheduler::new(work, policy), progress, embedded_before, _lock: lock }
+    }
+
+    /// Sends the plan, then turns messages into scheduler events and carries out its actions until the end.
+    fn drive(&mut self) -> End {
+        log::info!("layout: {}", self.layout.summary());
+        if let Err(e) = broadcast(self.mb, self.layout, &Header::Plan(Box::new(self.plan.clone()))) {
+            return End::Failed(e.to_string());
+        }
+        let mut events = VecDeque::from([Event::Start]);
+        loop {
+            while let Some(event) = events.pop_front() {
+                for action in self.sched.handle(now_unix(), event) {
+                    match self.act(action) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return end,
+                        Err(message) => return End::Failed(message),
+                    }
+                }
+            }
+            self.progress.tick(false);
+            match self.mb.recv_timeout(Duration::from_millis(50)) {
+                Ok(Some(env)) => events.extend(self.event_of(env)),
+                Ok(None) => {}
+                Err(e) => return End::Failed(e.to_string()),
+            }
+            events.push_back(Event::Tick);
+        }
+    }
+
+    fn act(&mut self, action: Action) -> Result<Option<End>, String> {
+        let send = |to: Endpoint, header: Header| self.mb.send(to, header, Vec::new()).map_err(|e| e.to_string());
+        match action {
+            Action::Assign { loader, work, writer, shard } => {
+                send(
+                    self.layout.loader(loader),
+                    Header::Assign { chunk: self.plan.chunk(work.chunk), todo: work.todo, writer: self.layout.writer(writer), shard },
+                )?;
+            }
+            Action::Commit(entry) => self.checkpoint.commit(&entry).map_err(|e| format!("committing {}: {e}", entry.path))?,
+            Action::Drain { reason, by_signal } => {
+                self.progress.end_line();
+                let hint = if by_signal { "; finishing in-flight batches (a second signal stops at once)" } else { "" };
+                eprintln!("draining: {reason}{hint}");
+                for e in (0..self.layout.loaders).map(|i| self.layout.loader(i)).chain((0..self.layout.encoders).map(|i| self.layout.encoder(i))) {
+                    send(e, Header::Drain)?;
+                }
+            }
+            Action::Finish { .. } => {
+                let m = &self.checkpoint.manifest;
+                return Ok(Some(if m.rows_done() == m.rows_total { End::Complete } else { End::Drained }));
+            }
+            Action::StopNow { reason } => return Ok(Some(End::StoppedNow(reason))),
+            Action::Fail(message) => return Ok(Some(End::Failed(message))),
+        }
+        Ok(None)
+    }
+
+    /// The scheduler event a message makes, if any (progress reports only update the display).
+    fn event_of(&mut self, env: Envelope) -> Option<Event> {
+        match env.header {
+            Header::Progress { rows, tokens, padded_tokens, seconds } => {
+                self.progress.batch(rows, tokens, padded_tokens);
+                Some(Event::BatchDone { seconds })
+            }
+            Header::ChunkLoaded { skipped, .. } => {
+                self.progress.skipped += skipped;
+                None
+            }
+            Header::ShardWritten(entry) => Some(Event::ShardWritten(*entry)),
+            Header::Released { chunk } => Some(Event::Released { chunk }),
+            Header::Signal { rank, signal, count } => Some(Event::Signal { what: format!("{} on rank {rank}", signal_name(signal)), count }),
+            Header::Failed { role: _, message } => Some(Event::Failed { from: self.layout.describe(env.from), message }),
+            other => Some(Event::Failed { from: "controller".into(), message: format!("unexpected {} message (this is a bug)", other.kind()) }),
+        }
+    }
+
+    /// Records the end in the manifest and the summary, tells every rank, and says how to exit.
+    fn finish(mut self, end: End) -> Outcome {
+        if matches!(end, End::Complete | End::Drained) {
+            self.progress.tick(true);
+        }
+        self.progress.end_line();
+        let multi_rank = self.layout.world_size > 1;
+        let (status, exit, mut code, abort, mut error) = match end {
+            End::Complete => {
+                let m = &self.checkpoint.manifest;
+                eprintln!(
+                    "done: {} rows embedded, {} skipped, {} shards; {}; manifest {}",
+                    m.rows_embedded,
+                    m.rows_skipped,
+                    m.num_shards,
+                    self.progress.this_run(),
+                    self.checkpoint.path().display()
+                );
+                (Status::Complete, "complete".to_string(), crate::EXIT_OK, false, None)
+            }
+            End::Drained => {
+                let (since, reason) = self.sched.drain().map_or((now_unix(), "drained".to_string()), |(t, r)| (t, r.to_string()));
+                let m = &self.checkpoint.manifest;
+                eprintln!(
+                    "preempted ({reason}): drained in {:.2}s; this run embedded {} rows and committed {}; {}/{} rows committed in {} shards; continue with --resume (manifest {})",
+                    now_unix() - since,
+                    self.progress.rows,
+                    m.rows_embedded - self.embedded_before,
+                    m.rows_done(),
+                    m.rows_total,
+                    m.num_shards,
+                    self.checkpoint.path().display()
+                );
+                (Status::Preempted, format!("preempted: {reason}"), EXIT_PREEMPTED, false, None)
+            }
+            End::StoppedNow(why) => {
+                let m = &self.checkpoint.manifest;
+                eprintln!(
+                    "preempted: stopping now ({why}); {}/{} rows committed in {} shards; continue with --resume",
+                    m.rows_done(),
+                    m.rows_total,
+                    m.num_shards
+                );
+                // Roles may be mid-batch, here and on other ranks: every process exits at once.
+                (Status::Preempted, format!("aborted: {why}"), EXIT_PREEMPTED, true, None)
+            }
+            End::Failed(message) => (Status::Failed, "failed".to_string(), crate::EXIT_FAILED, multi_rank, Some(message)),
+        };
+        let secs = self.progress.seconds();
+        let m = &mut self.checkpoint.manifest;
+        m.status = status;
+        m.error = error.clone();
+        if let Some(r) = m.runs.last_mut() {
+            r.drain_estimate_seconds = r.deadline.is_some().then(|| self.sched.drain_estimate());
+            r.ended_at = Some(now_rfc3339());
+            r.exit = Some(exit);
+            r.rows_embedded = m.rows_embedded - self.embedded_before;
+            r.duration_seconds = secs;
+            r.first_batch_seconds = self.progress.first_batch;
+        }
+        if let Err(e) = self.checkpoint.write_header() {
+            // Every commit is in the log; only the header's end record is missing.
+            if code == crate::EXIT_OK {
+                (code, error) = (crate::EXIT_FAILED, Some(format!("writing the manifest: {e}")));
+            } else {
+                eprintln!("warning: writing the manifest: {e}");
+            }
+        }
+        report::write_summary(&self.plan, &self.checkpoint.manifest, secs);
+        let (bytes, commits) = self.checkpoint.written();
+        log::info!("checkpoint: {commits} commits, {bytes} bytes written ({:.0} per commit)", bytes as f64 / commits.max(1) as f64);
+        let header = if abort { Header::Abort { code } } else { Header::Shutdown { code } };
+        let _ = broadcast(self.mb, self.layout, &header);
+        Outcome { code, abort, error, manifest: Some(self.checkpoint.path().to_path_buf()) }
+    }
+}

@@ -1,0 +1,279 @@
+//! Preparing a run: the validated configuration, the model and the dataset resolved (local or Hub), the
+//! inputs counted, the output locked, and the checkpoint started fresh or resumed.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::checkpoint::Checkpoint;
+use crate::cli::EmbedArgs;
+use crate::config::{RunConfig, StartMode};
+use crate::layout::Layout;
+use crate::manifest::{now_rfc3339, Fingerprint, Manifest, Preprocessing, RunRecord, Source, SourceFile, Status, FORMAT_VERSION, TOOL};
+use crate::model::ModelSpec;
+use crate::output::{dataset_name, ensure_writable, OutputPaths};
+use crate::plan::{discover, scan_inputs, DatasetSource, Plan};
+use crate::scheduler::WorkList;
+
+/// Most bytes of float32 embeddings one shard may hold (`--rows-per-shard` x dim x 4): a shard is assembled
+/// in the writer's memory and written as one Parquet row group.
+pub const MAX_SHARD_EMBEDDING_BYTES: u64 = 2 << 30;
+
+/// A run ready to go: the plan, the checkpoint to extend and the work left.
+pub struct Prepared {
+    /// Held for the whole run: a second run on the same output is refused, not interleaved.
+    pub lock: std::fs::File,
+    pub plan: Plan,
+    pub checkpoint: Checkpoint,
+    pub work: WorkList,
+    pub first_shard: u64,
+}
+
+pub enum Start {
+    Run(Box<Prepared>),
+    /// `--resume` of a manifest that is already complete.
+    AlreadyComplete(PathBuf),
+}
+
+/// Builds the plan from the flags, checking inputs, model and output; errors are one line for the user.
+pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
+    let config = RunConfig::from_args(args).map_err(anyhow::Error::msg)?;
+    let model = load_model(&config)?;
+    check_shard_size(config.rows_per_shard, model.dim)?;
+    let (files, source) = find_dataset(&config)?;
+    if files.iter().any(|(_, f)| *f != files[0].1) {
+        anyhow::bail!("--dataset {}: mixes Parquet and JSONL files; use one format", config.dataset);
+    }
+    let (inputs, rows_total) = scan_inputs(&files, &config.text_field, config.rows_per_shard, config.max_rows)?;
+    if rows_total == 0 {
+        anyhow::bail!("--dataset {}: no rows to embed", config.dataset);
+    }
+    let dataset = dataset_label(&config, &source);
+    let output = OutputPaths::new(&config.output_root, &model.name, &dataset, config.subset.as_deref(), &config.split);
+    ensure_writable(&config.output_root).with_context(|| format!("--output-root {} is not writable", config.output_root.display()))?;
+    let created_at = now_rfc3339();
+    let run_id = config.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
+    let prompt = model.resolve_prompt(config.prompt.as_deref(), config.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
+    let plan = Plan { config, layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source };
+    let lock = lock_output(&plan.output)?;
+    let resume = plan.config.start == StartMode::Resume || (plan.config.start == StartMode::AutoResume && plan.output.manifest.exists());
+    if resume {
+        let m = super::resume::check(&plan)?;
+        if m.status == Status::Complete && m.rows_done() == m.rows_total {
+            return Ok(Start::AlreadyComplete(plan.output.manifest.clone()));
+        }
+        let work = WorkList::new(plan.rows_total, plan.config.rows_per_shard, super::resume::covered(&m.shards));
+        let first_shard = m.next_shard_index();
+        let mut manifest = m;
+        manifest.status = Status::Running;
+        manifest.error = None;
+        manifest.run_id = plan.run_id.clone();
+        manifest.run_config = Some(plan.config.clone());
+        manifest.runs.push(run_record(&plan));
+        let checkpoint =
+            Checkpoint::resume(&plan.output.manifest, manifest).with_context(|| format!("--resume: {}", plan.output.manifest.display()))?;
+        return Ok(Start::Run(Box::new(Prepared { lock, checkpoint, work, first_shard, plan })));
+    }
+    clear_output(&plan)?;
+    for d in [&plan.output.shard_dir, plan.output.manifest.parent().expect("a manifest path has a folder")] {
+        ensure_writable(d).with_context(|| format!("--output-root: cannot write {}", d.display()))?;
+    }
+    let work = WorkList::new(plan.rows_total, plan.config.rows_per_shard, Vec::new());
+    let checkpoint = Checkpoint::create(&plan.output.manifest, new_manifest(&plan)).context("--output-root: cannot write the manifest")?;
+    Ok(Start::Run(Box::new(Prepared { lock, checkpoint, work, first_shard: 0, plan })))
+}
+
+/// Refuses `--rows-per-shard` values whose shards would not fit in memory or in one row group.
+fn check_shard_size(rows_per_shard: u64, dim: usize) -> anyhow::Result<()> {
+    let per_row = 4 * dim.max(1) as u64;
+    let max_rows = MAX_SHARD_EMBEDDING_BYTES / per_row;
+    if rows_per_shard > max_rows {
+        anyhow::bail!(
+            "--rows-per-shard {rows_per_shard}: {rows_per_shard} rows x {dim} dims x 4 bytes is more than the {} GiB of embeddings a shard may hold; use at most {max_rows}",
+            MAX_SHARD_EMBEDDING_BYTES >> 30
+        );
+    }
+    Ok(())
+}
+
+/// An existing output is refused, or removed with `--overwrite`.
+fn clear_output(plan: &Plan) -> anyhow::Result<()> {
+    let o = &plan.output;
+    let existing = o.manifest.exists() || std::fs::read_dir(&o.shard_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if !existing {
+        return Ok(());
+    }
+    if plan.config.start != StartMode::Overwrite {
+        anyhow::bail!("output already exists: {} (pass --resume to continue it or --overwrite to replace it)", o.manifest.display());
+    }
+    for p in [&o.manifest, &o.shard_log, &o.run_summary] {
+        if p.exists() {
+            std::fs::remove_file(p).with_context(|| format!("--overwrite: removing {}", p.display()))?;
+        }
+    }
+    if o.shard_dir.exists() {
+        std::fs::remove_dir_all(&o.shard_dir).with_context(|| format!("--overwrite: removing {}", o.shard_dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Takes the output's lock (`.lock-{split}` beside the manifest; released when the process ends, even if
+/// killed). Another live run on the same output, e.g. a cancelled job still draining, is refused.
+fn lock_output(output: &OutputPaths) -> anyhow::Result<std::fs::File> {
+    let dir = output.manifest.parent().expect("a manifest path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("--output-root: cannot create {}", dir.display()))?;
+    let name = output.manifest.file_name().expect("a manifest path has a name").to_string_lossy().replace("manifest-", ".lock-");
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("--output-root: cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("output {} is in use by another run (lock {}); wait for it to end", output.manifest.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// The dataset's name in the layout and manifest: `--dataset-name`, the Hub repo id, or the file/folder name.
+fn dataset_label(config: &RunConfig, source: &DatasetSource) -> String {
+    config.dataset_name.clone().or_else(|| source.repo.clone()).unwrap_or_else(|| dataset_name(&config.dataset))
+}
+
+/// A local path names a local dataset; otherwise an `org/name[@revision]` (or `hf://...`) is a Hub dataset.
+fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan::Format)>, DatasetSource)> {
+    let d = &config.dataset;
+    let local_looking = [".jsonl", ".json", ".ndjson", ".parquet"].iter().any(|e| d.ends_with(e)) || d.contains(['*', '?', '[']);
+    if !std::path::Path::new(d).exists() && !local_looking {
+        if let Some((id, revision)) = crate::hub::parse_repo_id(d) {
+            let (snap, paths) = crate::hub::resolve_dataset(&id, &revision, config.subset.as_deref(), &config.split)?;
+            log::info!("dataset {id}@{}: {} Parquet files", snap.sha, paths.len());
+            let source = DatasetSource { kind: "hf-hub".into(), repo: Some(id), revision: Some(snap.sha), snapshot: Some(snap.dir) };
+            return Ok((paths.into_iter().map(|p| (p, crate::plan::Format::Parquet)).collect(), source));
+        }
+    }
+    Ok((discover(d)?, DatasetSource::local()))
+}
+
+/// A local sentence-transformers folder, or a Hub model repo (`org/name[@revision]`) fetched into the HF cache.
+fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
+    let spec = config.model.to_string_lossy();
+    if !config.model.exists() {
+        if let Some((id, revision)) = crate::hub::parse_repo_id(&spec) {
+            let snap = crate::hub::resolve_model(&id, &revision)?;
+            let mut model = ModelSpec::load(&snap.dir, Some(config.model_name.as_deref().unwrap_or(&id)))?;
+            model.source = Some(format!("hf://{id}@{}", snap.sha));
+            return Ok(model);
+        }
+    }
+    Ok(ModelSpec::load(&config.model, config.model_name.as_deref())?)
+}
+
+pub fn fingerprint(plan: &Plan) -> Fingerprint {
+    let c = &plan.config;
+    Fingerprint {
+        dataset: dataset_label(c, &plan.source),
+        subset: c.subset.clone(),
+        split: c.split.clone(),
+        files: plan.inputs.iter().map(|f| SourceFile { path: plan.source.file_id(&f.path), rows: f.rows, bytes: f.bytes }).collect(),
+        revision: plan.source.revision.clone(),
+        text_field: c.text_field.clone(),
+        extract_first_assistant: c.chat_format == Some(crate::cli::ChatFormat::FirstAssistant),
+        chat_format: c.chat_format,
+        prompt: plan.prompt.clone(),
+        max_rows: c.max_rows,
+        rows_per_shard: c.rows_per_shard,
+        model_sha256: plan.model.weights_sha256.clone(),
+        architecture: plan.model.architecture,
+        pooling: plan.model.pooling,
+        normalize: plan.model.normalize,
+        max_seq_length: plan.model.max_seq_length,
+        dim: plan.model.dim,
+        dtype: c.dtype.name().to_string(),
+        encoder: c.encoder,
+    }
+}
+
+fn run_record(plan: &Plan) -> RunRecord {
+    RunRecord {
+        run_id: plan.run_id.clone(),
+        started_at: plan.created_at.clone(),
+        ended_at: None,
+        world_size: plan.layout.world_size,
+        layout: plan.layout.summary(),
+        exit: None,
+        restart_count: std::env::var("SLURM_RESTART_COUNT").ok().and_then(|v| v.parse().ok()),
+        rows_embedded: 0,
+        duration_seconds: 0.0,
+        first_batch_seconds: None,
+        deadline: None,
+        drain_estimate_seconds: None,
+    }
+}
+
+fn new_manifest(plan: &Plan) -> Manifest {
+    let fp = fingerprint(plan);
+    let c = &plan.config;
+    Manifest {
+        format_version: FORMAT_VERSION,
+        status: Status::Running,
+        dataset: fp.dataset.clone(),
+        subset: c.subset.clone(),
+        split: c.split.clone(),
+        model: plan.model.name.clone(),
+        model_info: plan.model.clone(),
+        source: Source {
+            kind: plan.source.kind.clone(),
+            files: fp.files.clone(),
+            repo: plan.source.repo.clone(),
+            revision: plan.source.revision.clone(),
+        },
+        rows_total: plan.rows_total,
+        rows_embedded: 0,
+        rows_skipped: 0,
+        num_shards: 0,
+        embedding_dim: plan.model.dim,
+        rows_per_shard: c.rows_per_shard,
+        shard_log: crate::manifest::log_name_for(&plan.output.manifest),
+        created_at: plan.created_at.clone(),
+        updated_at: plan.created_at.clone(),
+        run_id: plan.run_id.clone(),
+        min_norm: None,
+        max_norm: None,
+        preprocessing: Preprocessing {
+            text_field: c.text_field.clone(),
+            extract_first_assistant: fp.extract_first_assistant,
+            chat_format: c.chat_format,
+            prompt: plan.prompt.clone(),
+            max_seq_length: plan.model.max_seq_length,
+            pooling: plan.model.pooling,
+            normalize: plan.model.normalize,
+            dtype: fp.dtype.clone(),
+        },
+        run_config: Some(c.clone()),
+        runs: vec![run_record(plan)],
+        error: None,
+        tool: TOOL.into(),
+        fingerprint: fp,
+        shards: Vec::new(),
+        log: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_size_is_bounded_by_rows_times_dim() {
+        check_shard_size(8192, 4096).unwrap();
+        check_shard_size(131_072, 4096).unwrap();
+        let e = check_shard_size(131_073, 4096).unwrap_err().to_string();
+        assert!(e.starts_with("--rows-per-shard 131073") && e.contains("at most 131072"), "{e}");
+        assert!(check_shard_size(u64::MAX, 384).is_err());
+    }
+}
