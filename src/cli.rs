@@ -195,22 +195,24 @@ impl EmbedArgs {
     }
 }
 
+/// `embed` flags parsed from the given extra arguments (after `--dataset d.jsonl --model m`), for tests.
+#[cfg(test)]
+pub(crate) fn test_args(extra: &[&str]) -> EmbedArgs {
+    let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("test flags parse").command {
+        Command::Embed(a) => a,
+        _ => unreachable!("embed was parsed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(extra: &[&str]) -> EmbedArgs {
-        let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Embed(a) => a,
-            _ => unreachable!("embed was parsed"),
-        }
-    }
-
     #[test]
     fn defaults() {
-        let a = parse(&[]);
+        let a = test_args(&[]);
         assert_eq!((a.text_field.as_str(), a.rows_per_shard, a.drain_timeout), ("text", 8192, 20.0));
     }
 

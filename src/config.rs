@@ -205,17 +205,7 @@ fn check_dtype(name: &str, device: DeviceChoice, encoder: EncoderKind) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
-
-    fn parse(extra: &[&str]) -> EmbedArgs {
-        let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];
-        argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Embed(a) => a,
-            _ => unreachable!("embed was parsed"),
-        }
-    }
+    use crate::cli::test_args as parse;
 
     fn error(extra: &[&str]) -> String {
         RunConfig::from_args(&parse(extra)).unwrap_err()

@@ -87,6 +87,15 @@ pub fn overlapping_pairs<T: Copy>(mut items: Vec<(Range, T)>) -> Vec<(T, T)> {
     out
 }
 
+/// A small deterministic generator for randomized tests: `rng(seed)(n)` is in `0..n`.
+#[cfg(test)]
+pub(crate) fn test_rng(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,11 +137,7 @@ mod tests {
 
     #[test]
     fn subtract_agrees_with_a_brute_force_set() {
-        let mut seed = 12345u64;
-        let mut rnd = |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut rnd = test_rng(12345);
         for _ in 0..200 {
             let mk = |rnd: &mut dyn FnMut(u64) -> u64| {
                 normalize(

@@ -410,11 +410,7 @@ mod tests {
 
     #[test]
     fn the_work_list_agrees_with_subtracting_chunk_by_chunk() {
-        let mut seed = 99u64;
-        let mut rnd = |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut rnd = crate::ranges::test_rng(99);
         for _ in 0..300 {
             let (total, per) = (1 + rnd(120), 1 + rnd(15));
             let covered = crate::ranges::normalize(
