@@ -97,7 +97,8 @@ pub struct RunRecord {
     /// Rows this run embedded and its wall time, for throughput estimates.
     pub rows_embedded: u64,
     pub duration_seconds: f64,
-    /// Seconds from the run's start to its first embedded batch (model loading, reading, tokenizing).
+    /// Seconds from the controller's start to the first embedded batch: preparing (inputs, resume checks), the
+    /// encoders loading the model, reading and tokenizing.
     #[serde(default)]
     pub first_batch_seconds: Option<f64>,
     /// The job's end time (Slurm or --end-time) and the run's last estimate of how long a drain takes.

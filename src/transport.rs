@@ -68,12 +68,31 @@ impl Mailbox {
         }
     }
 
+    /// A send-only handle for the role's helper threads: what they send leaves at once, without waiting for
+    /// the role's own loop to pass it on.
+    pub fn outbox(&self) -> Outbox {
+        Outbox { me: self.me, out: self.out.clone() }
+    }
+
     pub fn try_recv(&self) -> Result<Option<Envelope>, TransportError> {
         match self.inbox.try_recv() {
             Ok(e) => Ok(Some(e)),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(TransportError::Closed),
         }
+    }
+}
+
+/// Sends as a role's [`Mailbox`] does (see [`Mailbox::outbox`]).
+#[derive(Clone)]
+pub struct Outbox {
+    me: Endpoint,
+    out: Sender<Envelope>,
+}
+
+impl Outbox {
+    pub fn send(&self, to: Endpoint, header: Header, payload: Vec<u8>) -> Result<(), TransportError> {
+        self.out.send(Envelope { from: self.me, to, header, payload }).map_err(|_| TransportError::Closed)
     }
 }
 

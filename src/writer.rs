@@ -96,10 +96,12 @@ pub fn run(mb: &Mailbox) -> RoleResult {
     std::fs::create_dir_all(&plan.output.shard_dir).map_err(|e| RoleError::new(format!("{}: {e}", plan.output.shard_dir.display())))?;
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Pending>(SHARD_QUEUE);
     let job_rx = std::sync::Mutex::new(job_rx);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Header, RoleError>>();
+    // Shard threads report what they wrote straight to the controller (a report waiting for the receive loop
+    // to wake would hold the next chunk's assignment back); failures go to the receive loop, which ends the role.
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel::<RoleError>();
     std::thread::scope(|s| {
         for k in 0..SHARD_THREADS {
-            let (plan, job_rx, done_tx, me) = (&plan, &job_rx, done_tx.clone(), mb.me);
+            let (plan, job_rx, failed_tx, me, outbox) = (&plan, &job_rx, failed_tx.clone(), mb.me, mb.outbox());
             s.spawn(move || loop {
                 let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                 let Ok(p) = job else {
@@ -107,36 +109,35 @@ pub fn run(mb: &Mailbox) -> RoleResult {
                     return;
                 };
                 let index = p.spec.index;
-                let result = write_shard(plan, p).map(|entry| match entry {
-                    Some(entry) => {
+                let report = match write_shard(plan, p) {
+                    Ok(Some(entry)) => {
                         crate::roles::test_delay("writer-commit");
                         Header::ShardWritten(Box::new(entry))
                     }
-                    None => Header::Released { chunk: index },
-                });
-                if done_tx.send(result).is_err() {
+                    Ok(None) => Header::Released { chunk: index },
+                    Err(e) => {
+                        let _ = failed_tx.send(e);
+                        return;
+                    }
+                };
+                if outbox.send(plan.layout.controller(), report, Vec::new()).is_err() {
                     return;
                 }
             });
         }
-        drop(done_tx);
+        drop(failed_tx);
         // Dropping `job_tx` on return lets the shard threads finish what they hold and end.
-        receive(mb, &plan, job_tx, &done_rx)
+        receive(mb, &plan, job_tx, &failed_rx)
     })
 }
 
-/// Assembles chunks from loader and encoder messages, hands complete ones to the shard threads and reports
-/// what they wrote to the controller.
-fn receive(
-    mb: &Mailbox,
-    plan: &Plan,
-    jobs: std::sync::mpsc::SyncSender<Pending>,
-    done: &std::sync::mpsc::Receiver<Result<Header, RoleError>>,
-) -> RoleResult {
+/// Assembles chunks from loader and encoder messages and hands complete ones to the shard threads; ends with
+/// the first failure of a shard thread.
+fn receive(mb: &Mailbox, plan: &Plan, jobs: std::sync::mpsc::SyncSender<Pending>, failed: &std::sync::mpsc::Receiver<RoleError>) -> RoleResult {
     let mut chunks: HashMap<u64, Pending> = HashMap::new();
     loop {
-        while let Ok(result) = done.try_recv() {
-            mb.send(plan.layout.controller(), result?, Vec::new())?;
+        if let Ok(e) = failed.try_recv() {
+            return Err(e);
         }
         let Some(env) = mb.recv_timeout(Duration::from_millis(10))? else { continue };
         let index = match env.header {

@@ -53,9 +53,10 @@ impl Outcome {
 
 /// The controller role: prepares, runs and ends the job.
 pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> Outcome {
+    let launched = std::time::Instant::now();
     match build_plan(args, layout) {
         Ok(Start::Run(p)) => {
-            let mut run = Run::new(mb, layout, *p);
+            let mut run = Run::new(mb, layout, *p, launched);
             let end = run.drive();
             run.finish(end)
         }
@@ -103,7 +104,7 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(mb: &'a Mailbox, layout: &'a Layout, p: Prepared) -> Run<'a> {
+    fn new(mb: &'a Mailbox, layout: &'a Layout, p: Prepared, launched: std::time::Instant) -> Run<'a> {
         let Prepared { lock, plan, mut checkpoint, work, first_shard } = p;
         let deadline = plan.config.end_time.or_else(crate::walltime::slurm_end_time);
         if let (Some(d), Some(r)) = (deadline, checkpoint.manifest.runs.last_mut()) {
@@ -119,7 +120,7 @@ impl<'a> Run<'a> {
             stop_before: plan.config.stop_before_seconds,
             deadline,
         };
-        let progress = Progress::new(work.rows_left(), plan.config.progress, plan.config.progress_interval_seconds);
+        let progress = Progress::new(work.rows_left(), plan.config.progress, plan.config.progress_interval_seconds, launched);
         let embedded_before = checkpoint.manifest.rows_embedded;
         Run { mb, layout, plan, checkpoint, sched: Scheduler::new(work, policy), progress, embedded_before, _lock: lock }
     }

@@ -21,12 +21,15 @@ pub struct Progress {
     enabled: bool,
     tty: bool,
     interval: Duration,
-    /// Seconds from the start to the first embedded batch.
+    /// When the controller started (before preparing: model, inputs, resume checks).
+    launched: Instant,
+    /// Seconds from the controller's start to the first embedded batch.
     pub first_batch: Option<f64>,
 }
 
 impl Progress {
-    pub fn new(total: u64, enabled: bool, interval_seconds: f64) -> Progress {
+    /// Rates count from now; the first batch's time from `launched`.
+    pub fn new(total: u64, enabled: bool, interval_seconds: f64, launched: Instant) -> Progress {
         let now = Instant::now();
         Progress {
             start: now,
@@ -40,13 +43,14 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             // Validated finite and at most a year (config), so this cannot panic.
             interval: Duration::from_secs_f64(interval_seconds),
+            launched,
             first_batch: None,
         }
     }
 
     /// An encoder's batch report.
     pub fn batch(&mut self, rows: u64, tokens: u64, padded: u64) {
-        self.first_batch.get_or_insert_with(|| self.start.elapsed().as_secs_f64());
+        self.first_batch.get_or_insert_with(|| self.launched.elapsed().as_secs_f64());
         self.rows += rows;
         self.tokens += tokens;
         self.padded += padded;
@@ -152,11 +156,12 @@ mod tests {
 
     #[test]
     fn progress_counts_rows_and_the_first_batch() {
-        let mut p = Progress::new(100, false, 10.0);
+        let launched = Instant::now() - Duration::from_secs(3);
+        let mut p = Progress::new(100, false, 10.0, launched);
         assert!(p.line().starts_with("0/100 rows (0.0%)") && p.line().ends_with("ETA ?"), "{}", p.line());
         p.batch(30, 300, 400);
         p.skipped = 10;
-        assert!(p.first_batch.is_some());
+        assert!(p.first_batch.is_some_and(|s| s >= 3.0), "counted from the controller's start");
         assert!(p.line().starts_with("40/100 rows (40.0%)"), "{}", p.line());
         assert!(p.this_run().starts_with("this run 30 rows in") && p.this_run().ends_with("25.0% padding)"), "{}", p.this_run());
     }
