@@ -31,9 +31,9 @@ fn log_path_of(path: &Path, m: &Manifest) -> std::io::Result<PathBuf> {
     m.log_path(path).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Opens the log for appending: not through a link, and only a regular file (a FIFO would block).
 fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW).open(path)
+    crate::output::open_own(path, std::fs::OpenOptions::new().append(true))
 }
 
 impl Checkpoint {
@@ -63,8 +63,7 @@ impl Checkpoint {
             lines.len() as u64
         } else {
             if let Some((line, bytes)) = manifest.log.torn {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&log_path)?;
+                let f = crate::output::open_own(&log_path, std::fs::OpenOptions::new().write(true))?;
                 f.set_len(manifest.log.valid_len)?;
                 f.sync_all()?;
                 eprintln!(

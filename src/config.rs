@@ -89,6 +89,25 @@ pub struct RunConfig {
 
 /// Longest duration a flag may give (a year): beyond it `Duration` arithmetic and JSON stay finite.
 const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+/// The latest `--end-time` (the year 3000, in Unix seconds): dates stay printable and arithmetic finite.
+const MAX_END_TIME: f64 = 32_503_680_000.0;
+
+/// Upper bounds of the count flags: far above any real use, low enough that no value allocates or spawns
+/// without limit. Each is `(flag, most)`.
+pub const MOST_BATCH_ROWS: usize = 1 << 20;
+pub const MOST_BATCH_TOKENS: usize = 1 << 28;
+pub const MOST_BUCKET_TOKENS: usize = 1 << 24;
+pub const MOST_PREFETCH_BATCHES: usize = 1024;
+pub const MOST_THREADS: usize = 4096;
+
+/// `v` within `[low, high]`, else a one-line error naming the flag.
+fn within(flag: &str, v: usize, low: usize, high: usize) -> Result<(), String> {
+    if (low..=high).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{flag} {v}: must be from {low} to {high}"))
+    }
+}
 
 /// A finite number of seconds in `[min, MAX_SECONDS]` (`min` itself excluded when `open`).
 fn seconds(flag: &str, v: f64, min: f64, open: bool) -> Result<f64, String> {
@@ -106,15 +125,17 @@ impl RunConfig {
     pub fn from_args(a: &EmbedArgs) -> Result<RunConfig, String> {
         let at_least_one = |flag: &str, v: u64| if v == 0 { Err(format!("{flag} must be at least 1")) } else { Ok(()) };
         at_least_one("--rows-per-shard", a.rows_per_shard)?;
-        at_least_one("--batch-size", a.batch_size as u64)?;
-        if a.tokens_per_batch == Some(0) {
-            return Err("--tokens-per-batch must be at least 1".into());
+        within("--batch-size", a.batch_size, 1, MOST_BATCH_ROWS)?;
+        if let Some(t) = a.tokens_per_batch {
+            within("--tokens-per-batch", t, 1, MOST_BATCH_TOKENS)?;
         }
+        within("--bucket-max-tokens", a.bucket_max_tokens, 1, MOST_BUCKET_TOKENS)?;
         if a.bucket_min_tokens == 0 || a.bucket_min_tokens > a.bucket_max_tokens {
             return Err("--bucket-min-tokens must be at least 1 and at most --bucket-max-tokens".into());
         }
-        at_least_one("--prefetch-batches", a.prefetch_batches as u64)?;
-        at_least_one("--local-encoders", a.local_encoders as u64)?;
+        within("--prefetch-batches", a.prefetch_batches, 1, MOST_PREFETCH_BATCHES)?;
+        within("--threads", a.threads, 0, MOST_THREADS)?;
+        // --loaders, --writers and --local-encoders are checked by `Layout::new`, which runs first.
         if a.max_rows == Some(0) {
             return Err("--max-rows must be at least 1".into());
         }
@@ -133,8 +154,8 @@ impl RunConfig {
         let drain_timeout_seconds = seconds("--drain-timeout", a.drain_timeout, 0.0, true)?;
         let progress_interval_seconds = seconds("--progress-interval", a.progress_interval, 0.0, true)?;
         if let Some(t) = a.end_time {
-            if !(t.is_finite() && t >= 0.0) {
-                return Err(format!("--end-time {t}: must be Unix seconds (a finite number, at least 0)"));
+            if !(t.is_finite() && (0.0..=MAX_END_TIME).contains(&t)) {
+                return Err(format!("--end-time {t}: must be Unix seconds (a finite number from 0 to {MAX_END_TIME}, the year 3000)"));
             }
         }
         let start = match (a.resume, a.auto_resume, a.overwrite) {
@@ -177,11 +198,6 @@ impl RunConfig {
             progress: !a.no_progress,
             progress_interval_seconds,
         })
-    }
-
-    /// Whether the run continues an existing manifest when there is one.
-    pub fn resumes(&self) -> bool {
-        matches!(self.start, StartMode::Resume | StartMode::AutoResume)
     }
 }
 
@@ -227,6 +243,23 @@ mod tests {
     }
 
     #[test]
+    fn counts_have_upper_bounds() {
+        for (flag, v) in [
+            ("--batch-size", "2000000"),
+            ("--tokens-per-batch", "1000000000"),
+            ("--bucket-max-tokens", "100000000"),
+            ("--prefetch-batches", "100000"),
+            ("--threads", "1000000"),
+            ("--prefetch-batches", "0"),
+        ] {
+            let e = error(&[flag, v]);
+            assert!(e.starts_with(&format!("{flag} {v}: must be from")), "{flag} {v}: {e}");
+        }
+        let c = RunConfig::from_args(&parse(&["--batch-size", "1048576", "--threads", "4096", "--prefetch-batches", "1024"])).unwrap();
+        assert_eq!((c.batching.batch_size, c.encoder_threads, c.batching.prefetch_batches), (1 << 20, 4096, 1024));
+    }
+
+    #[test]
     fn durations_must_be_finite_and_in_range() {
         for (flag, v) in [("--progress-interval", "inf"), ("--drain-timeout", "inf"), ("--drain-timeout", "1e300"), ("--stop-before", "NaN")] {
             let e = error(&[flag, v]);
@@ -234,6 +267,7 @@ mod tests {
         }
         assert!(error(&["--drain-timeout", "0"]).contains("more than 0"));
         assert!(error(&["--end-time", "inf"]).contains("--end-time"));
+        assert!(error(&["--end-time", "1e300"]).contains("--end-time"));
         let c = RunConfig::from_args(&parse(&["--drain-timeout", "0.5", "--stop-before", "0"])).unwrap();
         assert_eq!((c.drain_timeout_seconds, c.stop_before_seconds), (0.5, 0.0));
     }

@@ -55,8 +55,9 @@ fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64
     if ranges::normalize(s.row_ranges.clone()) != s.row_ranges {
         bad("row_ranges are not sorted and disjoint".into());
     }
-    if ranges::total(&s.row_ranges) != s.rows + s.rows_skipped {
-        bad(format!("row_ranges cover {} rows but rows + rows_skipped = {}", ranges::total(&s.row_ranges), s.rows + s.rows_skipped));
+    let counted = s.rows.saturating_add(s.rows_skipped);
+    if ranges::total(&s.row_ranges) != counted {
+        bad(format!("row_ranges cover {} rows but rows + rows_skipped = {counted}", ranges::total(&s.row_ranges)));
     }
     match open().and_then(|f| check_rows(f, m.embedding_dim, s)) {
         Ok(()) => {}
@@ -128,7 +129,8 @@ pub struct VerifyStats {
 
 /// Checks every shard on `jobs` threads (0: one per core); progress on stderr when `progress`.
 fn check_all(manifest: &Path, m: &Manifest, jobs: usize, progress: bool) -> (Vec<String>, VerifyStats) {
-    let jobs = if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs }.clamp(1, m.shards.len().max(1));
+    let jobs = if jobs == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { jobs }
+        .clamp(1, m.shards.len().clamp(1, crate::config::MOST_THREADS));
     let started = Instant::now();
     let (next, hashed, finished) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicUsize::new(0));
     let results: Vec<std::sync::Mutex<Vec<String>>> = m.shards.iter().map(|_| Default::default()).collect();
@@ -172,8 +174,15 @@ fn check_all(manifest: &Path, m: &Manifest, jobs: usize, progress: bool) -> (Vec
 pub fn verify(manifest: &Path, jobs: usize, progress: bool) -> Result<(Manifest, Vec<String>, VerifyStats), String> {
     let m = Manifest::read(manifest).map_err(|e| e.to_string())?;
     let (mut problems, stats) = check_all(manifest, &m, jobs, progress);
-    let owners: Vec<(ranges::Range, usize)> = m.shards.iter().enumerate().flat_map(|(i, s)| s.row_ranges.iter().map(move |&r| (r, i))).collect();
-    for (a, b) in ranges::overlapping_pairs(owners) {
+    let root = crate::output::root_of_manifest(manifest);
+    let folders: std::collections::BTreeSet<_> =
+        m.shards.iter().filter_map(|s| resolve_shard_path(manifest, &s.path).ok()?.parent().map(Path::to_path_buf)).collect();
+    for dir in folders.iter().filter(|d| d.exists()) {
+        if let Err(e) = crate::output::check_inside_root(&root, dir) {
+            problems.push(e);
+        }
+    }
+    for (a, b) in m.overlapping_shards() {
         problems.push(format!("{}: rows overlap those of {} (rows would be duplicated)", m.shards[b].path, m.shards[a].path));
     }
     for s in &m.shards {
@@ -182,8 +191,7 @@ pub fn verify(manifest: &Path, jobs: usize, progress: bool) -> Result<(Manifest,
         }
     }
     if m.status == Status::Complete {
-        let covered = ranges::normalize(m.shards.iter().flat_map(|s| s.row_ranges.iter().copied()).collect());
-        let missing = ranges::subtract(&[(0, m.rows_total)], &covered);
+        let missing = ranges::subtract(&[(0, m.rows_total)], &m.covered());
         if !missing.is_empty() {
             problems.push(format!("status is complete but rows {} are not covered", show_ranges(&missing)));
         }

@@ -44,17 +44,21 @@ pub struct Layout {
     pub writers: usize,
 }
 
+/// The most loaders, writers or (one-process) encoders a job may ask for: each is a thread or a rank.
+pub const MOST_ROLE_INSTANCES: usize = 1024;
+
 /// Which rank hosts the `i`-th instance of a role.
 type RankOf = Box<dyn Fn(Role, usize) -> usize>;
 
 impl Layout {
     /// Lays roles out over `world_size` ranks. `local_encoders` is used only when `world_size == 1`.
     pub fn new(world_size: usize, loaders: Option<usize>, writers: Option<usize>, local_encoders: usize) -> Result<Layout, String> {
-        if loaders == Some(0) {
-            return Err("--loaders must be at least 1".into());
-        }
-        if writers == Some(0) {
-            return Err("--writers must be at least 1".into());
+        for (flag, v) in [("--loaders", loaders), ("--writers", writers), ("--local-encoders", Some(local_encoders))] {
+            match v {
+                Some(0) => return Err(format!("{flag} must be at least 1")),
+                Some(n) if n > MOST_ROLE_INSTANCES => return Err(format!("{flag} {n}: must be from 1 to {MOST_ROLE_INSTANCES}")),
+                _ => {}
+            }
         }
         let (l, e, w, rank_of): (usize, usize, usize, RankOf) = match world_size {
             0 => return Err("world size 0".into()),

@@ -10,6 +10,8 @@ pub mod config;
 pub mod controller;
 pub mod device;
 pub mod encode;
+#[cfg(test)]
+mod fuzz;
 pub mod hub;
 pub mod input;
 pub mod inspect;
@@ -47,6 +49,15 @@ pub fn run() -> i32 {
     keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp_millis().init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Embed(_)) {
+        // Commands that print and end (status, verify, encode) stop quietly when their reader goes away, as
+        // Unix tools do (`... | head`), instead of panicking on a write to a closed pipe. `embed` keeps Rust's
+        // default: its ranks handle signals themselves.
+        // SAFETY: resetting a signal to its default action, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Embed(args) => embed(args),
         Command::Verify { manifest, jobs } => inspect::verify_command(&manifest, jobs),
@@ -90,7 +101,8 @@ pub fn embed(args: EmbedArgs) -> i32 {
             if rank == 0 {
                 eprintln!("error: {e}");
             }
-            return EXIT_USAGE;
+            // The command line parsed; its values do not fit (README: exit codes).
+            return EXIT_FAILED;
         }
     };
     let (routed, controller) = run_roles(&args, rank, &layout, &mut wire);
@@ -128,7 +140,7 @@ pub fn embed(args: EmbedArgs) -> i32 {
 pub fn embed_in_process(args: EmbedArgs) -> Outcome {
     let layout = match Layout::new(1, args.loaders, args.writers, args.local_encoders) {
         Ok(l) => l,
-        Err(e) => return Outcome { code: EXIT_USAGE, abort: false, error: Some(e), manifest: None },
+        Err(e) => return Outcome { code: EXIT_FAILED, abort: false, error: Some(e), manifest: None },
     };
     let (_, controller) = run_roles(&args, 0, &layout, &mut None);
     controller.expect("rank 0 hosts the controller; this is a bug")

@@ -18,6 +18,8 @@ pub const TOOL: &str = concat!("chatspace-mpi ", env!("CARGO_PKG_VERSION"));
 /// The largest manifest header read: the header has no per-shard content (a version-1 manifest, with every
 /// shard in it, is bounded by this too: about 400,000 shards).
 const HEADER_MAX_BYTES: u64 = 256 << 20;
+/// The longest shard log line read (an entry is a few hundred bytes; a drained shard adds a range per cut).
+const LOG_LINE_MAX_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -288,7 +290,27 @@ pub fn decode_line(line: &[u8]) -> Result<ShardEntry, String> {
     if line_check(&object).as_bytes() != &tail[..16] {
         return Err("the line does not match its check (edited or damaged); refusing to trust this log".into());
     }
-    serde_json::from_slice(line).map_err(|e| format!("not a shard entry: {e}"))
+    let entry: ShardEntry = serde_json::from_slice(line).map_err(|e| format!("not a shard entry: {e}"))?;
+    entry.check_ranges()?;
+    Ok(entry)
+}
+
+impl ShardEntry {
+    /// What every reader of an entry relies on: each row range is non-empty (`start < end`) and the counts
+    /// add up without overflow. (Order, overlap and totals are `verify`'s to report.)
+    pub fn check_ranges(&self) -> Result<(), String> {
+        let mut covered = 0u64;
+        for &(a, b) in &self.row_ranges {
+            if a >= b {
+                return Err(format!("shard {}: row range ({a}, {b}) is empty or reversed", self.path));
+            }
+            covered = covered.checked_add(b - a).ok_or_else(|| format!("shard {}: row ranges cover more than 2^64 rows", self.path))?;
+        }
+        if self.rows.checked_add(self.rows_skipped).is_none() {
+            return Err(format!("shard {}: rows + rows_skipped overflow", self.path));
+        }
+        Ok(())
+    }
 }
 
 /// Reads the shard log: every whole line checked and parsed; a last line without its newline is a torn
@@ -301,9 +323,16 @@ pub fn read_log(path: &Path) -> Result<(Vec<ShardEntry>, LogState), ManifestErro
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        let n = std::io::Read::take(&mut reader, LOG_LINE_MAX_BYTES + 1).read_until(b'\n', &mut line).map_err(io)?;
         if n == 0 {
             break;
+        }
+        if n as u64 > LOG_LINE_MAX_BYTES {
+            return Err(ManifestError::Log {
+                path: path.display().to_string(),
+                line: number,
+                message: format!("longer than {LOG_LINE_MAX_BYTES} bytes: not a shard log line"),
+            });
         }
         if line.last() != Some(&b'\n') {
             state.torn = Some((number, n as u64));
@@ -333,6 +362,9 @@ impl Manifest {
                 // Version 1: `version`, the shards inline, the flags as `run_config`.
                 let shards = obj.remove("shards").unwrap_or(serde_json::Value::Array(Vec::new()));
                 let shards: Vec<ShardEntry> = serde_json::from_value(shards).map_err(|e| invalid(format!("shards: {e}")))?;
+                if let Some(e) = shards.iter().find_map(|s| s.check_ranges().err()) {
+                    return Err(invalid(e));
+                }
                 obj.remove("version");
                 obj.remove("run_config");
                 obj.insert("format_version".into(), FORMAT_VERSION.into());
@@ -384,8 +416,8 @@ impl Manifest {
     fn recount(&mut self) {
         let (mut embedded, mut skipped, mut lo, mut hi) = (0, 0, None, None);
         for s in &self.shards {
-            embedded += s.rows;
-            skipped += s.rows_skipped;
+            embedded = s.rows.saturating_add(embedded);
+            skipped = s.rows_skipped.saturating_add(skipped);
             lo = min_opt(lo, s.min_norm);
             hi = max_opt(hi, s.max_norm);
         }
@@ -395,8 +427,8 @@ impl Manifest {
 
     /// Counts a committed shard in the totals (the entry itself goes to the log, not here).
     pub fn count_shard(&mut self, shard: &ShardEntry) {
-        self.rows_embedded += shard.rows;
-        self.rows_skipped += shard.rows_skipped;
+        self.rows_embedded = self.rows_embedded.saturating_add(shard.rows);
+        self.rows_skipped = self.rows_skipped.saturating_add(shard.rows_skipped);
         self.num_shards += 1;
         self.min_norm = min_opt(self.min_norm, shard.min_norm);
         self.max_norm = max_opt(self.max_norm, shard.max_norm);
@@ -404,16 +436,36 @@ impl Manifest {
 
     /// Input rows accounted for (embedded or skipped) by committed shards.
     pub fn rows_done(&self) -> u64 {
-        self.rows_embedded + self.rows_skipped
+        self.rows_embedded.saturating_add(self.rows_skipped)
+    }
+
+    /// Every row id the shards account for, as one normalized range set (O(S log S)).
+    pub fn covered(&self) -> Vec<crate::ranges::Range> {
+        crate::ranges::normalize(self.shards.iter().flat_map(|s| s.row_ranges.iter().copied()).collect())
+    }
+
+    /// Pairs of shards (indexes into `shards`) that share row ids, found in one sort over all row ranges.
+    pub fn overlapping_shards(&self) -> Vec<(usize, usize)> {
+        crate::ranges::overlapping_pairs(self.shards.iter().enumerate().flat_map(|(i, s)| s.row_ranges.iter().map(move |&r| (r, i))).collect())
     }
 
     pub fn next_shard_index(&self) -> u64 {
         self.shards.iter().map(|s| s.shard_index + 1).max().unwrap_or(0)
     }
 
-    /// The header as written: pretty JSON without the shards.
+    /// The header as written: pretty JSON without the shards. Non-finite numbers (which JSON cannot hold
+    /// and which would make the header unreadable) are written as absent, or 0 for a run's duration.
     pub fn header_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest serializes; this is a bug");
+        let finite = |x: Option<f64>| x.filter(|v| v.is_finite());
+        let mut header = Manifest { shards: Vec::new(), ..self.clone() };
+        header.min_norm = header.min_norm.filter(|v| v.is_finite());
+        header.max_norm = header.max_norm.filter(|v| v.is_finite());
+        for r in &mut header.runs {
+            r.duration_seconds = finite(Some(r.duration_seconds)).unwrap_or(0.0);
+            r.first_batch_seconds = finite(r.first_batch_seconds);
+            r.drain_estimate_seconds = finite(r.drain_estimate_seconds);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&header).expect("a manifest serializes; this is a bug");
         bytes.push(b'\n');
         bytes
     }
@@ -558,6 +610,19 @@ mod tests {
     }
 
     #[test]
+    fn covered_rows_and_overlapping_shards() {
+        let mut m = tests_support::empty_manifest();
+        m.shards = vec![
+            tests_support::shard(0, 0, vec![(0, 10)], 0),
+            tests_support::shard(1, 1, vec![(10, 15), (17, 20)], 0),
+            tests_support::shard(2, 1, vec![(15, 17)], 0),
+        ];
+        assert_eq!((m.covered(), m.overlapping_shards()), (vec![(0, 20)], vec![]));
+        m.shards.push(tests_support::shard(3, 0, vec![(8, 9)], 0));
+        assert_eq!(m.overlapping_shards(), vec![(0, 3)]);
+    }
+
+    #[test]
     fn version_one_manifests_are_read_with_their_shards() {
         let d = tempfile::tempdir().unwrap();
         let m = tests_support::empty_manifest();
@@ -589,6 +654,173 @@ mod tests {
             m.shard_log = bad.into();
             assert!(m.log_path(p).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    //! The manifest reader against extreme and hostile input: what the program writes always reads back, and
+    //! no header or log, however damaged, makes a reader (or what `status`, `verify` and `--resume` do with
+    //! what it read) panic.
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::fuzz::{config, json_value, replace_somewhere};
+    use proptest::prelude::*;
+
+    fn extreme_manifest() -> Manifest {
+        let mut m = tests_support::empty_manifest();
+        m.rows_total = u64::MAX;
+        m.rows_per_shard = u64::MAX;
+        m.dataset = "d\u{0}\u{1b}[31m \u{202e}\u{1F469}\u{200D}\u{1F52C} \"quoted\" \\ back".into();
+        m.error = Some("x".repeat(100_000));
+        m.min_norm = Some(f32::NAN);
+        m.max_norm = Some(f32::INFINITY);
+        m.runs.push(RunRecord {
+            run_id: "r".into(),
+            started_at: String::new(),
+            ended_at: None,
+            world_size: usize::MAX,
+            layout: String::new(),
+            exit: None,
+            restart_count: Some(u64::MAX),
+            rows_embedded: u64::MAX,
+            duration_seconds: f64::NAN,
+            first_batch_seconds: Some(f64::INFINITY),
+            deadline: None,
+            drain_estimate_seconds: Some(f64::MAX),
+        });
+        m
+    }
+
+    #[test]
+    fn a_manifest_with_extreme_values_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("manifest-train.json");
+        let m = extreme_manifest();
+        let mut c = Checkpoint::create(&path, m.clone()).unwrap();
+        let mut big = tests_support::shard(u64::MAX - 1, u64::MAX, vec![(0, 1), (u64::MAX - 2, u64::MAX)], 0);
+        big.min_norm = Some(f32::MIN_POSITIVE);
+        big.max_norm = Some(f32::MAX);
+        c.commit(&big).unwrap();
+        c.write_header().unwrap();
+        let back = Manifest::read(&path).unwrap();
+        assert_eq!((back.rows_total, back.dataset.as_str(), back.error.as_deref()), (u64::MAX, m.dataset.as_str(), m.error.as_deref()));
+        assert_eq!(back.runs[0].duration_seconds, 0.0, "NaN is written as 0");
+        assert_eq!((back.runs[0].first_batch_seconds, back.runs[0].drain_estimate_seconds), (None, Some(f64::MAX)));
+        assert_eq!((back.runs[0].rows_embedded, back.runs[0].world_size), (u64::MAX, usize::MAX));
+        assert_eq!(back.shards, vec![big]);
+        assert_eq!((back.min_norm, back.max_norm), (Some(f32::MIN_POSITIVE), Some(f32::MAX)));
+        // What readers do with it stays finite.
+        let _ = (back.covered(), back.overlapping_shards(), back.rows_done(), crate::inspect::status_text(&back));
+    }
+
+    /// A valid header and log for the fuzz targets to damage.
+    fn valid_files(d: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+        let path = d.join("manifest-train.json");
+        let mut m = tests_support::empty_manifest();
+        m.rows_total = 30;
+        let mut c = Checkpoint::create(&path, m).unwrap();
+        for (i, r) in [(0u64, 10u64), (10, 20)].iter().enumerate() {
+            c.commit(&tests_support::shard(i as u64, i as u64, vec![*r], 1)).unwrap();
+        }
+        c.write_header().unwrap();
+        let header = std::fs::read(&path).unwrap();
+        let log = std::fs::read(d.join("shards-train.jsonl")).unwrap();
+        (path, header, log)
+    }
+
+    /// Everything a reader does with a manifest it could read.
+    fn use_it(path: &Path) {
+        if let Ok(m) = Manifest::read(path) {
+            let _ = (m.covered(), m.overlapping_shards(), m.rows_done(), m.next_shard_index(), crate::inspect::status_text(&m));
+            let _ = crate::scheduler::WorkList::new(m.rows_total, m.rows_per_shard.max(1), m.covered());
+            let _ = crate::inspect::verify(path, 1, false);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_header_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), cut in any::<usize>()) {
+            let d = tempfile::tempdir().unwrap();
+            let (path, header, _) = valid_files(d.path());
+            std::fs::write(&path, &bytes).unwrap();
+            use_it(&path);
+            // A valid header cut anywhere.
+            std::fs::write(&path, &header[..cut % (header.len() + 1)]).unwrap();
+            use_it(&path);
+        }
+
+        #[test]
+        fn damaged_headers_never_panic(pick in any::<usize>(), with in json_value()) {
+            let d = tempfile::tempdir().unwrap();
+            let (path, header, _) = valid_files(d.path());
+            let mut v: serde_json::Value = serde_json::from_slice(&header).unwrap();
+            replace_somewhere(&mut v, pick, with);
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            use_it(&path);
+        }
+
+        #[test]
+        fn damaged_logs_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let (path, _, mut log) = valid_files(d.path());
+            for (at, b) in edits {
+                let i = at % log.len();
+                log[i] = b;
+            }
+            let log_path = d.path().join("shards-train.jsonl");
+            std::fs::write(&log_path, &log[..cut % (log.len() + 1)]).unwrap();
+            use_it(&path);
+        }
+
+        #[test]
+        fn validly_checked_hostile_entries_never_panic(pick in any::<usize>(), with in json_value(),
+            ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4),
+            rows in prop_oneof![Just(u64::MAX), any::<u64>()], skipped in prop_oneof![Just(u64::MAX), Just(1u64), any::<u64>()]) {
+            // Lines whose check matches (anyone can compute it) but whose values are hostile.
+            let d = tempfile::tempdir().unwrap();
+            let (path, _, _) = valid_files(d.path());
+            let mut e = tests_support::shard(2, 2, vec![(20, 30)], 0);
+            (e.row_ranges, e.rows, e.rows_skipped) = (ranges, rows, skipped);
+            let mut v = serde_json::to_value(&e).unwrap();
+            replace_somewhere(&mut v, pick, with);
+            let line = match serde_json::from_value::<ShardEntry>(v.clone()) {
+                Ok(entry) => encode_line(&entry),
+                Err(_) => {
+                    // Not an entry: written with a matching check all the same.
+                    let mut object = serde_json::to_vec(&v).unwrap();
+                    if object.last() != Some(&b'}') { object = b"{}".to_vec(); }
+                    let check = line_check(&object);
+                    object.pop();
+                    let mut l = object;
+                    l.extend_from_slice(CHECK_KEY);
+                    l.extend_from_slice(check.as_bytes());
+                    l.extend_from_slice(b"\"}\n");
+                    l
+                }
+            };
+            let log_path = d.path().join("shards-train.jsonl");
+            let mut log = std::fs::read(&log_path).unwrap();
+            log.extend_from_slice(&line);
+            std::fs::write(&log_path, &log).unwrap();
+            use_it(&path);
+        }
+    }
+
+    #[test]
+    fn an_endless_log_line_is_refused_not_read_into_memory() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, _, mut log) = valid_files(d.path());
+        log.extend(std::iter::repeat_n(b'x', (LOG_LINE_MAX_BYTES + 10) as usize));
+        log.push(b'\n');
+        std::fs::write(d.path().join("shards-train.jsonl"), &log).unwrap();
+        let e = Manifest::read(&path).unwrap_err().to_string();
+        assert!(e.contains("shards-train.jsonl:3:") && e.contains("longer than"), "{e}");
     }
 }
 

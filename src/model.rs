@@ -75,18 +75,63 @@ struct ModuleEntry {
     kind: String,
 }
 
+/// The largest JSON file of a model folder read (configs are small; tokenizer.json is read by `tokenizers`).
+const JSON_MAX_BYTES: u64 = 64 << 20;
+
 fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::BadFile { file: path.display().to_string(), message: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::BadFile { file: path.display().to_string(), message: format!("invalid JSON: {e}") })
+    let bad = |message: String| ModelError::BadFile { file: path.display().to_string(), message };
+    let bytes = crate::output::read_input(path, JSON_MAX_BYTES).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))
 }
 
+/// A file the folder must have, as a regular file (links are followed: Hub caches are made of them).
 fn require(folder: &Path, file: &str) -> Result<PathBuf, ModelError> {
     let p = folder.join(file);
     if p.is_file() {
         Ok(p)
+    } else if p.exists() {
+        Err(ModelError::BadFile { file: p.display().to_string(), message: "not a regular file (a folder, FIFO, socket or device)".into() })
     } else {
         Err(ModelError::MissingFile { folder: folder.display().to_string(), file: file.to_string() })
     }
+}
+
+/// Checks the config.json fields the encoders size things by: counts that must be positive integers when
+/// present, and head counts that must divide. An error names the field and its value.
+fn check_config_fields(config: &serde_json::Value, file: &Path) -> Result<(), ModelError> {
+    let bad = |message: String| ModelError::BadFile { file: file.display().to_string(), message };
+    let field = |k: &str| config.get(k).filter(|v| !v.is_null());
+    for k in ["hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings"] {
+        if let Some(v) = field(k) {
+            if !v.as_u64().is_some_and(|n| (1..=1 << 24).contains(&n)) {
+                return Err(bad(format!("{k} must be a whole number from 1 to {} (it is {v})", 1 << 24)));
+            }
+        }
+    }
+    if let Some(v) = field("num_hidden_layers") {
+        if v.as_u64().is_none_or(|n| n > 4096) {
+            return Err(bad(format!("num_hidden_layers must be a whole number from 0 to 4096 (it is {v})")));
+        }
+    }
+    for k in ["layer_norm_eps", "rms_norm_eps", "rope_theta"] {
+        if let Some(v) = field(k) {
+            if !v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) {
+                return Err(bad(format!("{k} must be a positive number (it is {v})")));
+            }
+        }
+    }
+    let count = |k: &str| field(k).and_then(|v| v.as_u64());
+    if let (Some(h), Some(n)) = (count("hidden_size"), count("num_attention_heads")) {
+        if count("head_dim").is_none() && !h.is_multiple_of(n) {
+            return Err(bad(format!("hidden_size {h} is not a multiple of num_attention_heads {n}")));
+        }
+    }
+    if let (Some(n), Some(kv)) = (count("num_attention_heads"), count("num_key_value_heads")) {
+        if !n.is_multiple_of(kv) {
+            return Err(bad(format!("num_attention_heads {n} is not a multiple of num_key_value_heads {kv}")));
+        }
+    }
+    Ok(())
 }
 
 impl ModelSpec {
@@ -102,6 +147,7 @@ impl ModelSpec {
         require(folder, "tokenizer.json")?;
         let weights = require(folder, "model.safetensors")?;
         let config = read_json(&config_path)?;
+        check_config_fields(&config, &config_path)?;
         let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let archs: Vec<String> = config
             .get("architectures")
@@ -158,7 +204,13 @@ impl ModelSpec {
         }
         let sbert = folder.join("sentence_bert_config.json");
         let max_seq_length = if sbert.is_file() {
-            read_json(&sbert)?.get("max_seq_length").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(max_pos)
+            match read_json(&sbert)?.get("max_seq_length").filter(|v| !v.is_null()) {
+                None => max_pos,
+                Some(v) => v.as_u64().filter(|&n| n >= 1).ok_or_else(|| ModelError::BadFile {
+                    file: sbert.display().to_string(),
+                    message: format!("max_seq_length must be a whole number of at least 1 (it is {v})"),
+                })? as usize,
+            }
         } else {
             max_pos
         }
@@ -263,6 +315,14 @@ impl ModelSpec {
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, ModelError> {
         let path = Path::new(&self.path).join("tokenizer.json");
         let mut tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        // The special tokens the tokenizer adds must leave room for text (tokenizers panics otherwise).
+        let added = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if self.max_seq_length <= added {
+            return Err(ModelError::Setting(format!(
+                "{}: max_seq_length {} leaves no room for text: the tokenizer adds {added} special tokens to every input",
+                self.path, self.max_seq_length
+            )));
+        }
         let mut trunc = tok.get_truncation().cloned().unwrap_or_default();
         trunc.max_length = self.max_seq_length;
         tok.with_truncation(Some(trunc)).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
@@ -272,7 +332,7 @@ impl ModelSpec {
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::output::open_input(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex(&h.finalize()))

@@ -1,5 +1,5 @@
-//! Output layout (`{root}/embeddings/{M}/{D}/{S}/shard-{i:05d}.parquet`, `{root}/indexes/{M}/{D}/manifest-{S}.json`)
-//! and durable file writes (tmp -> fsync -> rename -> fsync dir).
+//! Output layout (`{root}/embeddings/{M}/{D}/{S}/shard-{i:05d}.parquet`; `manifest-{S}.json` and `shards-{S}.jsonl`
+//! in `{root}/indexes/{M}/{D}/`) and durable file writes (tmp -> fsync -> rename -> fsync dir).
 
 use std::fs::File;
 use std::io::Write;
@@ -98,13 +98,14 @@ pub fn write_atomic_large(path: &Path, bytes: &AlignedBytes) -> std::io::Result<
         if write_direct(tmp, bytes)? {
             return Ok(());
         }
+        remove_if_there(tmp)?;
         write_synced(tmp, bytes.as_slice())
     })
 }
 
-/// Creates (or truncates) `path`, writes `bytes` and fsyncs the file.
+/// Creates `path` (which must not exist: nothing is written through a link), writes `bytes` and fsyncs the file.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -116,6 +117,9 @@ fn atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> 
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
+        // A leftover of an earlier process with this pid, or a link put there: removed (a link itself, not
+        // what it points to), then the temporary is created anew.
+        remove_if_there(&tmp)?;
         write(&tmp)?;
         std::fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
@@ -124,6 +128,14 @@ fn atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> 
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes a file or link if there is one.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Alignment of buffers, offsets and lengths for `O_DIRECT`: the larger of 4 KiB (any disk's logical block)
@@ -184,7 +196,7 @@ fn write_direct(tmp: &Path, bytes: &AlignedBytes) -> std::io::Result<bool> {
         return Ok(false);
     }
     let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
-    let f = match std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(tmp) {
+    let f = match std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(tmp) {
         Ok(f) => f,
         Err(e) if refused(&e) => return Ok(false),
         Err(e) => return Err(e),
@@ -215,24 +227,51 @@ fn write_direct(tmp: &Path, bytes: &AlignedBytes) -> std::io::Result<bool> {
 /// Opens `path` for reading only if it is a regular file: a symbolic link is not followed, and a FIFO or
 /// device is refused before anything blocks on it.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    open_checked(path, std::fs::OpenOptions::new().read(true), false)
+}
+
+/// Opens an input file (dataset, model folder) for reading, following symbolic links (Hugging Face caches are
+/// made of them) but only to a regular file: a FIFO, socket, device or folder is refused before anything
+/// blocks on it.
+pub fn open_input(path: &Path) -> std::io::Result<File> {
+    open_checked(path, std::fs::OpenOptions::new().read(true), true)
+}
+
+/// Opens one of the program's own files in the output root (lock, shard log) with `options`: a symbolic
+/// link is not followed and anything but a regular file is refused, without blocking on a FIFO.
+pub fn open_own(path: &Path, options: &mut std::fs::OpenOptions) -> std::io::Result<File> {
+    open_checked(path, options, false)
+}
+
+fn open_checked(path: &Path, options: &mut std::fs::OpenOptions, follow: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a symbolic link; refusing to follow it")
-        } else {
-            e
-        }
+    let flags = if follow { libc::O_NONBLOCK } else { libc::O_NOFOLLOW | libc::O_NONBLOCK };
+    let file = options.custom_flags(flags).open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) if !follow => std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a symbolic link; refusing to follow it"),
+        // Opening a FIFO without a reader for writing, non-blocking.
+        Some(libc::ENXIO) => std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a FIFO, socket or device)"),
+        _ => e,
     })?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() { "a folder" } else { "a FIFO, socket or device" };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not a regular file ({what})")));
     }
     Ok(file)
 }
 
 /// Reads a regular file (see [`open_regular`]) of at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    read_bounded(open_regular(path)?, max)
+}
+
+/// Reads an input file (see [`open_input`]) of at most `max` bytes.
+pub fn read_input(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    read_bounded(open_input(path)?, max)
+}
+
+fn read_bounded(file: File, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = open_regular(path)?;
     let len = file.metadata()?.len();
     if len > max {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{len} bytes, more than the {max} this file may have")));
@@ -243,6 +282,20 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("grew past {max} bytes while read")));
     }
     Ok(bytes)
+}
+
+/// Checks that `dir`, a folder under `root` (`root` itself may be a link), resolves to a place inside `root`:
+/// a folder of the output linked to somewhere else would have shards written or read outside the output root.
+/// A folder that does not exist yet is judged by its nearest existing parent.
+pub fn check_inside_root(root: &Path, dir: &Path) -> Result<(), String> {
+    let real_root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(root);
+    let real = std::fs::canonicalize(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+    if real.starts_with(&real_root) {
+        Ok(())
+    } else {
+        Err(format!("{} leads outside the output root {} (to {}): a folder in it is a symbolic link", dir.display(), root.display(), real.display()))
+    }
 }
 
 /// Removes `.` and `..` components without touching the file system.
@@ -284,7 +337,8 @@ pub fn resolve_shard_path(manifest: &Path, rel: &str) -> Result<PathBuf, String>
 pub fn ensure_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    File::create(&probe)?;
+    remove_if_there(&probe)?;
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe)?;
     std::fs::remove_file(&probe)
 }
 
@@ -388,6 +442,51 @@ mod tests {
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(open_regular(&fifo).unwrap_err().to_string().contains("not a regular file"), "a FIFO is refused without blocking");
+    }
+
+    #[test]
+    fn a_link_in_place_of_a_temporary_is_removed_not_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        for (name, large) in [("m.json", false), ("s.parquet", true)] {
+            let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
+            std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+            let p = out.join(name);
+            if large {
+                write_atomic_large(&p, &aligned(b"new")).unwrap();
+            } else {
+                write_atomic(&p, b"new").unwrap();
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), b"new");
+            assert!(!std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+            assert_eq!(std::fs::read(&victim).unwrap(), b"keep me", "{name}: the link's target is untouched");
+        }
+    }
+
+    #[test]
+    fn folders_of_the_output_must_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(root.join("indexes/M")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        assert!(check_inside_root(&root, &root.join("indexes/M/D")).is_ok(), "judged by the nearest existing folder");
+        std::os::unix::fs::symlink(&outside, root.join("embeddings")).unwrap();
+        let e = check_inside_root(&root, &root.join("embeddings/M/D/train")).unwrap_err();
+        assert!(e.contains("leads outside the output root"), "{e}");
+        // A root that is itself a link is fine.
+        let linked_root = d.path().join("linked-root");
+        std::os::unix::fs::symlink(&root, &linked_root).unwrap();
+        assert!(check_inside_root(&linked_root, &linked_root.join("indexes/M")).is_ok());
+        // Files opened as inputs follow links, but only to regular files.
+        std::fs::write(outside.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), d.path().join("lf")).unwrap();
+        assert_eq!(read_input(&d.path().join("lf"), 10).unwrap(), b"x");
+        assert!(open_input(&outside).unwrap_err().to_string().contains("a folder"));
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
+        assert!(open_input(&d.path().join("zero")).unwrap_err().to_string().contains("not a regular file"));
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The run plan: input files with their row counts, the chunks (row-id ranges) to embed, and the settings
 //! every rank needs. Rank 0 builds it; everyone else receives it.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +17,7 @@ pub enum PlanError {
     NotFound(String),
     #[error("no .parquet or .jsonl files found in {0}")]
     Empty(String),
-    #[error("{0}: unsupported dataset file (expected .parquet, .jsonl, .ndjson or .json)")]
+    #[error("{}: unsupported dataset file (expected .parquet, .jsonl, .ndjson or .json){}", .0, compressed_hint(.0))]
     Extension(String),
     #[error("bad glob pattern in --dataset {0}: {1}")]
     Glob(String, String),
@@ -30,6 +29,19 @@ pub enum PlanError {
     MissingField { path: String, field: String, columns: String },
     #[error("{path}:{line}: {message}")]
     Jsonl { path: String, line: u64, message: String },
+    #[error("{0}: not a regular file (a FIFO, socket or device); dataset files must be regular files")]
+    NotRegular(String),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl From<crate::input::InputError> for PlanError {
+    fn from(e: crate::input::InputError) -> Self {
+        match e {
+            crate::input::InputError::Line { path, line, message } => PlanError::Jsonl { path, line, message },
+            crate::input::InputError::File { path, message } => PlanError::File { path, message },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,43 +132,87 @@ impl Plan {
     }
 }
 
-/// Expands `--dataset` (file, folder or glob) into a sorted list of input files.
+/// Expands `--dataset` (file, folder or glob) into a sorted list of input files. Links are followed (Hub
+/// caches are made of them) but each folder and file is taken once: a link back to a folder above it does
+/// not loop, and two names of one file do not embed it twice (both are warned about). A dataset file that is
+/// a FIFO, socket or device is refused before anything blocks on it.
 pub fn discover(dataset: &str) -> Result<Vec<(PathBuf, Format)>, PlanError> {
     let is_glob = dataset.contains(['*', '?', '[']);
     let mut files: Vec<PathBuf> = if is_glob {
         let paths = glob::glob(dataset).map_err(|e| PlanError::Glob(dataset.into(), e.to_string()))?;
-        paths.filter_map(Result::ok).filter(|p| p.is_file()).collect()
+        paths.filter_map(Result::ok).filter(|p| !p.is_dir()).collect()
     } else {
         let p = Path::new(dataset);
-        if p.is_file() {
-            let format = format_of(p).ok_or_else(|| PlanError::Extension(dataset.into()))?;
-            return Ok(vec![(p.to_path_buf(), format)]);
-        } else if p.is_dir() {
+        if p.is_dir() {
             let mut out = Vec::new();
-            walk(p, &mut out).map_err(|source| PlanError::Io { path: dataset.into(), source })?;
+            let mut seen = std::collections::HashSet::new();
+            walk(p, &mut out, &mut seen).map_err(|source| PlanError::Io { path: dataset.into(), source })?;
             out
+        } else if p.exists() {
+            let format = format_of(p).ok_or_else(|| PlanError::Extension(dataset.into()))?;
+            if !p.is_file() {
+                return Err(PlanError::NotRegular(dataset.into()));
+            }
+            return Ok(vec![(p.to_path_buf(), format)]);
         } else {
             return Err(PlanError::NotFound(dataset.into()));
         }
     };
     files.sort();
-    let found: Vec<_> = files.into_iter().filter_map(|p| format_of(&p).map(|f| (p, f))).collect();
+    let mut found = Vec::new();
+    let mut real_files: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    let mut compressed = 0;
+    for p in files {
+        let Some(format) = format_of(&p) else {
+            compressed += usize::from(!compressed_hint(&p.to_string_lossy()).is_empty());
+            continue;
+        };
+        if !p.is_file() {
+            return Err(PlanError::NotRegular(p.display().to_string()));
+        }
+        let real = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        if let Some(first) = real_files.get(&real) {
+            log::warn!("--dataset: {} is the same file as {}; read once", p.display(), first.display());
+            continue;
+        }
+        real_files.insert(real, p.clone());
+        found.push((p, format));
+    }
+    if compressed > 0 {
+        log::warn!("--dataset {dataset}: {compressed} compressed file(s) left out (compressed files are not read: decompress them first)");
+    }
     if found.is_empty() {
         return Err(PlanError::Empty(dataset.into()));
     }
     Ok(found)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Files under `dir`, following links to folders once each (`seen` holds the real folders entered).
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) -> std::io::Result<()> {
+    if !seen.insert(std::fs::canonicalize(dir)?) {
+        log::warn!("--dataset: {} is a folder already read (a link loop or a second link to it); skipped", dir.display());
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, seen)?;
         } else {
             out.push(path);
         }
     }
     Ok(())
+}
+
+/// Extensions of compressed files people keep JSON Lines in.
+const COMPRESSED: [&str; 5] = [".gz", ".zst", ".bz2", ".xz", ".zip"];
+
+fn compressed_hint(name: &str) -> &'static str {
+    if COMPRESSED.iter().any(|e| name.to_ascii_lowercase().ends_with(e)) {
+        "; compressed files are not read: decompress it first (rows are found by byte offset)"
+    } else {
+        ""
+    }
 }
 
 fn format_of(p: &Path) -> Option<Format> {
@@ -186,7 +242,9 @@ pub fn scan_inputs(
             Format::Parquet => (parquet_rows(path, text_field)?, Vec::new()),
             Format::Jsonl => {
                 let fields = crate::input::jsonl_field_names(path)?;
-                if !fields.is_empty() && !fields.iter().any(|f| f == text_field) {
+                // A field that the first lines lack may come later: the rest of the file is searched for it.
+                let later = || crate::input::jsonl_has_field(path, text_field);
+                if !fields.is_empty() && !fields.iter().any(|f| f == text_field) && !later()? {
                     return Err(PlanError::MissingField { path: name, field: text_field.into(), columns: fields.join(", ") });
                 }
                 let limit = max_rows.map(|m| m - next);
@@ -202,7 +260,7 @@ pub fn scan_inputs(
 
 fn parquet_rows(path: &Path, text_field: &str) -> Result<u64, PlanError> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
+    let file = crate::output::open_input(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| PlanError::Parquet { path: name.clone(), message: e.to_string() })?;
     let schema = builder.schema();
@@ -217,7 +275,7 @@ fn parquet_rows(path: &Path, text_field: &str) -> Result<u64, PlanError> {
 /// row id starts a chunk. Stops after `limit` lines.
 fn jsonl_lines(path: &Path, first_row: u64, rows_per_chunk: u64, limit: Option<u64>) -> Result<(u64, Vec<(u64, u64)>), PlanError> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
+    let file = crate::output::open_input(path).map_err(|source| PlanError::Io { path: name.clone(), source })?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offsets = Vec::new();
     let (mut lines, mut pos, mut at_line_start) = (0u64, 0u64, true);
@@ -256,13 +314,6 @@ fn jsonl_lines(path: &Path, first_row: u64, rows_per_chunk: u64, limit: Option<u
         lines += 1; // last line without a trailing newline
     }
     Ok((lines, offsets))
-}
-
-/// Reads up to `n` bytes from the start of a file (used to sniff JSONL field names).
-pub fn read_head(path: &Path, n: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    File::open(path)?.take(n as u64).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 #[cfg(test)]

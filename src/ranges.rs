@@ -51,8 +51,9 @@ pub fn from_sorted_ids(ids: &[u64]) -> Vec<Range> {
     out
 }
 
+/// Row ids in the ranges (saturating: ranges from a damaged manifest may claim more than 2^64).
 pub fn total(r: &[Range]) -> u64 {
-    r.iter().map(|(a, b)| b - a).sum()
+    r.iter().fold(0u64, |t, (a, b)| t.saturating_add(b.saturating_sub(*a)))
 }
 
 pub fn contains(r: &[Range], x: u64) -> bool {

@@ -65,6 +65,29 @@ fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
     let (ok, e) = embed(&good, &t5, &out, &[]);
     assert!(!ok && error_line(&e).contains("unsupported architecture 't5'"), "{e}");
 
+    // Config fields the encoders size things by are checked at load, naming the field.
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(m.join("config.json")).unwrap()).unwrap();
+    for (field, value, named) in [
+        ("hidden_size", serde_json::json!(0), "hidden_size"),
+        ("num_attention_heads", serde_json::json!(0), "num_attention_heads"),
+        ("num_attention_heads", serde_json::json!(5), "not a multiple of num_attention_heads"),
+        ("max_position_embeddings", serde_json::json!(-1), "max_position_embeddings"),
+        ("layer_norm_eps", serde_json::json!("tiny"), "layer_norm_eps"),
+    ] {
+        let mut c = config.clone();
+        c[field] = value;
+        let variant = model_variant(d.path(), &format!("cfg-{field}-{named}"), Some(("config.json", &c.to_string())));
+        let (ok, e) = embed(&good, &variant, &out, &[]);
+        assert!(!ok && error_line(&e).contains("config.json") && error_line(&e).contains(named), "{field}: {e}");
+    }
+    let zero_len = model_variant(d.path(), "zero-len", Some(("sentence_bert_config.json", r#"{"max_seq_length": 0}"#)));
+    let (ok, e) = embed(&good, &zero_len, &out, &[]);
+    assert!(!ok && error_line(&e).contains("sentence_bert_config.json") && error_line(&e).contains("max_seq_length"), "{e}");
+    // A length below the special tokens the tokenizer adds ([CLS] and [SEP]): refused up front, not a panic.
+    let one = model_variant(d.path(), "len-one", Some(("sentence_bert_config.json", r#"{"max_seq_length": 1}"#)));
+    let (ok, e) = embed(&good, &one, &out, &[]);
+    assert!(!ok && !e.contains("panicked") && error_line(&e).contains("max_seq_length 1 leaves no room for text"), "{e}");
+
     let file = d.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let (ok, e) = embed(&good, &m, &file.join("out"), &[]);

@@ -39,6 +39,11 @@ pub enum Start {
 pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let config = RunConfig::from_args(args).map_err(anyhow::Error::msg)?;
     let model = load_model(&config)?;
+    if config.encoder != crate::cli::EncoderKind::Noop {
+        // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
+        // one error before any rank starts rather than a failure in every loader.
+        model.tokenizer()?;
+    }
     check_shard_size(config.rows_per_shard, model.dim)?;
     let (files, source) = find_dataset(&config)?;
     if files.iter().any(|(_, f)| *f != files[0].1) {
@@ -55,6 +60,9 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let run_id = config.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
     let prompt = model.resolve_prompt(config.prompt.as_deref(), config.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
     let plan = Plan { config, layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source };
+    for d in [plan.output.manifest.parent().expect("a manifest path has a folder"), &plan.output.shard_dir] {
+        crate::output::check_inside_root(&plan.config.output_root, d).map_err(|e| anyhow::anyhow!("--output-root: {e}"))?;
+    }
     let lock = lock_output(&plan.output)?;
     let resume = plan.config.start == StartMode::Resume || (plan.config.start == StartMode::AutoResume && plan.output.manifest.exists());
     if resume {
@@ -62,7 +70,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
         if m.status == Status::Complete && m.rows_done() == m.rows_total {
             return Ok(Start::AlreadyComplete(plan.output.manifest.clone()));
         }
-        let work = WorkList::new(plan.rows_total, plan.config.rows_per_shard, super::resume::covered(&m.shards));
+        let work = WorkList::new(plan.rows_total, plan.config.rows_per_shard, m.covered());
         let first_shard = m.next_shard_index();
         let mut manifest = m;
         manifest.status = Status::Running;
@@ -124,11 +132,7 @@ fn lock_output(output: &OutputPaths) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("--output-root: cannot create {}", dir.display()))?;
     let name = output.manifest.file_name().expect("a manifest path has a name").to_string_lossy().replace("manifest-", ".lock-");
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = crate::output::open_own(&path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
         .with_context(|| format!("--output-root: cannot create {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),

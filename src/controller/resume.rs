@@ -11,7 +11,6 @@ use anyhow::{anyhow, bail};
 use crate::manifest::{Manifest, ShardEntry};
 use crate::output::{normalize_lexically, resolve_shard_path};
 use crate::plan::Plan;
-use crate::ranges::{self, Range};
 
 /// Shards at the end of the log whose Parquet footer is read: those committed last before a stop, which a
 /// crash on a file system that loses writes would tear first.
@@ -31,13 +30,19 @@ pub fn check(plan: &Plan) -> anyhow::Result<Manifest> {
         bail!("--resume: {} was made with other settings: {}", path.display(), diffs.join("; "));
     }
     let mut named = HashSet::with_capacity(m.shards.len());
+    let mut folders = HashSet::new();
     for (i, s) in m.shards.iter().enumerate() {
         let p = resolve_shard_path(path, &s.path).map_err(|e| anyhow!("--resume: {}: {e}", path.display()))?;
+        if let Some(&(_, end)) = s.row_ranges.last().filter(|r| r.1 > m.rows_total) {
+            bail!("--resume: shard {} covers rows up to {end}, beyond the {} rows of the run; the manifest is inconsistent", s.path, m.rows_total);
+        }
+        if let Some(dir) = p.parent().filter(|d| folders.insert(d.to_path_buf())) {
+            crate::output::check_inside_root(&plan.config.output_root, dir).map_err(|e| anyhow!("--resume: {e}"))?;
+        }
         check_file(&p, s, i + FOOTER_CHECKS >= m.shards.len())?;
         named.insert(p);
     }
-    let owners: Vec<(Range, usize)> = m.shards.iter().enumerate().flat_map(|(i, s)| s.row_ranges.iter().map(move |&r| (r, i))).collect();
-    if let Some(&(a, b)) = ranges::overlapping_pairs(owners).first() {
+    if let Some(&(a, b)) = m.overlapping_shards().first() {
         bail!("--resume: shards {} and {} cover the same rows; the manifest is inconsistent", m.shards[a].path, m.shards[b].path);
     }
     remove_leftovers(plan, &named)?;
@@ -94,9 +99,4 @@ fn remove_leftovers(plan: &Plan, named: &HashSet<PathBuf>) -> anyhow::Result<()>
         log::warn!("--resume: removed {removed} uncommitted file(s) left by an interrupted run");
     }
     Ok(())
-}
-
-/// Every row id the shards account for, as one normalized range set (O(S log S)).
-pub fn covered(shards: &[ShardEntry]) -> Vec<Range> {
-    ranges::normalize(shards.iter().flat_map(|s| s.row_ranges.iter().copied()).collect())
 }
