@@ -58,7 +58,8 @@ log = os.path.join(os.path.dirname(mp), m["shard_log"])
 lines = open(log, "rb").readlines()
 keep = lines[: len(lines) // 2]
 for l in lines[len(keep):]:
-    os.remove(os.path.normpath(os.path.join(os.path.dirname(mp), json.loads(l)["path"])))
+    if json.loads(l)["path"]:  # entries of skipped rows only have no file
+        os.remove(os.path.normpath(os.path.join(os.path.dirname(mp), json.loads(l)["path"])))
 open(log, "wb").writelines(keep)
 m["status"], m["num_shards"] = "preempted", len(keep)
 json.dump(m, open(mp, "w"))

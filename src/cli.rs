@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
-#[command(name = "chatspace-mpi", version, about = "Embed large text datasets with MPI ranks (controller, loaders, encoders, writers)")]
+#[command(name = "chatspace-mpi", version = env!("CHATSPACE_VERSION"), about = "Embed large text datasets with MPI ranks (controller, loaders, encoders, writers)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,7 +20,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Check a manifest and its shards (existence, size, sha256, schema, row ids); non-zero exit on problems.
     Verify {
-        /// Path to a manifest-{split}.json.
+        /// A manifest-{split}.json, or a folder holding manifests (an output root, or its indexes/M/D):
+        /// every manifest in it is checked.
         manifest: PathBuf,
         /// Shards hashed at once (0: one per core).
         #[arg(long, default_value_t = 0)]
@@ -28,13 +29,26 @@ pub enum Command {
     },
     /// Show a run's progress from its manifest: status, rows done/remaining, runs, throughput, time left.
     Status {
-        /// Path to a manifest-{split}.json.
+        /// A manifest-{split}.json, or a folder holding manifests (an output root, or its indexes/M/D).
         manifest: PathBuf,
+        /// One JSON object per manifest, a line each (for scripts and monitoring).
+        #[arg(long)]
+        json: bool,
     },
     /// Run the encoder alone on a JSONL of texts: tokens/s per batch size (after a warm-up pass), and
     /// optionally the embeddings as JSONL (parity checks on a GPU machine without cargo).
     Encode(crate::encode::EncodeArgs),
+    /// Print a shell completion script (e.g. `source <(chatspace-mpi completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+/// The values of `--device`.
+pub const DEVICES: [&str; 3] = ["cpu", "cuda", "auto"];
+/// The values of `--dtype` (the names `model::Dtype` records).
+pub const DTYPES: [&str; 4] = ["float32", "float16", "bfloat16", "int8"];
 
 /// How a text field holding a conversation (a list of {role, content}) becomes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -59,7 +73,8 @@ pub enum EncoderKind {
 /// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct EmbedArgs {
-    /// Input: a Parquet or JSONL file, a folder of them, or a glob (quote it).
+    /// Input: a Parquet or JSONL file, a folder of them, a glob (quote it), or a Hugging Face dataset
+    /// `org/name[@revision]` (also `hf://datasets/org/name`; read offline from the HF cache when present).
     #[arg(long)]
     pub dataset: String,
     /// Name used for the dataset in the output layout (default: derived from --dataset).
@@ -91,7 +106,7 @@ pub struct EmbedArgs {
     /// Embed only the first N input rows.
     #[arg(long)]
     pub max_rows: Option<u64>,
-    /// A sentence-transformers model folder.
+    /// A sentence-transformers model folder, or a Hugging Face model `org/name[@revision]`.
     #[arg(long)]
     pub model: PathBuf,
     /// Name used for the model in the output layout (default: the model folder's name).
@@ -136,7 +151,7 @@ pub struct EmbedArgs {
     pub prefetch_batches: usize,
     /// Compute device: cpu, cuda (binaries built with the `cuda` feature: each encoder rank takes a GPU from
     /// its place on the node) or auto (cuda when a GPU is visible, else cpu).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = DEVICES)]
     pub device: String,
     /// `model` runs the model; `candle` runs BERT models on candle-transformers (the slower reference);
     /// `noop` skips the model and emits placeholder vectors (for plumbing benchmarks: loading, MPI and
@@ -147,7 +162,7 @@ pub struct EmbedArgs {
     /// with AVX512_BF16: faster, embeddings differ slightly); int8 (CPU only, the linear layers of BERT models
     /// with AVX512-VNNI: fastest, embeddings differ more). See docs/benchmarks.md for speed and accuracy.
     /// Embeddings are written as float32 either way.
-    #[arg(long, default_value = "float32")]
+    #[arg(long, default_value = "float32", value_parser = DTYPES)]
     pub dtype: String,
     /// Run id recorded in the manifest (default: from the start time).
     #[arg(long)]

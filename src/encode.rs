@@ -20,11 +20,10 @@ pub struct EncodeArgs {
     pub input: PathBuf,
     #[arg(long, default_value = "text")]
     pub text_field: String,
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "cpu")]
+    /// cuda or auto take a GPU; float16 runs on cuda only, int8 on the cpu only.
+    #[arg(long, default_value = "cpu", value_parser = crate::cli::DEVICES)]
     pub device: String,
-    /// float32, float16 (cuda), bfloat16 or int8 (cpu).
-    #[arg(long, default_value = "float32")]
+    #[arg(long, default_value = "float32", value_parser = crate::cli::DTYPES)]
     pub dtype: String,
     /// Threads of the CPU encoder (0: all cores).
     #[arg(long, default_value_t = 0)]

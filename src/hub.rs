@@ -44,6 +44,18 @@ pub fn parse_repo_id(spec: &str) -> Option<(String, String)> {
     (parts.len() == 2 && parts.iter().all(|p| ok(p))).then(|| (id.to_string(), rev))
 }
 
+/// Whether a `--dataset`/`--model` that does not exist is still meant as a local path, not a Hub repo: it is
+/// absolute or starts with `.` or `~`, or its first folder exists here (`models/nope` beside a `models/`
+/// folder is a mistyped local path). `hf://org/name` always means the Hub.
+pub fn looks_local(spec: &str) -> bool {
+    if spec.starts_with("hf://") {
+        return false;
+    }
+    let p = std::path::Path::new(spec);
+    let first = p.components().next().map(|c| PathBuf::from(c.as_os_str()));
+    spec.starts_with(['/', '.', '~']) || (p.components().count() > 1 && first.is_some_and(|f| f.is_dir()))
+}
+
 pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return PathBuf::from(p);
@@ -234,6 +246,17 @@ pub fn resolve_model(id: &str, revision: &str) -> Result<Snapshot, HubError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistyped_local_paths_are_not_taken_for_the_hub() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("models")).unwrap();
+        let abs = d.path().join("models/nope");
+        assert!(looks_local(abs.to_str().unwrap()) && looks_local("./org/name") && looks_local("~/x/y"));
+        assert!(!looks_local("hf://models/nope") && !looks_local("no-such-org-here/name"));
+        // Relative: judged from the working folder, where `src/` exists for the tests.
+        assert!(looks_local("src/nope") && !looks_local("src"));
+    }
 
     #[test]
     fn repo_ids_and_revisions() {

@@ -18,6 +18,21 @@ use crate::ranges;
 /// Checks one shard file against its manifest entry; returns problems. `hashed` counts the bytes read.
 fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64) -> Vec<String> {
     let mut problems = Vec::new();
+    if !s.has_file() {
+        // An entry of skipped rows only: nothing to read; its counts are checked with the others.
+        if s.rows != 0 || s.bytes != 0 {
+            problems.push(format!("shard {} has no file but counts {} rows and {} bytes", s.shard_index, s.rows, s.bytes));
+        }
+        if ranges::total(&s.row_ranges) != s.rows_skipped {
+            problems.push(format!(
+                "shard {}: row_ranges cover {} rows but rows_skipped = {}",
+                s.shard_index,
+                ranges::total(&s.row_ranges),
+                s.rows_skipped
+            ));
+        }
+        return problems;
+    }
     let mut bad = |msg: String| problems.push(format!("{}: {msg}", s.path));
     let path = match resolve_shard_path(manifest, &s.path) {
         Ok(p) => p,
@@ -175,19 +190,23 @@ pub fn verify(manifest: &Path, jobs: usize, progress: bool) -> Result<(Manifest,
     let m = Manifest::read(manifest).map_err(|e| e.to_string())?;
     let (mut problems, stats) = check_all(manifest, &m, jobs, progress);
     let root = crate::output::root_of_manifest(manifest);
-    let folders: std::collections::BTreeSet<_> =
-        m.shards.iter().filter_map(|s| resolve_shard_path(manifest, &s.path).ok()?.parent().map(Path::to_path_buf)).collect();
+    let folders: std::collections::BTreeSet<_> = m
+        .shards
+        .iter()
+        .filter(|s| s.has_file())
+        .filter_map(|s| resolve_shard_path(manifest, &s.path).ok()?.parent().map(Path::to_path_buf))
+        .collect();
     for dir in folders.iter().filter(|d| d.exists()) {
         if let Err(e) = crate::output::check_inside_root(&root, dir) {
             problems.push(e);
         }
     }
     for (a, b) in m.overlapping_shards() {
-        problems.push(format!("{}: rows overlap those of {} (rows would be duplicated)", m.shards[b].path, m.shards[a].path));
+        problems.push(format!("{}: rows overlap those of {} (rows would be duplicated)", m.shards[b].label(), m.shards[a].label()));
     }
     for s in &m.shards {
         if s.row_ranges.iter().any(|r| r.1 > m.rows_total) {
-            problems.push(format!("{}: rows beyond rows_total {}", s.path, m.rows_total));
+            problems.push(format!("{}: rows beyond rows_total {}", s.label(), m.rows_total));
         }
     }
     if m.status == Status::Complete {
@@ -208,7 +227,48 @@ fn show_ranges(r: &[ranges::Range]) -> String {
     }
 }
 
-pub fn verify_command(manifest: &Path, jobs: usize) -> i32 {
+/// `chatspace-mpi verify`: every manifest the argument names (see [`manifests_in`]); exit 1 if any fails.
+pub fn verify_command(path: &Path, jobs: usize) -> i32 {
+    match manifests_in(path) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            crate::EXIT_FAILED
+        }
+        Ok(manifests) => manifests.iter().map(|m| verify_one(m, jobs)).fold(crate::EXIT_OK, i32::max),
+    }
+}
+
+/// The manifests a `status` or `verify` argument names: a file itself, or every `manifest-*.json` in a folder
+/// (an output root, then its `indexes/` is searched; an `indexes/M/D` folder), in path order. Links are not
+/// followed.
+pub fn manifests_in(path: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let start = if path.join("indexes").is_dir() { path.join("indexes") } else { path.to_path_buf() };
+    let mut found = Vec::new();
+    let mut folders = vec![(start, 0)];
+    while let Some((dir, depth)) = folders.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let (p, kind) = (entry.path(), entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?);
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() && depth < 2 {
+                folders.push((p, depth + 1));
+            } else if kind.is_file() && name.starts_with("manifest-") && name.ends_with(".json") {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        return Err(format!("{}: no manifest-*.json in this folder (give a manifest, an output root or its indexes/M/D folder)", path.display()));
+    }
+    Ok(found)
+}
+
+/// Checks one manifest, printing `ok: ...` or its problems; the exit code.
+fn verify_one(manifest: &Path, jobs: usize) -> i32 {
     match verify(manifest, jobs, true) {
         Err(e) => {
             eprintln!("error: {e}");
@@ -284,28 +344,55 @@ pub fn status_text(m: &Manifest) -> String {
             }
         );
     }
-    let last = m.runs.iter().rev().find(|r| r.duration_seconds > 0.0 && r.rows_embedded > 0);
-    match last {
-        Some(r) => {
-            let rate = r.rows_embedded as f64 / r.duration_seconds;
-            out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {:.0}s\n", left as f64 / rate);
-        }
+    match last_rate(m) {
+        Some(rate) => out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {:.0}s\n", left as f64 / rate),
         None => out += "throughput (last run): unknown\nestimated time left: unknown\n",
     }
     out
 }
 
-pub fn status_command(manifest: &Path) -> i32 {
-    match Manifest::read(manifest) {
-        Ok(m) => {
-            print!("manifest: {}\n{}", manifest.display(), status_text(&m));
-            crate::EXIT_OK
-        }
+/// Rows per second of the last run that embedded any.
+fn last_rate(m: &Manifest) -> Option<f64> {
+    m.runs.iter().rev().find(|r| r.duration_seconds > 0.0 && r.rows_embedded > 0).map(|r| r.rows_embedded as f64 / r.duration_seconds)
+}
+
+/// `status --json`: the run's state as one JSON object.
+pub fn status_json(manifest: &Path, m: &Manifest) -> serde_json::Value {
+    let left = m.rows_total.saturating_sub(m.rows_done());
+    let rate = last_rate(m);
+    serde_json::json!({
+        "manifest": manifest.display().to_string(),
+        "status": status_name(m.status),
+        "dataset": m.dataset, "subset": m.subset, "split": m.split, "model": m.model,
+        "rows_total": m.rows_total, "rows_done": m.rows_done(), "rows_embedded": m.rows_embedded,
+        "rows_skipped": m.rows_skipped, "rows_left": left, "shards": m.num_shards, "runs": m.runs.len(),
+        "updated_at": m.updated_at, "rows_per_second": rate, "eta_seconds": rate.map(|r| (left as f64 / r).round()),
+        "error": m.error,
+    })
+}
+
+/// `chatspace-mpi status`: every manifest the argument names (see [`manifests_in`]), as text or one JSON line
+/// each; exit 1 if any cannot be read.
+pub fn status_command(path: &Path, json: bool) -> i32 {
+    let manifests = match manifests_in(path) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
-            crate::EXIT_FAILED
+            return crate::EXIT_FAILED;
+        }
+    };
+    let mut code = crate::EXIT_OK;
+    for (i, manifest) in manifests.iter().enumerate() {
+        match Manifest::read(manifest) {
+            Ok(m) if json => println!("{}", status_json(manifest, &m)),
+            Ok(m) => print!("{}manifest: {}\n{}", if i > 0 { "\n" } else { "" }, manifest.display(), status_text(&m)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = crate::EXIT_FAILED;
+            }
         }
     }
+    code
 }
 
 #[cfg(test)]

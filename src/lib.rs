@@ -61,8 +61,12 @@ pub fn run() -> i32 {
     match cli.command {
         Command::Embed(args) => embed(args),
         Command::Verify { manifest, jobs } => inspect::verify_command(&manifest, jobs),
-        Command::Status { manifest } => inspect::status_command(&manifest),
+        Command::Status { manifest, json } => inspect::status_command(&manifest, json),
         Command::Encode(args) => encode::command(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "chatspace-mpi", &mut std::io::stdout());
+            EXIT_OK
+        }
     }
 }
 

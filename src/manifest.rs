@@ -33,7 +33,7 @@ pub enum Status {
 /// One committed shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardEntry {
-    /// Relative to the manifest's folder.
+    /// Relative to the manifest's folder; empty for an entry without a file (see [`ShardEntry::has_file`]).
     pub path: String,
     pub shard_index: u64,
     /// The chunk (`rows_per_shard` row ids) the shard belongs to; a chunk cut short by a drain is finished by
@@ -59,6 +59,17 @@ pub struct SourceFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+}
+
+impl SourceFile {
+    /// The same input file: same rows and bytes, and the same name. Names are paths below the dataset's root;
+    /// manifests of earlier versions recorded paths as typed (`data/d.jsonl`, `/abs/data/d.jsonl`), which
+    /// match a name they end with.
+    pub fn same_as(&self, other: &SourceFile) -> bool {
+        let (a, b) = (self.path.as_str(), other.path.as_str());
+        let ends = |long: &str, short: &str| long.len() > short.len() && long.ends_with(short) && long[..long.len() - short.len()].ends_with('/');
+        self.rows == other.rows && self.bytes == other.bytes && (a == b || ends(a, b) || ends(b, a))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,8 +224,13 @@ fn default_encoder() -> crate::cli::EncoderKind {
 impl Fingerprint {
     /// Names of the fields that differ, with both values (long values cut at a character boundary).
     pub fn differences(&self, other: &Fingerprint) -> Vec<String> {
+        let mut b = other.normalized();
+        let same_files = self.files.len() == b.files.len() && self.files.iter().zip(&b.files).all(|(x, y)| x.same_as(y));
+        if same_files {
+            b.files = self.files.clone();
+        }
         let a = serde_json::to_value(self.normalized()).expect("a fingerprint serializes; this is a bug");
-        let b = serde_json::to_value(other.normalized()).expect("a fingerprint serializes; this is a bug");
+        let b = serde_json::to_value(b).expect("a fingerprint serializes; this is a bug");
         let (a, b) = (a.as_object().expect("a struct is an object"), b.as_object().expect("a struct is an object"));
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
@@ -298,7 +314,25 @@ pub fn decode_line(line: &[u8]) -> Result<ShardEntry, String> {
 impl ShardEntry {
     /// What every reader of an entry relies on: each row range is non-empty (`start < end`) and the counts
     /// add up without overflow. (Order, overlap and totals are `verify`'s to report.)
+    /// Whether the entry has a Parquet file. An entry whose rows were all skipped has none (`path` empty,
+    /// `rows`, `bytes` 0): it only records which row ids are accounted for.
+    pub fn has_file(&self) -> bool {
+        !self.path.is_empty()
+    }
+
+    /// How messages name the entry: its path, or its index when it has no file.
+    pub fn label(&self) -> String {
+        if self.has_file() {
+            self.path.clone()
+        } else {
+            format!("shard {} (skipped rows only, no file)", self.shard_index)
+        }
+    }
+
     pub fn check_ranges(&self) -> Result<(), String> {
+        if !self.has_file() && (self.rows != 0 || self.bytes != 0) {
+            return Err(format!("shard {}: an entry without a file must have 0 rows and 0 bytes", self.shard_index));
+        }
         let mut covered = 0u64;
         for &(a, b) in &self.row_ranges {
             if a >= b {
@@ -607,6 +641,23 @@ mod tests {
         assert!(Manifest::read(&p).unwrap_err().to_string().contains("not a valid manifest"));
         std::fs::write(&p, b"{\"format_version\": 9}").unwrap();
         assert!(Manifest::read(&p).unwrap_err().to_string().contains("format 9 is not supported"));
+    }
+
+    #[test]
+    fn files_match_by_name_below_the_root_and_old_typed_paths_still_match() {
+        let f = |path: &str, rows| SourceFile { path: path.into(), rows, bytes: 10 };
+        assert!(f("sub/a.jsonl", 3).same_as(&f("sub/a.jsonl", 3)));
+        assert!(f("data/sub/a.jsonl", 3).same_as(&f("sub/a.jsonl", 3)), "a version-2 manifest's typed path");
+        assert!(f("/abs/data/a.jsonl", 3).same_as(&f("a.jsonl", 3)));
+        assert!(!f("data/xa.jsonl", 3).same_as(&f("a.jsonl", 3)), "a name, not a suffix of one");
+        assert!(!f("a.jsonl", 3).same_as(&f("a.jsonl", 4)), "other rows");
+        let a = tests_support::empty_manifest().fingerprint;
+        let (mut old, mut new) = (a.clone(), a);
+        old.files = vec![f("data/a.jsonl", 3), f("data/b.jsonl", 2)];
+        new.files = vec![f("a.jsonl", 3), f("b.jsonl", 2)];
+        assert!(old.differences(&new).is_empty());
+        new.files[1].rows = 1;
+        assert_eq!(old.differences(&new).len(), 1);
     }
 
     #[test]

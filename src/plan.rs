@@ -101,24 +101,46 @@ pub struct DatasetSource {
     pub revision: Option<String>,
     /// The snapshot folder in the HF cache (files are named relative to it in the fingerprint).
     pub snapshot: Option<PathBuf>,
+    /// Local datasets: the folder the files were found in (the `--dataset` folder, a file's folder, a glob's
+    /// plain prefix), absolute; files are named relative to it in the fingerprint.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
 }
 
 impl DatasetSource {
-    pub fn local() -> Self {
-        DatasetSource { kind: "local".into(), repo: None, revision: None, snapshot: None }
+    /// A local `--dataset` (file, folder or glob) as typed.
+    pub fn local(dataset: &str) -> Self {
+        let typed = Path::new(dataset);
+        let root = if dataset.contains(['*', '?', '[']) {
+            typed.components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect::<PathBuf>()
+        } else if typed.is_dir() {
+            typed.to_path_buf()
+        } else {
+            typed.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        DatasetSource { kind: "local".into(), repo: None, revision: None, snapshot: None, root: Some(absolute(&root)) }
     }
 
-    /// How a file is named in the fingerprint: `hf://datasets/{repo}/{path}` for Hub files (independent of
-    /// where the cache lives), the path itself for local files.
+    /// How a file is named in the fingerprint, independent of where the data lives and how its path was
+    /// typed: `hf://datasets/{repo}/{path}` for Hub files, the path below the dataset's root for local files.
     pub fn file_id(&self, path: &str) -> String {
-        match (&self.repo, &self.snapshot) {
-            (Some(repo), Some(snap)) => match Path::new(path).strip_prefix(snap) {
+        match (&self.repo, &self.snapshot, &self.root) {
+            (Some(repo), Some(snap), _) => match Path::new(path).strip_prefix(snap) {
                 Ok(rel) => format!("hf://datasets/{repo}/{}", rel.display()),
+                Err(_) => path.to_string(),
+            },
+            (_, _, Some(root)) => match absolute(Path::new(path)).strip_prefix(root) {
+                Ok(rel) => rel.display().to_string(),
                 Err(_) => path.to_string(),
             },
             _ => path.to_string(),
         }
     }
+}
+
+/// `p` made absolute against the working folder, `.` and `..` removed, without resolving links.
+pub fn absolute(p: &Path) -> PathBuf {
+    crate::output::normalize_lexically(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
 }
 
 impl Plan {
@@ -340,6 +362,24 @@ mod tests {
         assert_eq!(offs, vec![(1, 13), (3, 28)]);
         let (rows, _) = jsonl_lines(&p, 0, 2, Some(3)).unwrap();
         assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn local_files_are_named_below_the_dataset_root_however_it_was_typed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("data/2024")).unwrap();
+        let f = write(&d.path().join("data/2024"), "a.jsonl", "{}\n");
+        let abs = d.path().join("data");
+        let dotted = format!("{}/./2024/../", abs.display());
+        for typed in [abs.display().to_string(), dotted] {
+            let src = DatasetSource::local(&typed);
+            let found = discover(&typed).unwrap();
+            assert_eq!(src.file_id(&found[0].0.display().to_string()), "2024/a.jsonl", "{typed}");
+        }
+        let src = DatasetSource::local(&format!("{}/data/*/a.jsonl", d.path().display()));
+        assert_eq!(src.file_id(&f.display().to_string()), "2024/a.jsonl");
+        let src = DatasetSource::local(f.to_str().unwrap());
+        assert_eq!(src.file_id(f.to_str().unwrap()), "a.jsonl");
     }
 
     #[test]

@@ -216,6 +216,25 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         (ids, columns, covered)
     };
     let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
+    if ids.is_empty() {
+        // Every row of the range was skipped: the entry records them, and no file is written (a Parquet file
+        // without rows makes readers such as Hugging Face `datasets` fail on the whole output).
+        return Ok(Some(ShardEntry {
+            path: String::new(),
+            shard_index: shard,
+            chunk: p.spec.index,
+            rows: 0,
+            rows_skipped: skipped,
+            row_ranges: covered,
+            bytes: 0,
+            sha256: String::new(),
+            embedding_dim: dim,
+            min_norm: None,
+            max_norm: None,
+            created_at: now_rfc3339(),
+            tool: TOOL.to_string(),
+        }));
+    }
     // Embeddings in row-id order (ids are sorted). When every row of the chunk is there, they already are.
     let values = if ids.len() == p.filled.len() {
         p.values
@@ -352,6 +371,13 @@ pub fn encode_parquet(batch: &RecordBatch) -> Result<AlignedBytes, parquet::erro
         }
     }
     row_group.close()?;
+    // The schema's metadata (`chatspace.*`) also as the file's own key-value metadata, where readers that
+    // do not decode the Arrow schema (DuckDB's `parquet_kv_metadata()`, Spark, polars) find it.
+    let mut keys: Vec<_> = schema.metadata().iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        file.append_key_value_metadata(parquet::file::metadata::KeyValue::new(k.clone(), v.clone()));
+    }
     file.close()?;
     Ok(buf)
 }

@@ -74,6 +74,9 @@ shards = [json.loads(l) for l in open(os.path.join(os.path.dirname(mp), m["shard
 assert len(shards) == m["num_shards"] and all(len(s["check"]) == 16 for s in shards)
 total = 0
 for s in shards:
+    if not s["path"]:
+        assert s["rows"] == 0 and s["bytes"] == 0, s  # skipped rows only: no file
+        continue
     t = pq.read_table(os.path.join(os.path.dirname(mp), s["path"]))
     sch = t.schema
     assert sch.names[:3] == ["row_id", "text", "embedding"], sch.names
@@ -83,6 +86,9 @@ for s in shards:
     assert "model" in sch.names and "source_text" not in sch.names, sch.names
     meta = sch.metadata
     assert meta[b"chatspace.model"] == b"all-MiniLM-L6-v2", meta
+    # The same keys in the file's own key-value metadata (what DuckDB and Spark-style readers see).
+    kv = pq.ParquetFile(os.path.join(os.path.dirname(mp), s["path"])).metadata.metadata
+    assert all(kv.get(k) == v for k, v in meta.items() if k.startswith(b"chatspace.")), kv.keys()
     ids = t.column("row_id").to_pylist()
     assert ids == sorted(ids) and all(any(a <= i < b for a, b in s["row_ranges"]) for i in ids)
     for v in t.column("embedding").to_pylist():
@@ -134,6 +140,8 @@ for f in range(2):
 import json, sys, os, pyarrow.parquet as pq
 mp = sys.argv[1]; m = json.load(open(mp))
 for s in map(json.loads, open(os.path.join(os.path.dirname(mp), m["shard_log"]))):
+    if not s["path"]:
+        continue  # skipped rows only: no file
     t = pq.read_table(os.path.join(os.path.dirname(mp), s["path"])).to_pylist()
     for r in t:
         assert r["text"] == f"answer number {r['row_id']}", r["text"]
@@ -232,4 +240,50 @@ fn messages_split_into_parts_arrive_whole() {
     }
     assert!(outputs[0].len() > 150, "{} rows", outputs[0].len());
     assert!(outputs[0] == outputs[1], "split messages changed the output");
+}
+
+/// Ranges whose rows are all skipped leave no zero-row Parquet file (Hugging Face `datasets` fails on one), also
+/// after an interrupted run is resumed; the output then loads with `datasets`, pyarrow and pandas.
+#[test]
+fn skipped_ranges_leave_no_empty_files_and_the_output_loads_with_hf_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    // 60 rows; rows 10..30 (two whole shards of 10) have no text.
+    let body: String =
+        (0..60).map(|i| if (10..30).contains(&i) { "{\"text\":\"  \"}\n".to_string() } else { format!("{{\"text\":\"row {i}\"}}\n") }).collect();
+    std::fs::write(&data, body).unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut cmd = embed_cmd();
+        cmd.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out);
+        cmd.args(["--encoder", "noop", "--rows-per-shard", "10", "--no-progress"]).args(extra);
+        let o = run_limited(&mut cmd, 120);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&[]);
+    // Interrupted: the last commits undone, as a preemption half-way leaves an output.
+    undo_commits(&out, 3);
+    run(&["--resume"]);
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!((m.rows_embedded, m.rows_skipped), (40, 20));
+    let fileless: Vec<_> = m.shards.iter().filter(|s| !s.has_file()).collect();
+    assert_eq!(fileless.len(), 2, "the two all-skipped ranges are entries without files");
+    assert!(fileless.iter().all(|s| s.rows == 0 && s.rows_skipped == 10));
+    verify_ok(&out);
+    let shard_dir = out.join("embeddings/all-MiniLM-L6-v2/d/train");
+    let check = r#"
+import glob, os, sys
+os.environ["HF_DATASETS_OFFLINE"] = "1"; os.environ["HF_HUB_OFFLINE"] = "1"
+import datasets, pyarrow.parquet as pq
+files = sorted(glob.glob(os.path.join(sys.argv[1], "*.parquet")))
+assert all(pq.ParquetFile(f).metadata.num_rows > 0 for f in files), "a shard file without rows"
+ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=sys.argv[2])
+assert len(ds) == 40 and sorted(ds["row_id"]) == [i for i in range(60) if not 10 <= i < 30], len(ds)
+df = ds.to_pandas()
+assert len(df) == 40 and len(df["embedding"][0]) == 384
+print("ok")
+"#;
+    let o = Command::new(python()).arg("-c").arg(check).arg(&shard_dir).arg(dir.path().join("hf-cache")).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
 }

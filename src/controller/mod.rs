@@ -161,7 +161,7 @@ impl<'a> Run<'a> {
                     Header::Assign { chunk: self.plan.chunk(work.chunk), todo: work.todo, writer: self.layout.writer(writer), shard },
                 )?;
             }
-            Action::Commit(entry) => self.checkpoint.commit(&entry).map_err(|e| format!("committing {}: {e}", entry.path))?,
+            Action::Commit(entry) => self.checkpoint.commit(&entry).map_err(|e| format!("committing {}: {e}", entry.label()))?,
             Action::Drain { reason, by_signal } => {
                 self.progress.end_line();
                 let hint = if by_signal { "; finishing in-flight batches (a second signal stops at once)" } else { "" };

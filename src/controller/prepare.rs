@@ -1,7 +1,7 @@
 //! Preparing a run: the validated configuration, the model and the dataset resolved (local or Hub), the
 //! inputs counted, the output locked, and the checkpoint started fresh or resumed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -77,6 +77,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
         manifest.error = None;
         manifest.run_id = plan.run_id.clone();
         manifest.run_config = Some(plan.config.clone());
+        manifest.source = source_of(&plan);
         manifest.runs.push(run_record(&plan));
         let checkpoint =
             Checkpoint::resume(&plan.output.manifest, manifest).with_context(|| format!("--resume: {}", plan.output.manifest.display()))?;
@@ -125,12 +126,14 @@ fn clear_output(plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes the output's lock (`.lock-{split}` beside the manifest; released when the process ends, even if
+/// Takes the output's lock (`.lock-{S}` beside the manifest; released when the process ends, even if
 /// killed). Another live run on the same output, e.g. a cancelled job still draining, is refused.
 fn lock_output(output: &OutputPaths) -> anyhow::Result<std::fs::File> {
     let dir = output.manifest.parent().expect("a manifest path has a folder");
     std::fs::create_dir_all(dir).with_context(|| format!("--output-root: cannot create {}", dir.display()))?;
+    // `.lock-{S}`, not `.json`: it is empty, and tools that read every `*.json` of an output would choke on it.
     let name = output.manifest.file_name().expect("a manifest path has a name").to_string_lossy().replace("manifest-", ".lock-");
+    let name = name.strip_suffix(".json").unwrap_or(&name);
     let path = dir.join(name);
     let file = crate::output::open_own(&path, std::fs::OpenOptions::new().create(true).truncate(false).write(true))
         .with_context(|| format!("--output-root: cannot create {}", path.display()))?;
@@ -152,21 +155,30 @@ fn dataset_label(config: &RunConfig, source: &DatasetSource) -> String {
 fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan::Format)>, DatasetSource)> {
     let d = &config.dataset;
     let local_looking = [".jsonl", ".json", ".ndjson", ".parquet"].iter().any(|e| d.ends_with(e)) || d.contains(['*', '?', '[']);
-    if !std::path::Path::new(d).exists() && !local_looking {
+    let missing = !std::path::Path::new(d).exists();
+    if let Some((id, _)) = crate::hub::parse_repo_id(d).filter(|_| missing && !local_looking && crate::hub::looks_local(d)) {
+        anyhow::bail!("--dataset {d}: not found (taken as a local path: its first folder is here; for the Hub dataset write hf://datasets/{id})");
+    }
+    if missing && !local_looking && !crate::hub::looks_local(d) {
         if let Some((id, revision)) = crate::hub::parse_repo_id(d) {
             let (snap, paths) = crate::hub::resolve_dataset(&id, &revision, config.subset.as_deref(), &config.split)?;
             log::info!("dataset {id}@{}: {} Parquet files", snap.sha, paths.len());
-            let source = DatasetSource { kind: "hf-hub".into(), repo: Some(id), revision: Some(snap.sha), snapshot: Some(snap.dir) };
+            let source = DatasetSource { kind: "hf-hub".into(), repo: Some(id), revision: Some(snap.sha), snapshot: Some(snap.dir), root: None };
             return Ok((paths.into_iter().map(|p| (p, crate::plan::Format::Parquet)).collect(), source));
         }
     }
-    Ok((discover(d)?, DatasetSource::local()))
+    Ok((discover(d)?, DatasetSource::local(d)))
 }
 
 /// A local sentence-transformers folder, or a Hub model repo (`org/name[@revision]`) fetched into the HF cache.
 fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
     let spec = config.model.to_string_lossy();
     if !config.model.exists() {
+        if let Some((id, _)) = crate::hub::parse_repo_id(&spec).filter(|_| crate::hub::looks_local(&spec)) {
+            anyhow::bail!(
+                "--model {spec}: no such model folder (taken as a local path: its first folder is here; for the Hub model write hf://{id})"
+            );
+        }
         if let Some((id, revision)) = crate::hub::parse_repo_id(&spec) {
             let snap = crate::hub::resolve_model(&id, &revision)?;
             let mut model = ModelSpec::load(&snap.dir, Some(config.model_name.as_deref().unwrap_or(&id)))?;
@@ -175,6 +187,17 @@ fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
         }
     }
     Ok(ModelSpec::load(&config.model, config.model_name.as_deref())?)
+}
+
+/// The manifest's `source`: for people, where each input file is now, as an absolute path (the fingerprint
+/// names files independently of where they are).
+fn source_of(plan: &Plan) -> Source {
+    let files = plan.inputs.iter().map(|f| SourceFile {
+        path: crate::plan::absolute(Path::new(&f.path)).display().to_string(),
+        rows: f.rows,
+        bytes: f.bytes,
+    });
+    Source { kind: plan.source.kind.clone(), files: files.collect(), repo: plan.source.repo.clone(), revision: plan.source.revision.clone() }
 }
 
 pub fn fingerprint(plan: &Plan) -> Fingerprint {
@@ -230,12 +253,7 @@ fn new_manifest(plan: &Plan) -> Manifest {
         split: c.split.clone(),
         model: plan.model.name.clone(),
         model_info: plan.model.clone(),
-        source: Source {
-            kind: plan.source.kind.clone(),
-            files: fp.files.clone(),
-            repo: plan.source.repo.clone(),
-            revision: plan.source.revision.clone(),
-        },
+        source: source_of(plan),
         rows_total: plan.rows_total,
         rows_embedded: 0,
         rows_skipped: 0,

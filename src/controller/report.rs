@@ -115,7 +115,7 @@ pub fn write_summary(plan: &Plan, m: &Manifest, secs: f64) {
         "dataset": m.dataset, "subset": m.subset, "split": m.split, "model": m.model,
         "created_at": m.created_at, "run_id": m.run_id, "status": m.status, "duration_seconds": secs,
         "rows_total": m.rows_total, "rows_embedded": m.rows_embedded, "rows_skipped": m.rows_skipped,
-        "num_shards": m.num_shards, "embedding_dim": m.embedding_dim, "git_sha": option_env!("CHATSPACE_GIT_SHA"),
+        "num_shards": m.num_shards, "embedding_dim": m.embedding_dim, "git_sha": Some(env!("CHATSPACE_GIT_SHA")).filter(|s| !s.is_empty()),
         "manifest_path": plan.output.manifest, "shard_log": plan.output.shard_log, "min_norm": m.min_norm, "max_norm": m.max_norm,
         "tool_version": TOOL, "world_size": plan.layout.world_size, "layout": plan.layout.summary(), "error": m.error,
     });

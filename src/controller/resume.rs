@@ -32,10 +32,13 @@ pub fn check(plan: &Plan) -> anyhow::Result<Manifest> {
     let mut named = HashSet::with_capacity(m.shards.len());
     let mut folders = HashSet::new();
     for (i, s) in m.shards.iter().enumerate() {
-        let p = resolve_shard_path(path, &s.path).map_err(|e| anyhow!("--resume: {}: {e}", path.display()))?;
         if let Some(&(_, end)) = s.row_ranges.last().filter(|r| r.1 > m.rows_total) {
-            bail!("--resume: shard {} covers rows up to {end}, beyond the {} rows of the run; the manifest is inconsistent", s.path, m.rows_total);
+            bail!("--resume: shard {} covers rows up to {end}, beyond the {} rows of the run; the manifest is inconsistent", s.label(), m.rows_total);
         }
+        if !s.has_file() {
+            continue;
+        }
+        let p = resolve_shard_path(path, &s.path).map_err(|e| anyhow!("--resume: {}: {e}", path.display()))?;
         if let Some(dir) = p.parent().filter(|d| folders.insert(d.to_path_buf())) {
             crate::output::check_inside_root(&plan.config.output_root, dir).map_err(|e| anyhow!("--resume: {e}"))?;
         }
@@ -43,7 +46,7 @@ pub fn check(plan: &Plan) -> anyhow::Result<Manifest> {
         named.insert(p);
     }
     if let Some(&(a, b)) = m.overlapping_shards().first() {
-        bail!("--resume: shards {} and {} cover the same rows; the manifest is inconsistent", m.shards[a].path, m.shards[b].path);
+        bail!("--resume: shards {} and {} cover the same rows; the manifest is inconsistent", m.shards[a].label(), m.shards[b].label());
     }
     remove_leftovers(plan, &named)?;
     Ok(m)

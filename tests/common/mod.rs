@@ -59,6 +59,9 @@ pub fn run_limited(cmd: &mut Command, secs: u64) -> Output {
     let mut t = Command::new("timeout");
     t.arg("-k").arg("5").arg(secs.to_string()).arg(cmd.get_program());
     t.args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        t.current_dir(dir);
+    }
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => t.env(k, v),
@@ -100,6 +103,10 @@ pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
     let m = Manifest::read(&mp).unwrap();
     let mut rows = BTreeMap::new();
     for s in &m.shards {
+        if !s.has_file() {
+            assert_eq!((s.rows, s.bytes), (0, 0), "an entry without a file holds no rows");
+            continue;
+        }
         let p = mp.parent().unwrap().join(&s.path);
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes.len() as u64, s.bytes, "{}", s.path);
@@ -162,4 +169,24 @@ pub fn write_mixed_dataset(path: &Path, sample_rows: usize) -> usize {
 pub fn verify_ok(out: &Path) {
     let o = Command::new(bin()).arg("verify").arg(manifest_path(out)).output().unwrap();
     assert!(o.status.success(), "verify failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
+
+/// Undoes the commits of a finished run after the first `keep` (their lines cut from the shard log, their
+/// files removed, the header marked preempted), as a preemption part-way through leaves an output.
+pub fn undo_commits(out: &Path, keep: usize) {
+    let mp = manifest_path(out);
+    let idx = mp.parent().unwrap().to_path_buf();
+    let log = idx.join("shards-train.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[keep..] {
+        let p: String = serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().into();
+        if !p.is_empty() {
+            std::fs::remove_file(idx.join(p)).unwrap();
+        }
+    }
+    std::fs::write(&log, lines[..keep].iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let mut header: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).unwrap()).unwrap();
+    (header["status"], header["num_shards"]) = ("preempted".into(), keep.into());
+    std::fs::write(&mp, serde_json::to_vec(&header).unwrap()).unwrap();
 }
