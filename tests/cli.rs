@@ -13,10 +13,10 @@ fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), stderr(&o))
 }
 
-fn noop_run(data: &Path, out: &Path, split: &str) {
-    let mut c = embed_cmd();
-    c.arg("--dataset").arg(data).arg("--model").arg(model()).arg("--output-root").arg(out);
-    c.args(["--encoder", "noop", "--rows-per-shard", "10", "--no-progress", "--split", split]);
+/// A no-op-encoder run of `data` into `out` with extra flags; it must succeed.
+fn noop_run(data: &Path, out: &Path, extra: &[&str]) {
+    let mut c = embed_on(data, out);
+    c.args(["--encoder", "noop", "--rows-per-shard", "10"]).args(extra);
     let o = run_limited(&mut c, 60);
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -41,10 +41,9 @@ fn help_lists_possible_values_and_version_names_the_commit() {
 #[test]
 fn status_and_verify_take_a_folder_and_status_speaks_json() {
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("d.jsonl");
-    std::fs::write(&data, (0..25).map(|i| format!("{{\"text\":\"row {i}\"}}\n")).collect::<String>()).unwrap();
+    let data = rows_jsonl(d.path(), "d.jsonl", 25);
     let out = d.path().join("out");
-    noop_run(&data, &out, "train");
+    noop_run(&data, &out, &["--split", "train"]);
     let mp = manifest_path(&out);
     let out_s = out.to_str().unwrap();
     for target in [out_s, mp.parent().unwrap().to_str().unwrap(), mp.to_str().unwrap()] {
@@ -61,7 +60,7 @@ fn status_and_verify_take_a_folder_and_status_speaks_json() {
     assert_eq!((v["shards"].as_u64(), v["rows_left"].as_u64()), (Some(3), Some(0)));
     assert_eq!(v["manifest"], mp.to_str().unwrap());
     // Two outputs under one root: `status` reports each (one JSON line each), `verify` checks each.
-    noop_run(&data, &out, "test");
+    noop_run(&data, &out, &["--split", "test"]);
     let (code, json, e) = cli(&["status", "--json", out_s]);
     assert_eq!(code, Some(0), "{e}");
     let splits: Vec<String> =
@@ -91,12 +90,11 @@ fn a_dataset_moved_or_typed_another_way_resumes() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     std::fs::create_dir_all(data.join("part")).unwrap();
-    std::fs::write(data.join("part/d.jsonl"), (0..40).map(|i| format!("{{\"text\":\"row {i}\"}}\n")).collect::<String>()).unwrap();
+    rows_jsonl(&data.join("part"), "d.jsonl", 40);
     let out = d.path().join("out");
     // Typed relative to the working folder.
-    let mut c = embed_cmd();
-    c.current_dir(d.path()).args(["--dataset", "data", "--model"]).arg(model()).arg("--output-root").arg(&out);
-    c.args(["--encoder", "noop", "--rows-per-shard", "10", "--no-progress"]);
+    let mut c = embed_on(Path::new("data"), &out);
+    c.current_dir(d.path()).args(["--encoder", "noop", "--rows-per-shard", "10"]);
     let o = run_limited(&mut c, 60);
     assert!(o.status.success(), "{}", stderr(&o));
     undo_commits(&out, 1);
@@ -104,9 +102,8 @@ fn a_dataset_moved_or_typed_another_way_resumes() {
     let moved = d.path().join("elsewhere/data");
     std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
     std::fs::rename(&data, &moved).unwrap();
-    let mut c = embed_cmd();
-    c.current_dir("/").arg("--dataset").arg(&moved).arg("--model").arg(model()).arg("--output-root").arg(&out);
-    c.args(["--encoder", "noop", "--rows-per-shard", "10", "--no-progress", "--resume"]);
+    let mut c = embed_on(&moved, &out);
+    c.current_dir("/").args(["--encoder", "noop", "--rows-per-shard", "10", "--resume"]);
     let o = run_limited(&mut c, 60);
     assert!(o.status.success(), "{}", stderr(&o));
     let (m, rows) = read_output(&out);

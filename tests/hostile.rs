@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -31,13 +31,6 @@ fn mkfifo(p: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", p.display());
 }
 
-fn jsonl(dir: &Path, name: &str, rows: usize) -> PathBuf {
-    let p = dir.join(name);
-    let body: String = (0..rows).map(|i| format!("{{\"text\":\"row number {i}\"}}\n")).collect();
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
 fn tool(args: &[&Path]) -> (Option<i32>, String) {
     let mut c = std::process::Command::new(bin());
     c.args(args);
@@ -48,7 +41,7 @@ fn tool(args: &[&Path]) -> (Option<i32>, String) {
 #[test]
 fn number_flags_and_layouts_that_cannot_run_exit_1_naming_the_flag() {
     let d = tempfile::tempdir().unwrap();
-    let data = jsonl(d.path(), "d.jsonl", 4);
+    let data = rows_jsonl(d.path(), "d.jsonl", 4);
     let out = d.path().join("out");
     for (flags, names) in [
         (vec!["--loaders", "0"], "--loaders"),
@@ -82,7 +75,7 @@ fn number_flags_and_layouts_that_cannot_run_exit_1_naming_the_flag() {
 #[test]
 fn links_fifos_and_devices_in_the_output_root_are_refused_without_hanging() {
     let d = tempfile::tempdir().unwrap();
-    let data = jsonl(d.path(), "d.jsonl", 30);
+    let data = rows_jsonl(d.path(), "d.jsonl", 30);
     let outside = d.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
 
@@ -156,7 +149,7 @@ fn dataset_folders_with_fifos_links_and_loops() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     std::fs::create_dir_all(data.join("sub")).unwrap();
-    jsonl(&data, "a.jsonl", 7);
+    rows_jsonl(&data, "a.jsonl", 7);
     // A link back to the folder above: read once, not 40 times.
     std::os::unix::fs::symlink(&data, data.join("sub/loop")).unwrap();
     // A second name for the same file: read once.
@@ -268,7 +261,7 @@ fn dictionary_and_null_text_columns_and_chat_content_parts_embed() {
 fn status_and_verify_into_a_closed_pipe_end_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let d = tempfile::tempdir().unwrap();
-    let data = jsonl(d.path(), "d.jsonl", 3);
+    let data = rows_jsonl(d.path(), "d.jsonl", 3);
     let out = d.path().join("out");
     let (code, e) = embed(&data, &out, &["--encoder", "noop"]);
     assert_eq!(code, Some(0), "{e}");

@@ -254,9 +254,8 @@ fn skipped_ranges_leave_no_empty_files_and_the_output_loads_with_hf_datasets() {
     std::fs::write(&data, body).unwrap();
     let out = dir.path().join("out");
     let run = |extra: &[&str]| {
-        let mut cmd = embed_cmd();
-        cmd.arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out);
-        cmd.args(["--encoder", "noop", "--rows-per-shard", "10", "--no-progress"]).args(extra);
+        let mut cmd = embed_on(&data, &out);
+        cmd.args(["--encoder", "noop", "--rows-per-shard", "10"]).args(extra);
         let o = run_limited(&mut cmd, 120);
         assert!(o.status.success(), "{}", stderr(&o));
     };

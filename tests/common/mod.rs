@@ -40,6 +40,13 @@ pub fn embed_cmd() -> Command {
     c
 }
 
+/// `chatspace-mpi embed` as a plain process on `dataset` with the real model, writing under `out`, no progress.
+pub fn embed_on(dataset: &Path, out: &Path) -> Command {
+    let mut c = embed_cmd();
+    c.arg("--dataset").arg(dataset).arg("--model").arg(model()).arg("--output-root").arg(out).arg("--no-progress");
+    c
+}
+
 /// `mpirun -n N chatspace-mpi embed`.
 pub fn mpirun_cmd(n: usize) -> Command {
     let mut c = Command::new("mpirun");
@@ -189,4 +196,12 @@ pub fn undo_commits(out: &Path, keep: usize) {
     let mut header: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).unwrap()).unwrap();
     (header["status"], header["num_shards"]) = ("preempted".into(), keep.into());
     std::fs::write(&mp, serde_json::to_vec(&header).unwrap()).unwrap();
+}
+
+/// A JSONL file `dir/name` of `rows` short texts ("row number i").
+pub fn rows_jsonl(dir: &Path, name: &str, rows: usize) -> PathBuf {
+    let p = dir.join(name);
+    let body: String = (0..rows).map(|i| format!("{{\"text\":\"row number {i}\"}}\n")).collect();
+    std::fs::write(&p, body).unwrap();
+    p
 }
