@@ -65,14 +65,19 @@ pub fn thread_cpu_seconds() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-/// Waits for the controller's plan; `None` if told to shut down first.
+/// Waits for the controller's plan; `None` if told to shut down first. Messages of other roles that arrive
+/// first (a loader that got its plan sooner may already send batches) are handed out after it, in order.
 pub fn wait_for_plan(mb: &Mailbox) -> Result<Option<Arc<Plan>>, RoleError> {
+    let mut early = Vec::new();
     loop {
         if let Some(env) = mb.recv_timeout(Duration::from_millis(200))? {
             match env.header {
-                Header::Plan(p) => return Ok(Some(Arc::new(*p))),
+                Header::Plan(p) => {
+                    early.into_iter().for_each(|e| mb.hold(e));
+                    return Ok(Some(Arc::new(*p)));
+                }
                 Header::Shutdown { .. } => return Ok(None),
-                other => return Err(RoleError::new(format!("expected the plan, got {}", other.kind()))),
+                _ => early.push(env),
             }
         }
     }

@@ -52,6 +52,11 @@ pub struct Mailbox {
     pub me: Endpoint,
     inbox: Receiver<Envelope>,
     out: Sender<Envelope>,
+    /// Messages set aside by [`Mailbox::hold`], handed out again before the inbox, in arrival order. Nothing
+    /// orders messages of different senders: a loader's first batch can arrive before the controller's plan
+    /// (certainly when the plan comes in parts), and waits here until the role has the plan. Bounded by the
+    /// loaders' credit windows.
+    held: std::cell::RefCell<std::collections::VecDeque<Envelope>>,
 }
 
 impl Mailbox {
@@ -59,8 +64,16 @@ impl Mailbox {
         self.out.send(Envelope { from: self.me, to, header, payload }).map_err(|_| TransportError::Closed)
     }
 
+    /// Sets a message aside until the role is ready for it: the next receives return it first.
+    pub fn hold(&self, e: Envelope) {
+        self.held.borrow_mut().push_back(e);
+    }
+
     /// Waits up to `timeout` for a message.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Envelope>, TransportError> {
+        if let Some(e) = self.held.borrow_mut().pop_front() {
+            return Ok(Some(e));
+        }
         match self.inbox.recv_timeout(timeout) {
             Ok(e) => Ok(Some(e)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
@@ -75,6 +88,9 @@ impl Mailbox {
     }
 
     pub fn try_recv(&self) -> Result<Option<Envelope>, TransportError> {
+        if let Some(e) = self.held.borrow_mut().pop_front() {
+            return Ok(Some(e));
+        }
         match self.inbox.try_recv() {
             Ok(e) => Ok(Some(e)),
             Err(TryRecvError::Empty) => Ok(None),
@@ -270,7 +286,7 @@ impl Router {
     pub fn mailbox(&mut self, me: Endpoint) -> Mailbox {
         let (tx, rx) = channel();
         self.inboxes.insert(me, tx);
-        Mailbox { me, inbox: rx, out: self.out_tx.clone() }
+        Mailbox { me, inbox: rx, out: self.out_tx.clone(), held: Default::default() }
     }
 
     pub fn add_role(&mut self, me: Endpoint, handle: JoinHandle<Result<(), String>>) {
@@ -447,6 +463,29 @@ mod tests {
         out.sort_by_key(|(e, _)| *e);
         assert!(out[0].1.is_ok());
         assert_eq!(out[1].1, Err("b stops with an error".to_string()));
+    }
+
+    #[test]
+    fn held_messages_come_back_first_in_arrival_order() {
+        let layout = Layout::new(1, None, None, 1).unwrap();
+        let mut router = Router::new(0, layout);
+        let (a, b) = (router.mailbox(0), router.mailbox(1));
+        for n in [1u8, 2, 3] {
+            a.send(1, Header::Credit { starved: false }, vec![n]).unwrap();
+        }
+        // The router is not running: deliver by hand what `a` sent, as the router would.
+        let sent: Vec<Envelope> = std::iter::from_fn(|| router.out_rx.try_recv().ok()).collect();
+        for e in sent {
+            router.inboxes[&1].send(e).unwrap();
+        }
+        let first = b.try_recv().unwrap().expect("a message");
+        let second = b.try_recv().unwrap().expect("a message");
+        // Taken before the role was ready for them: set aside, then handed out before what is still queued.
+        b.hold(first);
+        b.hold(second);
+        let order: Vec<u8> = std::iter::from_fn(|| b.try_recv().unwrap()).map(|e| e.payload[0]).collect();
+        assert_eq!(order, vec![1, 2, 3]);
+        assert!(b.recv_timeout(Duration::from_millis(1)).unwrap().is_none());
     }
 
     #[test]
