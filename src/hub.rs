@@ -56,6 +56,17 @@ pub fn looks_local(spec: &str) -> bool {
     spec.starts_with(['/', '.', '~']) || (p.components().count() > 1 && first.is_some_and(|f| f.is_dir()))
 }
 
+/// What a `--dataset`/`--model` that is not on disk names: `Ok(Some((repo, revision)))` a Hub repo,
+/// `Ok(None)` a local path (not a repo id, or `local_looking` by its form), `Err(repo)` a local path that
+/// would also parse as the repo `repo` (see [`looks_local`]): the caller's error names the `hf://` form.
+pub fn hub_repo(spec: &str, local_looking: bool) -> Result<Option<(String, String)>, String> {
+    match parse_repo_id(spec) {
+        Some(_) if local_looking => Ok(None),
+        Some((id, _)) if looks_local(spec) => Err(id),
+        repo => Ok(repo),
+    }
+}
+
 pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return PathBuf::from(p);
@@ -256,6 +267,11 @@ mod tests {
         assert!(!looks_local("hf://models/nope") && !looks_local("no-such-org-here/name"));
         // Relative: judged from the working folder, where `src/` exists for the tests.
         assert!(looks_local("src/nope") && !looks_local("src"));
+        assert_eq!(hub_repo("src/nope", false), Err("src/nope".to_string()), "a local folder's name: the hf:// form is offered");
+        assert_eq!(hub_repo("src/nope", true), Ok(None), "local by its form (a glob or file extension)");
+        assert_eq!(hub_repo("hf://src/nope", false), Ok(Some(("src/nope".into(), "main".into()))));
+        assert_eq!(hub_repo("no-such-org-here/name@v1", false), Ok(Some(("no-such-org-here/name".into(), "v1".into()))));
+        assert_eq!(hub_repo("a/b/c", false), Ok(None), "not a repo id");
     }
 
     #[test]

@@ -89,35 +89,46 @@ fn sniff_jsonl(path: &Path, warn: bool) -> Result<JsonlSchema, InputError> {
         lines.push(i as u64 + 1);
     }
     let infer = |column: &[Value]| arrow_json::reader::infer_json_schema_from_iterator(column.iter().map(Ok));
-    let mut json_text = Vec::new();
-    for k in &names {
-        // One field's values as objects of that field alone: inference fails exactly when they conflict.
-        let column: Vec<Value> =
-            values.iter().filter_map(|o| o.get(k).map(|v| Value::Object(std::iter::once((k.clone(), v.clone())).collect()))).collect();
-        if infer(&column).is_ok() {
-            continue;
-        }
-        // The first line that conflicts: a failing prefix stays failing as lines are added.
-        let owners: Vec<u64> = values.iter().zip(&lines).filter(|(o, _)| o.contains_key(k)).map(|(_, &l)| l).collect();
-        let (mut lo, mut hi) = (1, column.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if infer(&column[..mid]).is_err() {
-                hi = mid;
-            } else {
-                lo = mid + 1;
+    let mut rows: Vec<Value> = values.into_iter().map(Value::Object).collect();
+    // The common case in one pass; fields are searched one by one only when the lines do not fit one schema.
+    let (inferred, json_text) = match infer(&rows) {
+        Ok(schema) => (schema, Vec::new()),
+        Err(_) => {
+            let mut json_text = Vec::new();
+            for k in &names {
+                // One field's values as objects of that field alone: inference fails exactly when they conflict.
+                let column: Vec<Value> =
+                    rows.iter().filter_map(|o| o.get(k).map(|v| Value::Object(std::iter::once((k.clone(), v.clone())).collect()))).collect();
+                if infer(&column).is_ok() {
+                    continue;
+                }
+                // The first line that conflicts: a failing prefix stays failing as lines are added.
+                let owners: Vec<u64> = rows.iter().zip(&lines).filter(|(o, _)| o.get(k).is_some()).map(|(_, &l)| l).collect();
+                let (mut lo, mut hi) = (1, column.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if infer(&column[..mid]).is_err() {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                if warn {
+                    log::warn!(
+                        "{name}:{}: field '{k}' has values of different shapes (e.g. a string and a list); its column holds them as JSON text",
+                        owners[lo - 1]
+                    );
+                }
+                json_text.push(k.clone());
             }
+            for row in &mut rows {
+                if let Value::Object(obj) = row {
+                    to_json_text(obj, &json_text);
+                }
+            }
+            (infer(&rows).map_err(|e| file_err(&name, format!("cannot infer the columns: {e}")))?, json_text)
         }
-        if warn {
-            log::warn!(
-                "{name}:{}: field '{k}' has values of different shapes (e.g. a string and a list); its column holds them as JSON text",
-                owners[lo - 1]
-            );
-        }
-        json_text.push(k.clone());
-    }
-    let as_text: Vec<Value> = values.into_iter().map(|o| Value::Object(with_json_text(o, &json_text))).collect();
-    let inferred = infer(&as_text).map_err(|e| file_err(&name, format!("cannot infer the columns: {e}")))?;
+    };
     let fields: Vec<Field> = names
         .iter()
         .filter_map(|n| inferred.field_with_name(n).ok())
@@ -126,14 +137,13 @@ fn sniff_jsonl(path: &Path, warn: bool) -> Result<JsonlSchema, InputError> {
     Ok(JsonlSchema { schema: Schema::new(fields), names, json_text })
 }
 
-/// The object with the values of `fields` that are not strings (or null) replaced by their JSON text.
-fn with_json_text(mut obj: serde_json::Map<String, Value>, fields: &[String]) -> serde_json::Map<String, Value> {
+/// Replaces the values of `fields` that are not strings (or null) by their JSON text.
+fn to_json_text(obj: &mut serde_json::Map<String, Value>, fields: &[String]) {
     for f in fields {
         if let Some(v) = obj.get_mut(f).filter(|v| !v.is_string() && !v.is_null()) {
             *v = Value::String(v.to_string());
         }
     }
-    obj
 }
 
 /// Whether any line of a JSONL file has `field` at its top level: for a field that the sniffed first lines
@@ -145,19 +155,20 @@ pub fn jsonl_has_field(path: &Path, field: &str) -> Result<bool, InputError> {
     let finder = memchr::memmem::Finder::new(quoted.as_bytes());
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
-    loop {
+    for number in 1.. {
         line.clear();
         if reader.read_until(b'\n', &mut line).map_err(|e| file_err(&name, e))? == 0 {
-            return Ok(false);
+            break;
         }
         if finder.find(&line).is_some() {
-            if let Ok(Some(obj)) = parse_line(&name, 2, &line) {
+            if let Ok(Some(obj)) = parse_line(&name, number, &line) {
                 if obj.contains_key(field) {
                     return Ok(true);
                 }
             }
         }
     }
+    Ok(false)
 }
 
 /// Parses one JSONL line; `None` for a blank line.
@@ -375,7 +386,9 @@ impl ChunkReader {
     ) -> Result<(), InputError> {
         let bad_line = |e: arrow_schema::ArrowError| InputError::Line { path: f.path.clone(), line, message: e.to_string() };
         if self.json_text.iter().any(|k| obj.get(k).is_some_and(|v| !v.is_string() && !v.is_null())) {
-            decoder.serialize(&[with_json_text(obj, &self.json_text)]).map_err(bad_line)
+            let mut obj = obj;
+            to_json_text(&mut obj, &self.json_text);
+            decoder.serialize(&[obj]).map_err(bad_line)
         } else {
             decoder.decode(without_bom(line, bytes)).map(|_| ()).map_err(bad_line)
         }

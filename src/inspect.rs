@@ -19,19 +19,8 @@ use crate::ranges;
 fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64) -> Vec<String> {
     let mut problems = Vec::new();
     if !s.has_file() {
-        // An entry of skipped rows only: nothing to read; its counts are checked with the others.
-        if s.rows != 0 || s.bytes != 0 {
-            problems.push(format!("shard {} has no file but counts {} rows and {} bytes", s.shard_index, s.rows, s.bytes));
-        }
-        if ranges::total(&s.row_ranges) != s.rows_skipped {
-            problems.push(format!(
-                "shard {}: row_ranges cover {} rows but rows_skipped = {}",
-                s.shard_index,
-                ranges::total(&s.row_ranges),
-                s.rows_skipped
-            ));
-        }
-        return problems;
+        // An entry of skipped rows only (the reader checked it has no rows or bytes): nothing to read.
+        return entry_problems(s).into_iter().map(|e| format!("{}: {e}", s.label())).collect();
     }
     let mut bad = |msg: String| problems.push(format!("{}: {msg}", s.path));
     let path = match resolve_shard_path(manifest, &s.path) {
@@ -67,16 +56,24 @@ fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64
     if s.embedding_dim != m.embedding_dim {
         bad(format!("embedding_dim {} differs from the manifest's {}", s.embedding_dim, m.embedding_dim));
     }
-    if ranges::normalize(s.row_ranges.clone()) != s.row_ranges {
-        bad("row_ranges are not sorted and disjoint".into());
-    }
-    let counted = s.rows.saturating_add(s.rows_skipped);
-    if ranges::total(&s.row_ranges) != counted {
-        bad(format!("row_ranges cover {} rows but rows + rows_skipped = {counted}", ranges::total(&s.row_ranges)));
-    }
+    entry_problems(s).into_iter().for_each(&mut bad);
     match open().and_then(|f| check_rows(f, m.embedding_dim, s)) {
         Ok(()) => {}
         Err(e) => bad(e),
+    }
+    problems
+}
+
+/// Problems of an entry's own numbers (without the entry's name): row ranges sorted and disjoint, covering
+/// `rows + rows_skipped` ids.
+fn entry_problems(s: &ShardEntry) -> Vec<String> {
+    let mut problems = Vec::new();
+    if ranges::normalize(s.row_ranges.clone()) != s.row_ranges {
+        problems.push("row_ranges are not sorted and disjoint".to_string());
+    }
+    let counted = s.rows.saturating_add(s.rows_skipped);
+    if ranges::total(&s.row_ranges) != counted {
+        problems.push(format!("row_ranges cover {} rows but rows + rows_skipped = {counted}", ranges::total(&s.row_ranges)));
     }
     problems
 }

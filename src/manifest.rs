@@ -312,8 +312,6 @@ pub fn decode_line(line: &[u8]) -> Result<ShardEntry, String> {
 }
 
 impl ShardEntry {
-    /// What every reader of an entry relies on: each row range is non-empty (`start < end`) and the counts
-    /// add up without overflow. (Order, overlap and totals are `verify`'s to report.)
     /// Whether the entry has a Parquet file. An entry whose rows were all skipped has none (`path` empty,
     /// `rows`, `bytes` 0): it only records which row ids are accounted for.
     pub fn has_file(&self) -> bool {
@@ -329,6 +327,9 @@ impl ShardEntry {
         }
     }
 
+    /// What every reader of an entry relies on: an entry without a file has no rows or bytes, each row range is
+    /// non-empty (`start < end`) and the counts add up without overflow. (Order, overlap and totals are
+    /// `verify`'s to report.)
     pub fn check_ranges(&self) -> Result<(), String> {
         if !self.has_file() && (self.rows != 0 || self.bytes != 0) {
             return Err(format!("shard {}: an entry without a file must have 0 rows and 0 bytes", self.shard_index));
@@ -336,12 +337,12 @@ impl ShardEntry {
         let mut covered = 0u64;
         for &(a, b) in &self.row_ranges {
             if a >= b {
-                return Err(format!("shard {}: row range ({a}, {b}) is empty or reversed", self.path));
+                return Err(format!("{}: row range ({a}, {b}) is empty or reversed", self.label()));
             }
-            covered = covered.checked_add(b - a).ok_or_else(|| format!("shard {}: row ranges cover more than 2^64 rows", self.path))?;
+            covered = covered.checked_add(b - a).ok_or_else(|| format!("{}: row ranges cover more than 2^64 rows", self.label()))?;
         }
         if self.rows.checked_add(self.rows_skipped).is_none() {
-            return Err(format!("shard {}: rows + rows_skipped overflow", self.path));
+            return Err(format!("{}: rows + rows_skipped overflow", self.label()));
         }
         Ok(())
     }
@@ -450,8 +451,8 @@ impl Manifest {
     fn recount(&mut self) {
         let (mut embedded, mut skipped, mut lo, mut hi) = (0, 0, None, None);
         for s in &self.shards {
-            embedded = s.rows.saturating_add(embedded);
-            skipped = s.rows_skipped.saturating_add(skipped);
+            embedded = u64::saturating_add(embedded, s.rows);
+            skipped = u64::saturating_add(skipped, s.rows_skipped);
             lo = min_opt(lo, s.min_norm);
             hi = max_opt(hi, s.max_norm);
         }

@@ -182,22 +182,23 @@ pub fn discover(dataset: &str) -> Result<Vec<(PathBuf, Format)>, PlanError> {
     };
     files.sort();
     let mut found = Vec::new();
-    let mut real_files: std::collections::HashMap<PathBuf, PathBuf> = std::collections::HashMap::new();
+    // Files by identity (device, inode: one stat each, links and hard links included) -> the first name seen.
+    let mut seen_files: std::collections::HashMap<(u64, u64), PathBuf> = std::collections::HashMap::new();
     let mut compressed = 0;
     for p in files {
         let Some(format) = format_of(&p) else {
             compressed += usize::from(!compressed_hint(&p.to_string_lossy()).is_empty());
             continue;
         };
-        if !p.is_file() {
+        let Some(meta) = std::fs::metadata(&p).ok().filter(|m| m.is_file()) else {
             return Err(PlanError::NotRegular(p.display().to_string()));
-        }
-        let real = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
-        if let Some(first) = real_files.get(&real) {
+        };
+        use std::os::unix::fs::MetadataExt;
+        if let Some(first) = seen_files.get(&(meta.dev(), meta.ino())) {
             log::warn!("--dataset: {} is the same file as {}; read once", p.display(), first.display());
             continue;
         }
-        real_files.insert(real, p.clone());
+        seen_files.insert((meta.dev(), meta.ino()), p.clone());
         found.push((p, format));
     }
     if compressed > 0 {

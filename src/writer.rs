@@ -216,24 +216,25 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         (ids, columns, covered)
     };
     let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
+    let mut entry = ShardEntry {
+        path: String::new(),
+        shard_index: shard,
+        chunk: p.spec.index,
+        rows: ids.len() as u64,
+        rows_skipped: skipped,
+        row_ranges: covered,
+        bytes: 0,
+        sha256: String::new(),
+        embedding_dim: dim,
+        min_norm: None,
+        max_norm: None,
+        created_at: now_rfc3339(),
+        tool: TOOL.to_string(),
+    };
     if ids.is_empty() {
         // Every row of the range was skipped: the entry records them, and no file is written (a Parquet file
         // without rows makes readers such as Hugging Face `datasets` fail on the whole output).
-        return Ok(Some(ShardEntry {
-            path: String::new(),
-            shard_index: shard,
-            chunk: p.spec.index,
-            rows: 0,
-            rows_skipped: skipped,
-            row_ranges: covered,
-            bytes: 0,
-            sha256: String::new(),
-            embedding_dim: dim,
-            min_norm: None,
-            max_norm: None,
-            created_at: now_rfc3339(),
-            tool: TOOL.to_string(),
-        }));
+        return Ok(Some(entry));
     }
     // Embeddings in row-id order (ids are sorted). When every row of the chunk is there, they already are.
     let values = if ids.len() == p.filled.len() {
@@ -246,24 +247,22 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         }
         values
     };
-    let (mut min_norm, mut max_norm) = (None::<f32>, None::<f32>);
     for v in values.chunks_exact(dim.max(1)) {
         let n = crate::kernels::norm(v);
-        min_norm = Some(min_norm.map_or(n, |m| m.min(n)));
-        max_norm = Some(max_norm.map_or(n, |m| m.max(n)));
+        entry.min_norm = Some(entry.min_norm.map_or(n, |m| m.min(n)));
+        entry.max_norm = Some(entry.max_norm.map_or(n, |m| m.max(n)));
     }
     let batch = shard_batch(&ids, &columns, dim, values).map_err(RoleError::new)?;
-    let created_at = now_rfc3339();
     let meta = [
         ("chatspace.model", plan.model.name.clone()),
         ("chatspace.model_sha256", plan.model.weights_sha256.clone()),
         ("chatspace.run_id", plan.run_id.clone()),
-        ("chatspace.created_at", created_at.clone()),
+        ("chatspace.created_at", entry.created_at.clone()),
         ("chatspace.dtype", plan.config.dtype.name().to_string()),
         ("chatspace.pooling", format!("{:?}", plan.model.pooling).to_lowercase()),
         ("chatspace.normalize", plan.model.normalize.to_string()),
         ("chatspace.chunk", p.spec.index.to_string()),
-        ("chatspace.row_ranges", serde_json::to_string(&covered).expect("ranges serialize")),
+        ("chatspace.row_ranges", serde_json::to_string(&entry.row_ranges).expect("ranges serialize")),
         ("chatspace.tool", TOOL.to_string()),
     ];
     // Run metadata lives in the schema (readers such as pyarrow expose it there) and so in the file footer.
@@ -278,21 +277,9 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
     let buf = encode_parquet(&batch).map_err(RoleError::from_display)?;
     let path = plan.output.shard_path(shard);
     write_atomic_large(&path, &buf).map_err(|e| RoleError::new(format!("{}: {e}", path.display())))?;
-    Ok(Some(ShardEntry {
-        path: plan.output.shard_entry_path(shard),
-        shard_index: shard,
-        chunk: p.spec.index,
-        rows: ids.len() as u64,
-        rows_skipped: skipped,
-        row_ranges: covered,
-        bytes: buf.len() as u64,
-        sha256: crate::model::hex(&Sha256::digest(buf.as_slice())),
-        embedding_dim: dim,
-        min_norm,
-        max_norm,
-        created_at,
-        tool: TOOL.to_string(),
-    }))
+    (entry.path, entry.bytes, entry.sha256) =
+        (plan.output.shard_entry_path(shard), buf.len() as u64, crate::model::hex(&Sha256::digest(buf.as_slice())));
+    Ok(Some(entry))
 }
 
 /// Writer settings of a shard. zstd level 1: embeddings are mostly high-entropy floats, where higher levels

@@ -155,12 +155,13 @@ fn dataset_label(config: &RunConfig, source: &DatasetSource) -> String {
 fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan::Format)>, DatasetSource)> {
     let d = &config.dataset;
     let local_looking = [".jsonl", ".json", ".ndjson", ".parquet"].iter().any(|e| d.ends_with(e)) || d.contains(['*', '?', '[']);
-    let missing = !std::path::Path::new(d).exists();
-    if let Some((id, _)) = crate::hub::parse_repo_id(d).filter(|_| missing && !local_looking && crate::hub::looks_local(d)) {
-        anyhow::bail!("--dataset {d}: not found (taken as a local path: its first folder is here; for the Hub dataset write hf://datasets/{id})");
-    }
-    if missing && !local_looking && !crate::hub::looks_local(d) {
-        if let Some((id, revision)) = crate::hub::parse_repo_id(d) {
+    if !std::path::Path::new(d).exists() {
+        let repo = crate::hub::hub_repo(d, local_looking).map_err(|id| {
+            anyhow::anyhow!(
+                "--dataset {d}: not found (taken as a local path: its first folder is here; for the Hub dataset write hf://datasets/{id})"
+            )
+        })?;
+        if let Some((id, revision)) = repo {
             let (snap, paths) = crate::hub::resolve_dataset(&id, &revision, config.subset.as_deref(), &config.split)?;
             log::info!("dataset {id}@{}: {} Parquet files", snap.sha, paths.len());
             let source = DatasetSource { kind: "hf-hub".into(), repo: Some(id), revision: Some(snap.sha), snapshot: Some(snap.dir), root: None };
@@ -174,12 +175,12 @@ fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan
 fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
     let spec = config.model.to_string_lossy();
     if !config.model.exists() {
-        if let Some((id, _)) = crate::hub::parse_repo_id(&spec).filter(|_| crate::hub::looks_local(&spec)) {
-            anyhow::bail!(
+        let repo = crate::hub::hub_repo(&spec, false).map_err(|id| {
+            anyhow::anyhow!(
                 "--model {spec}: no such model folder (taken as a local path: its first folder is here; for the Hub model write hf://{id})"
-            );
-        }
-        if let Some((id, revision)) = crate::hub::parse_repo_id(&spec) {
+            )
+        })?;
+        if let Some((id, revision)) = repo {
             let snap = crate::hub::resolve_model(&id, &revision)?;
             let mut model = ModelSpec::load(&snap.dir, Some(config.model_name.as_deref().unwrap_or(&id)))?;
             model.source = Some(format!("hf://{id}@{}", snap.sha));
