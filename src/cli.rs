@@ -38,6 +38,9 @@ pub enum Command {
     /// Run the encoder alone on a JSONL of texts: tokens/s per batch size (after a warm-up pass), and
     /// optionally the embeddings as JSONL (parity checks on a GPU machine without cargo).
     Encode(crate::encode::EncodeArgs),
+    /// Tokenize a dataset as `embed` would, without embedding: rows, tokens, rows cut, the length
+    /// distribution and tokens/s (to size and cost a job before submitting it); `--ids-output` writes the ids.
+    Tokens(crate::tokens::TokensArgs),
     /// Print a shell completion script (e.g. `source <(chatspace-mpi completions bash)`).
     Completions {
         #[arg(value_enum)]
@@ -66,8 +69,10 @@ pub enum EncoderKind {
     Model,
     /// BERT on candle-transformers' `BertModel`: the reference the fast path is tested against (slower).
     Candle,
-    /// No model: placeholder vectors, for plumbing benchmarks.
+    /// No model: placeholder vectors, for plumbing benchmarks (loaders give one id per byte).
     Noop,
+    /// No model, but loaders tokenize for the real model: "can this node's loaders feed N GPUs".
+    NoopTokenized,
 }
 
 /// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
@@ -144,6 +149,18 @@ pub struct EmbedArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub threads: usize,
+    /// Threads each loader tokenizes on (0: the cores the encoders leave on its node; 1 when encoders run on
+    /// the CPU, whose model is hundreds of times slower than the tokenizer). Under Slurm with
+    /// --cpus-per-task, each rank's own CPUs.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub loader_threads: usize,
+    /// Tokenizer implementation: `auto` takes the fast exact path for BERT WordPiece tokenizers and the
+    /// `tokenizers` crate otherwise; `fast` refuses tokenizers the fast path does not implement; `reference`
+    /// always uses the `tokenizers` crate. The ids are the same.
+    #[arg(long, value_enum, default_value = "auto")]
+    #[serde(default)]
+    pub tokenizer: crate::tokenize::TokenizerChoice,
     /// Batches a loader may have in flight per encoder at the start; the window grows (up to 32) for an
     /// encoder that runs out of queued batches while the loader has more ready, so fast encoders are never
     /// starved by the round trip.
@@ -155,7 +172,8 @@ pub struct EmbedArgs {
     pub device: String,
     /// `model` runs the model; `candle` runs BERT models on candle-transformers (the slower reference);
     /// `noop` skips the model and emits placeholder vectors (for plumbing benchmarks: loading, MPI and
-    /// writing without the encoder's cost). Recorded in the resume fingerprint.
+    /// writing without the encoder's cost); `noop-tokenized` also skips the model but loaders tokenize for
+    /// it (can the loaders feed the GPUs?). Recorded in the resume fingerprint.
     #[arg(long, value_enum, default_value = "model")]
     pub encoder: EncoderKind,
     /// Compute dtype: float32; float16 (cuda); bfloat16 (cuda, or on the CPU the linear layers of BERT models

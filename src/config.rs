@@ -73,6 +73,11 @@ pub struct RunConfig {
     pub batching: BatchConfig,
     /// Threads per encoder (0: shared out from the node's cores).
     pub encoder_threads: usize,
+    /// Threads per loader (0: the cores encoders leave, see `layout::loader_threads`).
+    #[serde(default)]
+    pub loader_threads: usize,
+    #[serde(default)]
+    pub tokenizer: crate::tokenize::TokenizerChoice,
     pub device: DeviceChoice,
     pub encoder: EncoderKind,
     pub dtype: Dtype,
@@ -101,7 +106,7 @@ pub const MOST_PREFETCH_BATCHES: usize = 1024;
 pub const MOST_THREADS: usize = 4096;
 
 /// `v` within `[low, high]`, else a one-line error naming the flag.
-fn within(flag: &str, v: usize, low: usize, high: usize) -> Result<(), String> {
+pub(crate) fn within(flag: &str, v: usize, low: usize, high: usize) -> Result<(), String> {
     if (low..=high).contains(&v) {
         Ok(())
     } else {
@@ -135,6 +140,7 @@ impl RunConfig {
         }
         within("--prefetch-batches", a.prefetch_batches, 1, MOST_PREFETCH_BATCHES)?;
         within("--threads", a.threads, 0, MOST_THREADS)?;
+        within("--loader-threads", a.loader_threads, 0, MOST_THREADS)?;
         // --loaders, --writers and --local-encoders are checked by `Layout::new`, which runs first.
         if a.max_rows == Some(0) {
             return Err("--max-rows must be at least 1".into());
@@ -186,6 +192,8 @@ impl RunConfig {
                 prefetch_batches: a.prefetch_batches,
             },
             encoder_threads: a.threads,
+            loader_threads: a.loader_threads,
+            tokenizer: a.tokenizer,
             device,
             encoder: a.encoder,
             dtype,

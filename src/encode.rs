@@ -64,9 +64,9 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
         let t = v.get(&args.text_field).and_then(|t| t.as_str());
         texts.push(t.ok_or_else(|| anyhow::anyhow!("{}:{}: no string field '{}'", args.input.display(), i + 1, args.text_field))?.to_string());
     }
-    let tok = spec.tokenizer()?;
-    let enc = tok.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-    let ids: Vec<&[u32]> = enc.iter().map(|e| e.get_ids()).collect();
+    let tok = crate::tokenize::TextTokenizer::load(&spec, crate::tokenize::TokenizerChoice::Auto)?;
+    let enc = tok.encode_batch(&texts, "", threads).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    let ids: Vec<&[u32]> = (0..enc.rows()).map(|i| enc.row(i)).collect();
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let (mut timings, mut first) = (Vec::new(), None);

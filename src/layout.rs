@@ -188,17 +188,50 @@ pub fn encoder_threads(requested: usize, layout: &Layout) -> usize {
         return n;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ranks_here = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
+    auto_threads(cores, layout, ranks_here(layout))
+}
+
+/// Threads per loader: `requested`, or (0) under Slurm with `--cpus-per-task` each rank's own CPUs; else
+/// with CPU encoders 1 (they take the cores, and one tokenizer thread outruns many encoder cores); with GPU
+/// encoders the node's cores less one per encoder, shared among the loaders on the node.
+pub fn loader_threads(requested: usize, layout: &Layout, device: crate::config::DeviceChoice) -> usize {
+    if requested > 0 {
+        return requested;
+    }
+    if let Some(n) = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0) {
+        return n;
+    }
+    if device == crate::config::DeviceChoice::Cpu || !crate::device::CUDA_BUILT {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    auto_loader_threads(cores, layout, ranks_here(layout))
+}
+
+fn ranks_here(layout: &Layout) -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
         .iter()
         .find_map(|k| std::env::var(k).ok()?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
-        .unwrap_or(layout.world_size);
-    auto_threads(cores, layout, ranks_here)
+        .unwrap_or(layout.world_size)
+}
+
+/// Roles of a kind on this node, assuming ranks spread evenly over nodes.
+fn here(count: usize, layout: &Layout, ranks_here: usize) -> usize {
+    if layout.world_size <= 1 {
+        count
+    } else {
+        (count * ranks_here.clamp(1, layout.world_size)).div_ceil(layout.world_size)
+    }
+}
+
+fn auto_loader_threads(cores: usize, layout: &Layout, ranks_here: usize) -> usize {
+    let (loaders, encoders, writers) = (here(layout.loaders, layout, ranks_here), here(layout.encoders, layout, ranks_here), 1);
+    // A core for each encoder (it drives its GPU) and one for the controller and writers.
+    (cores.saturating_sub(encoders + writers) / loaders.max(1)).max(1)
 }
 
 fn auto_threads(cores: usize, layout: &Layout, ranks_here: usize) -> usize {
-    let encoders_here =
-        if layout.world_size <= 1 { layout.encoders } else { (layout.encoders * ranks_here.clamp(1, layout.world_size)).div_ceil(layout.world_size) };
-    (cores / encoders_here.max(1)).max(1)
+    (cores / here(layout.encoders, layout, ranks_here).max(1)).max(1)
 }
 
 #[cfg(test)]
@@ -261,6 +294,19 @@ mod tests {
     fn summary_names_every_rank() {
         let l = Layout::new(4, None, None, 1).unwrap();
         assert_eq!(l.summary(), "rank 0: controller; rank 1: loader 0; rank 2: encoder 0; rank 3: writer 0");
+    }
+
+    #[test]
+    fn loaders_share_the_cores_gpu_encoders_leave() {
+        // One 16-core node, 10 ranks: controller, 2 loaders, 6 encoders, 1 writer.
+        let l = Layout::new(10, None, None, 1).unwrap();
+        assert_eq!((l.loaders, l.encoders, l.writers), (2, 6, 1));
+        assert_eq!(auto_loader_threads(16, &l, 10), (16 - 6 - 1) / 2);
+        // Two such nodes (5 ranks each): half the roles per node.
+        assert_eq!(auto_loader_threads(16, &l, 5), (16 - 3 - 1) / 1);
+        // Never zero, even with more encoders than cores.
+        assert_eq!(auto_loader_threads(4, &l, 10), 1);
+        assert_eq!(loader_threads(3, &l, crate::config::DeviceChoice::Cuda), 3, "asked for");
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod protocol;
 pub mod ranges;
 pub mod roles;
 pub mod scheduler;
+pub mod tokenize;
+pub mod tokens;
 pub mod transport;
 pub mod walltime;
 pub mod writer;
@@ -63,6 +65,7 @@ pub fn run() -> i32 {
         Command::Verify { manifest, jobs } => inspect::verify_command(&manifest, jobs),
         Command::Status { manifest, json } => inspect::status_command(&manifest, json),
         Command::Encode(args) => encode::command(&args),
+        Command::Tokens(args) => tokens::command(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "chatspace-mpi", &mut std::io::stdout());
             EXIT_OK

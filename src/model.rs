@@ -75,10 +75,10 @@ struct ModuleEntry {
     kind: String,
 }
 
-/// The largest JSON file of a model folder read (configs are small; tokenizer.json is read by `tokenizers`).
+/// The largest JSON file of a model folder read (tokenizer.json files of large vocabularies are tens of MiB).
 const JSON_MAX_BYTES: u64 = 64 << 20;
 
-fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
     let bad = |message: String| ModelError::BadFile { file: path.display().to_string(), message };
     let bytes = crate::output::read_input(path, JSON_MAX_BYTES).map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))

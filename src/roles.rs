@@ -11,6 +11,7 @@ use crate::layout::Role;
 
 use crate::plan::{ChunkSpec, Plan};
 use crate::protocol::{put, Embeddings, Endpoint, Header, TokenBatch};
+use crate::tokenize::{Encoded, TextTokenizer};
 use crate::transport::{Mailbox, TransportError};
 
 /// Why a role stopped early. `message` is one line for the user.
@@ -102,7 +103,7 @@ pub fn test_delay(point: &str) {
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let mut backend: Box<dyn crate::model::Backend> = match plan.config.encoder {
-        crate::cli::EncoderKind::Noop => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
+        crate::cli::EncoderKind::Noop | crate::cli::EncoderKind::NoopTokenized => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
         kind => {
             let threads = crate::layout::encoder_threads(plan.config.encoder_threads, &plan.layout);
             let gpu = crate::device::resolve(plan.config.device.as_str(), &plan.layout, mb.me).map_err(RoleError::new)?;
@@ -228,7 +229,12 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let tokenizer = match plan.config.encoder {
         crate::cli::EncoderKind::Noop => Tokens::Bytes(plan.model.max_seq_length),
-        _ => Tokens::Model(Box::new(plan.model.tokenizer().map_err(RoleError::from_display)?)),
+        _ => {
+            let tok = TextTokenizer::load(&plan.model, plan.config.tokenizer).map_err(RoleError::from_display)?;
+            let threads = crate::layout::loader_threads(plan.config.loader_threads, &plan.layout, plan.config.device);
+            log::info!("loader {}: tokenizer {}, {threads} threads", mb.me, tok.engine_name());
+            Tokens::Model(Box::new(tok), threads)
+        }
     };
     let reader = ChunkReader::new(plan.inputs.clone(), TextRule { field: plan.config.text_field.clone(), chat: plan.config.chat_format })
         .map_err(RoleError::from_display)?;
@@ -303,30 +309,30 @@ struct Loaded {
 
 /// How the loader turns text into token ids.
 enum Tokens {
-    /// The model's tokenizer.
-    Model(Box<tokenizers::Tokenizer>),
+    /// The model's tokenizer, on this many threads.
+    Model(Box<TextTokenizer>, usize),
     /// One id per byte, at most this many: for the no-op encoder, which ignores ids, so that plumbing
-    /// benchmarks measure loading, MPI and writing rather than the tokenizer (which scales with --loaders).
+    /// benchmarks measure loading, MPI and writing rather than the tokenizer (`--encoder noop-tokenized`
+    /// measures the tokenizer too).
     Bytes(usize),
 }
 
 impl Tokens {
-    fn encode(&self, texts: &[String], prompt: &str) -> Result<Vec<Vec<u32>>, String> {
+    fn encode(&self, texts: &[String], prompt: &str) -> Result<Encoded, String> {
         match self {
-            Tokens::Model(tokenizer) => {
-                // The prompt goes before the text for the model only; the shard keeps the text as it was.
-                let encodings = if prompt.is_empty() {
-                    tokenizer.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
-                } else {
-                    tokenizer.encode_batch(texts.iter().map(|t| format!("{prompt}{t}")).collect::<Vec<_>>(), true)
-                };
-                Ok(encodings.map_err(|e| e.to_string())?.into_iter().map(|e| e.get_ids().to_vec()).collect())
+            Tokens::Model(tokenizer, threads) => tokenizer.encode_batch(texts, prompt, *threads),
+            Tokens::Bytes(max) => {
+                let mut e = Encoded { ids: Vec::new(), starts: vec![0], truncated: 0 };
+                for t in texts {
+                    let before = e.ids.len();
+                    e.ids.extend(prompt.bytes().chain(t.bytes()).take((*max).max(1)).map(u32::from));
+                    if e.ids.len() == before {
+                        e.ids.push(0);
+                    }
+                    e.starts.push(e.ids.len());
+                }
+                Ok(e)
             }
-            Tokens::Bytes(max) => Ok(texts
-                .iter()
-                .map(|t| prompt.bytes().chain(t.bytes()).take((*max).max(1)).map(u32::from).collect::<Vec<u32>>())
-                .map(|ids| if ids.is_empty() { vec![0] } else { ids })
-                .collect()),
         }
     }
 }
@@ -344,7 +350,7 @@ fn load_chunk(
     let encodings = tokenizer
         .encode(&rows.texts, prompt)
         .map_err(|e| RoleError::new(format!("tokenizing chunk {} (rows {}..{}): {e}", chunk.index, chunk.start, chunk.end)))?;
-    let lengths: Vec<usize> = encodings.iter().map(Vec::len).collect();
+    let lengths: Vec<usize> = (0..encodings.rows()).map(|i| encodings.len_of(i)).collect();
     let batches = bucketing
         .plan(&lengths)
         .into_iter()
@@ -353,7 +359,7 @@ fn load_chunk(
             for i in idx {
                 b.row_ids.push(rows.row_ids[i]);
                 b.lengths.push(lengths[i] as u32);
-                b.ids.extend_from_slice(&encodings[i]);
+                b.ids.extend_from_slice(encodings.row(i));
             }
             b
         })

@@ -42,7 +42,8 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     if config.encoder != crate::cli::EncoderKind::Noop {
         // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
         // one error before any rank starts rather than a failure in every loader.
-        model.tokenizer()?;
+        let tok = crate::tokenize::TextTokenizer::load(&model, config.tokenizer)?;
+        log::info!("tokenizer: {}", tok.engine_name());
     }
     check_shard_size(config.rows_per_shard, model.dim)?;
     let (files, source) = find_dataset(&config)?;
@@ -152,7 +153,7 @@ fn dataset_label(config: &RunConfig, source: &DatasetSource) -> String {
 }
 
 /// A local path names a local dataset; otherwise an `org/name[@revision]` (or `hf://...`) is a Hub dataset.
-fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan::Format)>, DatasetSource)> {
+pub(crate) fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan::Format)>, DatasetSource)> {
     let d = &config.dataset;
     let local_looking = [".jsonl", ".json", ".ndjson", ".parquet"].iter().any(|e| d.ends_with(e)) || d.contains(['*', '?', '[']);
     if !std::path::Path::new(d).exists() {
@@ -172,7 +173,7 @@ fn find_dataset(config: &RunConfig) -> anyhow::Result<(Vec<(PathBuf, crate::plan
 }
 
 /// A local sentence-transformers folder, or a Hub model repo (`org/name[@revision]`) fetched into the HF cache.
-fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
+pub(crate) fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
     let spec = config.model.to_string_lossy();
     if !config.model.exists() {
         let repo = crate::hub::hub_repo(&spec, false).map_err(|id| {
