@@ -303,7 +303,7 @@ mod tests {
         assert_eq!((l.loaders, l.encoders, l.writers), (2, 6, 1));
         assert_eq!(auto_loader_threads(16, &l, 10), (16 - 6 - 1) / 2);
         // Two such nodes (5 ranks each): half the roles per node.
-        assert_eq!(auto_loader_threads(16, &l, 5), (16 - 3 - 1) / 1);
+        assert_eq!(auto_loader_threads(16, &l, 5), 16 - 3 - 1);
         // Never zero, even with more encoders than cores.
         assert_eq!(auto_loader_threads(4, &l, 10), 1);
         assert_eq!(loader_threads(3, &l, crate::config::DeviceChoice::Cuda), 3, "asked for");

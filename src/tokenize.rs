@@ -672,8 +672,8 @@ mod tests {
         for prompt in ["", "query: "] {
             let a = fast.encode_batch(&texts, prompt, 3).unwrap();
             let b = reference.encode_batch(&texts, prompt, 1).unwrap();
-            for i in 0..texts.len() {
-                assert_eq!(a.row(i), b.row(i), "text {i}: {:?}", texts[i].chars().take(80).collect::<String>());
+            for (i, t) in texts.iter().enumerate() {
+                assert_eq!(a.row(i), b.row(i), "text {i}: {:?}", t.chars().take(80).collect::<String>());
             }
             assert_eq!(a.truncated, b.truncated);
             assert!(a.truncated >= 4, "long texts are cut: {}", a.truncated);
