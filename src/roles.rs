@@ -261,6 +261,11 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
         match env.header {
             Header::Shutdown { .. } => {
                 log::info!("loader {}: batches in flight per encoder grew to {:?}", mb.me, credits.window);
+                if let Tokens::Model(tok, threads) = &tokenizer {
+                    if *threads > 1 {
+                        log::info!("loader {} tokenizer threads: {:.2}s CPU", mb.me, tok.worker_cpu_seconds());
+                    }
+                }
                 return Ok(());
             }
             Header::Credit { starved } => {

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use serde_json::Value;
-use unicode_categories::UnicodeCategories;
 use unicode_normalization_alignments::UnicodeNormalization;
 
 use crate::model::{ModelError, ModelSpec};
@@ -39,6 +38,9 @@ pub enum TokenizerChoice {
 /// A model's tokenizer, truncating at the model's `max_seq_length` (special tokens included).
 pub struct TextTokenizer {
     engine: Engine,
+    /// CPU time of the worker threads of [`TextTokenizer::encode_batch`] (nanoseconds), which the CPU clock
+    /// of the calling thread does not include.
+    worker_cpu_nanos: std::sync::atomic::AtomicU64,
 }
 
 enum Engine {
@@ -81,20 +83,29 @@ impl Encoded {
 }
 
 impl TextTokenizer {
+    fn new(engine: Engine) -> TextTokenizer {
+        TextTokenizer { engine, worker_cpu_nanos: Default::default() }
+    }
+
+    /// CPU seconds spent so far on worker threads (all texts tokenized on the calling thread are not counted).
+    pub fn worker_cpu_seconds(&self) -> f64 {
+        self.worker_cpu_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
+
     /// Loads the model's tokenizer.json. With `Auto` the fast path is taken when it implements every feature
     /// of the file; otherwise the reason is logged and `tokenizers` is used.
     pub fn load(model: &ModelSpec, choice: TokenizerChoice) -> Result<TextTokenizer, ModelError> {
         let reference = model.tokenizer()?;
         if choice == TokenizerChoice::Reference {
-            return Ok(TextTokenizer { engine: Engine::Reference(Box::new(reference)) });
+            return Ok(TextTokenizer::new(Engine::Reference(Box::new(reference))));
         }
         let path = std::path::Path::new(&model.path).join("tokenizer.json");
         let json = crate::model::read_json(&path)?;
         match WordPiece::from_json(&json, model.max_seq_length) {
-            Ok(wp) => Ok(TextTokenizer { engine: Engine::Fast(Box::new(wp)) }),
+            Ok(wp) => Ok(TextTokenizer::new(Engine::Fast(Box::new(wp)))),
             Err(why) if choice == TokenizerChoice::Auto => {
                 log::info!("tokenizer: {} is not one the fast path implements ({why}); using the tokenizers crate", path.display());
-                Ok(TextTokenizer { engine: Engine::Reference(Box::new(reference)) })
+                Ok(TextTokenizer::new(Engine::Reference(Box::new(reference))))
             }
             Err(why) => Err(ModelError::Tokenizer(format!("--tokenizer fast: {}: {why}", path.display()))),
         }
@@ -128,7 +139,17 @@ impl TextTokenizer {
             return self.encode_part(texts, prompt);
         }
         let results: Vec<Result<Encoded, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = parts.iter().map(|r| s.spawn(|| self.encode_part(&texts[r.clone()], prompt))).collect();
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|r| {
+                    s.spawn(|| {
+                        let e = self.encode_part(&texts[r.clone()], prompt);
+                        let nanos = (crate::roles::thread_cpu_seconds() * 1e9) as u64;
+                        self.worker_cpu_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+                        e
+                    })
+                })
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a tokenizer thread panicked (this is a bug)".into()))).collect()
         });
         let mut all = Encoded::new();
@@ -226,12 +247,72 @@ struct WordPiece {
     limit: usize,
 }
 
+/// Unicode properties the BERT steps ask of every character, cached in one byte per character of the first
+/// three planes (every script, emoji, CJK extensions; the category tables are binary searches: each character is looked up the first time
+/// it is seen, by any thread, instead of every time).
+mod class {
+    use unicode_categories::UnicodeCategories;
+
+    /// `tokenizers`' BERT whitespace: \t, \n, \r and Unicode White_Space.
+    pub const WHITESPACE: u8 = 1;
+    /// Categories Cc, Cf, Co (not \t, \n, \r): removed by clean_text.
+    pub const CONTROL: u8 = 2;
+    /// ASCII or Unicode punctuation: a word of its own.
+    pub const PUNCT: u8 = 4;
+    /// Category Mn: removed with the accents.
+    pub const NONSPACING_MARK: u8 = 8;
+    /// `char::is_whitespace`: where the pre-tokenizer splits.
+    pub const SPLIT: u8 = 16;
+
+    fn compute(c: char) -> u8 {
+        let mut f = 0;
+        if matches!(c, '\t' | '\n' | '\r') || c.is_whitespace() {
+            f |= WHITESPACE;
+        }
+        if !matches!(c, '\t' | '\n' | '\r') && c.is_other() {
+            f |= CONTROL;
+        }
+        if c.is_ascii_punctuation() || c.is_punctuation() {
+            f |= PUNCT;
+        }
+        if c.is_mark_nonspacing() {
+            f |= NONSPACING_MARK;
+        }
+        if c.is_whitespace() {
+            f |= SPLIT;
+        }
+        f
+    }
+
+    /// Set in a cache entry once it holds the character's flags.
+    const KNOWN: u8 = 128;
+
+    /// The flags of `c`.
+    pub fn of(c: char) -> u8 {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static CACHE: [AtomicU8; 0x30000] = [const { AtomicU8::new(0) }; 0x30000];
+        let Some(slot) = CACHE.get(c as usize) else { return compute(c) };
+        // Relaxed is enough: every thread computes the same value for a character.
+        let f = slot.load(Ordering::Relaxed);
+        if f & KNOWN != 0 {
+            return f;
+        }
+        let f = compute(c) | KNOWN;
+        slot.store(f, Ordering::Relaxed);
+        f
+    }
+
+    pub fn has(c: char, flag: u8) -> bool {
+        of(c) & flag != 0
+    }
+}
+
 fn is_whitespace(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r') || c.is_whitespace()
+    class::has(c, class::WHITESPACE)
 }
 
 fn is_control(c: char) -> bool {
-    !matches!(c, '\t' | '\n' | '\r') && c.is_other()
+    class::has(c, class::CONTROL)
 }
 
 fn is_chinese_char(c: char) -> bool {
@@ -242,7 +323,7 @@ fn is_chinese_char(c: char) -> bool {
 }
 
 fn is_bert_punc(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
+    class::has(c, class::PUNCT)
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -263,9 +344,10 @@ impl Normalize {
         Ok(Normalize { clean_text: flag("clean_text", true), chinese: flag("handle_chinese_chars", true), strip_accents, lowercase })
     }
 
-    /// Normalizes `run` (text without whitespace boundaries inside that matter) the way BertNormalizer does.
-    fn apply(&self, run: &str, out: &mut String) {
-        let mut s = String::with_capacity(run.len() + 8);
+    /// Normalizes `run` (text without whitespace boundaries inside that matter) the way BertNormalizer does,
+    /// appending to `out`; `s` is scratch space.
+    fn apply(&self, run: &str, s: &mut String, out: &mut String) {
+        s.clear();
         for c in run.chars() {
             let c = if self.clean_text {
                 if c == '\0' || c == '\u{fffd}' || is_control(c) {
@@ -287,21 +369,29 @@ impl Normalize {
                 s.push(c);
             }
         }
-        if self.strip_accents {
-            let d: String = s.as_str().nfd().map(|(c, _)| c).filter(|c| !c.is_mark_nonspacing()).collect();
-            s = d;
-        }
-        if self.lowercase {
-            out.extend(s.chars().flat_map(char::to_lowercase));
+        let push = |out: &mut String, c: char| {
+            if self.lowercase {
+                out.extend(c.to_lowercase());
+            } else {
+                out.push(c);
+            }
+        };
+        // Nonspacing marks all lie at U+0300 and above.
+        let kept = |c: &char| *c < '\u{300}' || !class::has(*c, class::NONSPACING_MARK);
+        if !self.strip_accents {
+            s.chars().for_each(|c| push(out, c));
+        } else if unicode_normalization_alignments::is_nfd_quick(s.chars()) == unicode_normalization_alignments::IsNormalized::Yes {
+            // Already in NFD (most text of scripts without precomposed letters): no decomposition to do.
+            s.chars().filter(kept).for_each(|c| push(out, c));
         } else {
-            out.push_str(&s);
+            s.as_str().nfd().map(|(c, _)| c).filter(kept).for_each(|c| push(out, c));
         }
     }
 
     /// What an ASCII character becomes.
     fn ascii(&self, b: u8) -> Ascii {
         let mut s = String::new();
-        self.apply(&(b as char).to_string(), &mut s);
+        self.apply(&(b as char).to_string(), &mut String::new(), &mut s);
         let mut chars = s.chars();
         match (chars.next(), chars.next()) {
             (None, _) => Ascii::Drop,
@@ -436,8 +526,8 @@ impl WordPiece {
     /// Tokenizes a segment without added tokens; true once more than `limit` ids follow `start`.
     fn segment(&self, seg: &str, out: &mut Vec<u32>, start: usize) -> bool {
         let bytes = seg.as_bytes();
-        let mut word: Vec<u8> = Vec::with_capacity(64);
-        let mut normalized = String::new();
+        let mut word: Vec<u8> = Vec::new();
+        let (mut normalized, mut scratch) = (String::new(), String::new());
         let mut i = 0;
         while i < bytes.len() {
             // One run: up to the next ASCII byte that normalizes to whitespace.
@@ -478,10 +568,10 @@ impl WordPiece {
                 word.clear();
             } else {
                 normalized.clear();
-                self.norm.apply(run, &mut normalized);
+                self.norm.apply(run, &mut scratch, &mut normalized);
                 let mut buf = [0u8; 4];
                 for c in normalized.chars() {
-                    if c.is_whitespace() {
+                    if class::has(c, class::SPLIT) {
                         if self.word(&word, out, start) {
                             return true;
                         }
