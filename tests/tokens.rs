@@ -13,9 +13,25 @@ fn python() -> String {
 }
 
 fn tokens_cmd(dataset: &Path) -> Command {
+    tokens_with(dataset, &model())
+}
+
+fn tokens_with(dataset: &Path, model: &Path) -> Command {
     let mut c = Command::new(bin());
-    c.arg("tokens").arg("--dataset").arg(dataset).arg("--model").arg(model()).env("RUST_LOG", "warn");
+    c.arg("tokens").arg("--dataset").arg(dataset).arg("--model").arg(model).env("RUST_LOG", "warn");
     c
+}
+
+/// A model folder with Qwen's byte-level BPE tokenizer (151,643 tokens; scripts/fetch-model.sh makes it): the
+/// tiny Qwen3 fixture with that tokenizer.json (`tokens` reads no weights).
+fn qwen_model(dir: &Path) -> std::path::PathBuf {
+    let tokenizer = root().join("models/qwen-tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "{} missing: run scripts/fetch-model.sh", tokenizer.display());
+    let m = dir.join("qwen");
+    let ok = Command::new("cp").arg("-r").arg(root().join("tests/fixtures/tiny-qwen3-embedding")).arg(&m).status().unwrap().success();
+    assert!(ok);
+    std::fs::copy(tokenizer, m.join("tokenizer.json")).unwrap();
+    m
 }
 
 /// xorshift64: the corpus generator's randomness (seeded, so a failing corpus can be made again).
@@ -165,19 +181,37 @@ fn tokens_ids_match_python_tokenizers_on_a_fresh_corpus() {
     let data = dir.path().join("corpus.jsonl");
     let lines: Vec<String> = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-    let ids = dir.path().join("ids.parquet");
-    let o = run_limited(tokens_cmd(&data).args(["--threads", "2", "--json", "--ids-output"]).arg(&ids), 300);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["tokenizer"], "fast-wordpiece");
-    let embedded = texts.iter().filter(|t| !t.trim().is_empty()).count() as u64;
-    assert_eq!(s["rows"], embedded);
-    assert_eq!(s["rows_skipped"], texts.len() as u64 - embedded);
-    assert!(s["rows_truncated"].as_u64().unwrap() > 0, "long texts are in the corpus");
-    let hist: u64 = s["histogram"].as_array().unwrap().iter().map(|b| b["rows"].as_u64().unwrap()).sum();
-    assert_eq!(hist, embedded);
+    for (model, engine) in [(model(), "fast-wordpiece"), (qwen_model(dir.path()), "fast-bpe")] {
+        let ids = dir.path().join(format!("ids-{engine}.parquet"));
+        let o = run_limited(tokens_with(&data, &model).args(["--threads", "2", "--json", "--ids-output"]).arg(&ids), 300);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(s["tokenizer"], engine);
+        let embedded = texts.iter().filter(|t| !t.trim().is_empty()).count() as u64;
+        assert_eq!(s["rows"], embedded);
+        assert_eq!(s["rows_skipped"], texts.len() as u64 - embedded);
+        assert!(s["rows_truncated"].as_u64().unwrap() > 0, "long texts are in the corpus");
+        let hist: u64 = s["histogram"].as_array().unwrap().iter().map(|b| b["rows"].as_u64().unwrap()).sum();
+        assert_eq!(hist, embedded);
+        let o = run_limited(
+            Command::new(python())
+                .arg("-c")
+                .arg(PYTHON_CHECK)
+                .arg(&model)
+                .arg(&data)
+                .arg(&ids)
+                .arg(s["max_seq_length"].to_string())
+                .arg(s["tokens"].to_string()),
+            300,
+        );
+        assert!(o.status.success(), "seed {seed}, {engine}: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("ok {embedded}")));
+    }
+}
 
-    let script = r#"
+/// Python `tokenizers` on the same texts and tokenizer.json (truncating at the model's length, no padding):
+/// every row's ids equal, the token count equal, the row ids those of the rows with text.
+const PYTHON_CHECK: &str = r#"
 import json, sys
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -195,20 +229,6 @@ kept = [i for i, x in enumerate(texts) if x.strip()]
 assert t["row_id"] == kept, "row ids are the rows with text, in order"
 print("ok", len(t["row_id"]))
 "#;
-    let o = run_limited(
-        Command::new(python())
-            .arg("-c")
-            .arg(script)
-            .arg(model())
-            .arg(&data)
-            .arg(&ids)
-            .arg(s["max_seq_length"].to_string())
-            .arg(s["tokens"].to_string()),
-        300,
-    );
-    assert!(o.status.success(), "seed {seed}: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("ok {embedded}")));
-}
 
 #[test]
 fn tokens_counts_the_rows_embed_embeds_with_the_prompt_and_reports_text() {
@@ -250,10 +270,26 @@ fn tokens_refuses_bad_input_as_embed_does() {
     let o = run_limited(tokens_cmd(&data).args(["--threads", "100000"]), 60);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--threads"), "{}", stderr(&o));
-    let qwen = root().join("tests/fixtures/tiny-qwen3-embedding");
-    let o = run_limited(Command::new(bin()).arg("tokens").arg("--dataset").arg(&data).arg("--model").arg(qwen).args(["--tokenizer", "fast"]), 60);
+}
+
+#[test]
+fn a_tokenizer_the_fast_paths_do_not_implement_is_run_by_tokenizers_and_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    assert!(Command::new("cp").arg("-r").arg(root().join("tests/fixtures/tiny-qwen3-embedding")).arg(&m).status().unwrap().success());
+    let path = m.join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["normalizer"] = serde_json::json!({"type": "Lowercase"});
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 50);
+    let o = run_limited(tokens_with(&data, &m).args(["--tokenizer", "fast"]), 60);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("--tokenizer fast") && stderr(&o).contains("model BPE"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--tokenizer fast") && stderr(&o).contains("normalizer Lowercase"), "{}", stderr(&o));
+    let o = run_limited(tokens_with(&data, &m).args(["--json"]).env("RUST_LOG", "info"), 60);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("not one the fast paths implement (normalizer Lowercase)").count(), 1, "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((s["tokenizer"].as_str(), s["rows"].as_u64()), (Some("tokenizers"), Some(50)));
 }
 
 #[test]
