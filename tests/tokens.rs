@@ -225,7 +225,9 @@ expected = tok.encode_batch([texts[r] for r in t["row_id"]])
 bad = [(r, a, e.ids) for r, a, e in zip(t["row_id"], t["ids"], expected) if a != e.ids]
 assert not bad, "rows differ: %d, first: row %d\nours   %s\npython %s\ntext %r" % (len(bad), bad[0][0], bad[0][1], bad[0][2], texts[bad[0][0]][:300])
 assert sum(len(a) for a in t["ids"]) == tokens, "token count"
-kept = [i for i, x in enumerate(texts) if x.strip()]
+# Rust's trim: Unicode White_Space (Python's strip also takes U+001C..U+001F).
+ws = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+kept = [i for i, x in enumerate(texts) if x.strip(ws)]
 assert t["row_id"] == kept, "row ids are the rows with text, in order"
 print("ok", len(t["row_id"]))
 "#;
@@ -305,16 +307,22 @@ fn a_megabyte_row_without_spaces_and_nul_bytes_tokenize_like_tokenizers() {
     ];
     let lines: Vec<String> = rows.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-    let mut out = Vec::new();
-    for t in ["fast", "reference"] {
-        let ids = dir.path().join(format!("{t}.parquet"));
-        let o = run_limited(tokens_cmd(&data).args(["--tokenizer", t, "--json", "--ids-output"]).arg(&ids), 120);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        out.push(((s["rows"].as_u64(), s["tokens"].as_u64(), s["rows_truncated"].as_u64()), read_ids(&ids)));
+    for (model, name) in [(model(), "minilm"), (qwen_model(dir.path()), "qwen")] {
+        let mut out = Vec::new();
+        for t in ["fast", "reference"] {
+            let ids = dir.path().join(format!("{name}-{t}.parquet"));
+            let o = run_limited(tokens_with(&data, &model).args(["--tokenizer", t, "--json", "--ids-output"]).arg(&ids), 120);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            out.push(((s["rows"].as_u64(), s["tokens"].as_u64(), s["rows_truncated"].as_u64()), read_ids(&ids)));
+        }
+        assert_eq!(out[0], out[1], "{name}: same counts and ids");
+        if name == "minilm" {
+            assert_eq!(out[0].0, (Some(5), Some(2 + 2 + 256 + 5 + 2), Some(1)), "only the CJK row is cut (a long word is one unknown token)");
+        } else {
+            assert_eq!(out[0].0 .2, Some(4), "BPE cuts the three long rows and the one of a thousand NULs");
+        }
     }
-    assert_eq!(out[0], out[1], "same counts and ids");
-    assert_eq!(out[0].0, (Some(5), Some(2 + 2 + 256 + 5 + 2), Some(1)), "only the CJK row is cut (a long word is one unknown token)");
 }
 
 /// `row_id` and `ids` of a `tokens --ids-output` file.
@@ -357,4 +365,24 @@ fn noop_tokenized_runs_the_real_tokenizer_on_loader_threads_under_mpirun() {
     check_complete(&m, &rows);
     assert_eq!(rows.len(), 3000);
     verify_ok(&out);
+}
+
+#[test]
+fn embed_gives_the_same_embeddings_with_the_fast_path_and_with_tokenizers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    let texts = fresh_corpus(7, 60);
+    let lines: Vec<String> = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let mut outputs = Vec::new();
+    for t in ["auto", "reference"] {
+        let out = dir.path().join(t);
+        let o = run_limited(embed_on(&data, &out).args(["--tokenizer", t]), 300);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        outputs.push(rows);
+    }
+    assert!(!outputs[0].is_empty());
+    assert_eq!(outputs[0], outputs[1], "bit for bit: the ids are the same");
 }

@@ -290,6 +290,8 @@ struct AddedTokens {
     tokens: Vec<(String, u32)>,
     /// First bytes of the tokens: a text without any of them has none.
     first: [bool; 256],
+    /// The same, listed (searched with memchr when there are at most three, as for BERT's `[` or Qwen's `<`).
+    first_list: Vec<u8>,
 }
 
 impl AddedTokens {
@@ -313,16 +315,21 @@ impl AddedTokens {
         for (c, _) in &tokens {
             first[c.as_bytes()[0] as usize] = true;
         }
-        Ok(AddedTokens { tokens, first })
+        let first_list = (0..=255u8).filter(|&b| first[b as usize]).collect();
+        Ok(AddedTokens { tokens, first, first_list })
     }
 
     /// The text before the first added token, that token's id, and the text after it.
     fn next<'t>(&self, text: &'t str) -> (&'t str, Option<u32>, &'t str) {
         let bytes = text.as_bytes();
-        for (i, &b) in bytes.iter().enumerate() {
-            if !self.first[b as usize] {
-                continue;
-            }
+        let candidates: Box<dyn Iterator<Item = usize>> = match self.first_list[..] {
+            [] => return (text, None, ""),
+            [a] => Box::new(memchr::memchr_iter(a, bytes)),
+            [a, b] => Box::new(memchr::memchr2_iter(a, b, bytes)),
+            [a, b, c] => Box::new(memchr::memchr3_iter(a, b, c, bytes)),
+            _ => Box::new(bytes.iter().enumerate().filter(|(_, &b)| self.first[b as usize]).map(|(i, _)| i)),
+        };
+        for i in candidates {
             if let Some((c, id)) = self.tokens.iter().find(|(c, _)| bytes[i..].starts_with(c.as_bytes())) {
                 return (&text[..i], Some(*id), &text[i + c.len()..]);
             }
@@ -570,5 +577,11 @@ pub(crate) mod tests {
         assert_eq!(a.next("<a>x"), ("", Some(1), "x"));
         assert_eq!(a.next("none here"), ("none here", None, ""));
         assert_eq!(a.next("é<a"), ("é<a", None, ""));
+        // More than three first bytes: the table path.
+        let many: Vec<Value> =
+            ["<a>", "[b]", "{c}", "(d)"].iter().enumerate().map(|(i, c)| serde_json::json!({"id": i, "content": c, "special": true})).collect();
+        let m = AddedTokens::from_json(&Value::Array(many)).unwrap();
+        assert_eq!(m.next("x (d) {c}"), ("x ", Some(3), " {c}"));
+        assert_eq!(AddedTokens::from_json(&Value::Null).unwrap().next("x"), ("x", None, ""));
     }
 }
