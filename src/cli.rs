@@ -75,12 +75,13 @@ pub enum EncoderKind {
     NoopTokenized,
 }
 
-/// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives.
+/// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives. The flags a site or a batch
+/// script sets once can also come from `CHATSPACE_*` environment variables (a flag on the command line wins).
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
 pub struct EmbedArgs {
     /// Input: a Parquet or JSONL file, a folder of them, a glob (quote it), or a Hugging Face dataset
     /// `org/name[@revision]` (also `hf://datasets/org/name`; read offline from the HF cache when present).
-    #[arg(long)]
+    #[arg(long, env = "CHATSPACE_DATASET")]
     pub dataset: String,
     /// Name used for the dataset in the output layout (default: derived from --dataset).
     #[arg(long)]
@@ -92,7 +93,7 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "train")]
     pub split: String,
     /// Column / JSON field holding the text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, env = "CHATSPACE_TEXT_FIELD", default_value = "text")]
     pub text_field: String,
     /// The text field holds a list of {role, content}: embed the first assistant/model turn
     /// (same as --chat-format first-assistant).
@@ -112,19 +113,19 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub max_rows: Option<u64>,
     /// A sentence-transformers model folder, or a Hugging Face model `org/name[@revision]`.
-    #[arg(long)]
+    #[arg(long, env = "CHATSPACE_MODEL")]
     pub model: PathBuf,
     /// Name used for the model in the output layout (default: the model folder's name).
     #[arg(long)]
     pub model_name: Option<String>,
     /// Output root folder.
-    #[arg(long, default_value = "out")]
+    #[arg(long, env = "CHATSPACE_OUTPUT_ROOT", default_value = "out")]
     pub output_root: PathBuf,
     /// Rows per shard; each shard covers one contiguous range of row ids.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, env = "CHATSPACE_ROWS_PER_SHARD", default_value_t = 8192)]
     pub rows_per_shard: u64,
     /// Most rows in one encoder batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "CHATSPACE_BATCH_SIZE", default_value_t = 32)]
     pub batch_size: usize,
     /// Token budget per batch (rows x padded length); overrides --batch-size when set.
     #[arg(long)]
@@ -146,19 +147,19 @@ pub struct EmbedArgs {
     pub local_encoders: usize,
     /// Threads each encoder uses for the model (0: the cores this process may use, shared among the
     /// encoders on this node).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CHATSPACE_THREADS", default_value_t = 0)]
     #[serde(default)]
     pub threads: usize,
     /// Threads each loader tokenizes on (0: the cores the encoders leave on its node; 1 when encoders run on
     /// the CPU, whose model is hundreds of times slower than the tokenizer). Under Slurm with
     /// --cpus-per-task, each rank's own CPUs.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "CHATSPACE_LOADER_THREADS", default_value_t = 0)]
     #[serde(default)]
     pub loader_threads: usize,
     /// Tokenizer implementation: `auto` takes the fast exact path for BERT WordPiece tokenizers and the
     /// `tokenizers` crate otherwise; `fast` refuses tokenizers the fast path does not implement; `reference`
     /// always uses the `tokenizers` crate. The ids are the same.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, env = "CHATSPACE_TOKENIZER", value_enum, default_value = "auto")]
     #[serde(default)]
     pub tokenizer: crate::tokenize::TokenizerChoice,
     /// Batches a loader may have in flight per encoder at the start; the window grows (up to 32) for an
@@ -168,7 +169,7 @@ pub struct EmbedArgs {
     pub prefetch_batches: usize,
     /// Compute device: cpu, cuda (binaries built with the `cuda` feature: each encoder rank takes a GPU from
     /// its place on the node) or auto (cuda when a GPU is visible, else cpu).
-    #[arg(long, default_value = "cpu", value_parser = DEVICES)]
+    #[arg(long, env = "CHATSPACE_DEVICE", default_value = "cpu", value_parser = DEVICES)]
     pub device: String,
     /// `model` runs the model; `candle` runs BERT models on candle-transformers (the slower reference);
     /// `noop` skips the model and emits placeholder vectors (for plumbing benchmarks: loading, MPI and
@@ -180,7 +181,7 @@ pub struct EmbedArgs {
     /// with AVX512_BF16: faster, embeddings differ slightly); int8 (CPU only, the linear layers of BERT models
     /// with AVX512-VNNI: fastest, embeddings differ more). See docs/benchmarks.md for speed and accuracy.
     /// Embeddings are written as float32 either way.
-    #[arg(long, default_value = "float32", value_parser = DTYPES)]
+    #[arg(long, env = "CHATSPACE_DTYPE", default_value = "float32", value_parser = DTYPES)]
     pub dtype: String,
     /// Run id recorded in the manifest (default: from the start time).
     #[arg(long)]
@@ -190,7 +191,7 @@ pub struct EmbedArgs {
     pub resume: bool,
     /// Seconds a drain (after SIGTERM/SIGINT/SIGUSR1/SIGUSR2) may take before the job stops at once, keeping
     /// what is committed. Fits Slurm's default KillWait (30 s).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, env = "CHATSPACE_DRAIN_TIMEOUT", default_value_t = 20.0)]
     pub drain_timeout: f64,
     /// Resume if this output has a manifest, start otherwise (for batch scripts that rerun themselves).
     #[arg(long, conflicts_with_all = ["resume", "overwrite"])]
@@ -200,7 +201,7 @@ pub struct EmbedArgs {
     pub overwrite: bool,
     /// Seconds of margin before the job's end time: the run drains by itself once the time left is below this
     /// plus its running estimate of drain time. The end time comes from --end-time or, under Slurm, squeue.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, env = "CHATSPACE_STOP_BEFORE", default_value_t = 30.0)]
     pub stop_before: f64,
     /// Write "EXIT_CODE STATUS MANIFEST" to this file when the run ends (for batch scripts: launchers do
     /// not always pass rank 0's exit code through).
@@ -210,10 +211,16 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub end_time: Option<f64>,
     /// No progress bar or progress log lines.
-    #[arg(long)]
+    #[arg(long, env = "CHATSPACE_NO_PROGRESS")]
     pub no_progress: bool,
-    /// Seconds between progress log lines when stderr is not a terminal.
-    #[arg(long, default_value_t = 10.0)]
+    /// A live progress line rewritten in place even when stderr is not a terminal (under mpirun rank 0's
+    /// stderr is a pipe to mpirun; use this when mpirun's is a terminal).
+    #[arg(long, conflicts_with = "no_progress")]
+    #[serde(default)]
+    pub progress_bar: bool,
+    /// Seconds between progress log lines when stderr is not a terminal (UTC-timestamped), and between
+    /// refreshes of the run's live figures in the manifest header (at least 1 s) that `status` shows.
+    #[arg(long, env = "CHATSPACE_PROGRESS_INTERVAL", default_value_t = 10.0)]
     pub progress_interval: f64,
 }
 

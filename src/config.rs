@@ -89,6 +89,9 @@ pub struct RunConfig {
     pub end_time: Option<f64>,
     pub status_file: Option<PathBuf>,
     pub progress: bool,
+    /// A live line even when stderr is not a terminal.
+    #[serde(default)]
+    pub progress_bar: bool,
     pub progress_interval_seconds: f64,
 }
 
@@ -204,6 +207,7 @@ impl RunConfig {
             end_time: a.end_time,
             status_file: a.status_file.clone(),
             progress: !a.no_progress,
+            progress_bar: a.progress_bar,
             progress_interval_seconds,
         })
     }

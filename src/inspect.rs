@@ -342,7 +342,9 @@ pub fn status_text(m: &Manifest) -> String {
         );
     }
     match last_rate(m) {
-        Some(rate) => out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {:.0}s\n", left as f64 / rate),
+        Some(rate) => {
+            out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {}\n", crate::controller::hms(left as f64 / rate))
+        }
         None => out += "throughput (last run): unknown\nestimated time left: unknown\n",
     }
     out
@@ -421,6 +423,6 @@ mod tests {
         assert!(t.contains("60 remaining"), "{t}");
         assert!(t.contains("world_size 4 restart 1"), "{t}");
         assert!(t.contains("job end 2026-11-27T12:00:00.000Z, drain estimate 2.5s"), "{t}");
-        assert!(t.contains("10.0 rows/s") && t.contains("estimated time left: 6s"), "{t}");
+        assert!(t.contains("10.0 rows/s") && t.contains("estimated time left: 0:00:06"), "{t}");
     }
 }

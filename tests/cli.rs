@@ -129,3 +129,130 @@ fn completion_scripts_for_the_usual_shells() {
         }
     }
 }
+
+#[test]
+fn progress_lines_carry_the_utc_time_and_status_mid_run_shows_live_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 3000);
+    let out = dir.path().join("out");
+    // 15 shards, each held 400 ms before its commit: a run of about 6 s.
+    let mut child = embed_cmd()
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--model")
+        .arg(model())
+        .arg("--output-root")
+        .arg(&out)
+        .args(["--encoder", "noop", "--rows-per-shard", "200", "--progress-interval", "0.3"])
+        .env("CHATSPACE_TEST_DELAY", "writer-commit:400")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut live = None;
+    while started.elapsed() < std::time::Duration::from_secs(60) && live.is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (code, stdout, _) = cli(&["status", "--json", out.to_str().unwrap()]);
+        let Some(s) = (code == Some(0)).then(|| serde_json::from_str::<serde_json::Value>(stdout.trim()).ok()).flatten() else { continue };
+        if s["status"] == "running" && s["rows_done"].as_u64().unwrap_or(0) > 0 && s["rows_per_second"].as_f64().is_some_and(|r| r > 0.0) {
+            live = Some(s);
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = live.expect("status showed rows done and a throughput while the run was running");
+    assert!(s["eta_seconds"].as_f64().is_some() && s["rows_done"].as_u64() < Some(3000), "{s}");
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(lines.len() >= 3, "a line every 0.3 s: {err}");
+    for l in &lines {
+        // progress: 2026-12-06T17:00:00Z 200/3000 rows (6.7%), ..., encoders busy N%, ETA 0:00:05
+        let (time, rest) = l["progress: ".len()..].split_once(' ').unwrap();
+        assert!(time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "{l}");
+        assert!(rest.contains(" rows (") && rest.contains("tokens/s") && rest.contains("encoders busy"), "{l}");
+        let eta = rest.rsplit("ETA ").next().unwrap();
+        assert!(eta == "?" || eta.split(':').count() == 3, "ETA as h:mm:ss: {l}");
+    }
+}
+
+#[test]
+fn progress_bar_forces_the_live_line_and_conflicts_with_no_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 50);
+    let out = dir.path().join("out");
+    let o = run_limited(
+        embed_cmd().arg("--dataset").arg(&data).arg("--model").arg(model()).arg("--output-root").arg(&out).args([
+            "--encoder",
+            "noop",
+            "--progress-bar",
+        ]),
+        60,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("\r\x1b[2K50/50 rows"), "{:?}", stderr(&o));
+    let o = run_limited(embed_on(&data, &out).arg("--progress-bar"), 60);
+    assert_eq!(o.status.code(), Some(2), "clap refuses --progress-bar with --no-progress");
+}
+
+#[test]
+fn embed_flags_come_from_chatspace_environment_variables_and_the_command_line_wins() {
+    let (_, help, _) = cli(&["embed", "--help"]);
+    for env in ["CHATSPACE_DATASET", "CHATSPACE_MODEL", "CHATSPACE_OUTPUT_ROOT", "CHATSPACE_DEVICE", "CHATSPACE_LOADER_THREADS"] {
+        assert!(help.contains(&format!("[env: {env}")), "{env}: {help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 30);
+    let out = dir.path().join("out");
+    let o = run_limited(
+        Command::new(bin())
+            .arg("embed")
+            .env("CHATSPACE_DATASET", &data)
+            .env("CHATSPACE_MODEL", model())
+            .env("CHATSPACE_OUTPUT_ROOT", &out)
+            .env("CHATSPACE_ROWS_PER_SHARD", "10")
+            .env("CHATSPACE_NO_PROGRESS", "true")
+            .env("CHATSPACE_BATCH_SIZE", "0")
+            .args(["--encoder", "noop", "--batch-size", "8"]),
+        60,
+    );
+    assert!(o.status.success(), "the flag's --batch-size 8 wins over the variable's 0: {}", stderr(&o));
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!(m.num_shards, 3, "rows per shard from CHATSPACE_ROWS_PER_SHARD");
+    assert!(!stderr(&o).contains("progress:"), "CHATSPACE_NO_PROGRESS");
+    let o = run_limited(
+        Command::new(bin())
+            .arg("embed")
+            .env("CHATSPACE_DATASET", &data)
+            .env("CHATSPACE_MODEL", model())
+            .env("CHATSPACE_OUTPUT_ROOT", dir.path().join("out2"))
+            .env("CHATSPACE_BATCH_SIZE", "0"),
+        60,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--batch-size"), "a bad value from the environment names the flag: {}", stderr(&o));
+}
+
+#[test]
+fn the_manifest_records_the_model_folder_as_an_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 20);
+    let out = dir.path().join("out");
+    let rel = model().strip_prefix(root()).map(Path::to_path_buf).unwrap_or_else(|_| model());
+    let o = run_limited(
+        embed_cmd().current_dir(root()).arg("--dataset").arg(&data).arg("--model").arg(&rel).arg("--output-root").arg(&out).args([
+            "--encoder",
+            "noop",
+            "--no-progress",
+        ]),
+        60,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest_path(&out)).unwrap()).unwrap();
+    let path = m["model_info"]["path"].as_str().unwrap();
+    assert!(Path::new(path).is_absolute() && Path::new(path).join("tokenizer.json").is_file(), "{path}");
+    assert_eq!(m["model"], "all-MiniLM-L6-v2");
+}

@@ -142,6 +142,8 @@ fn sbatch_jobs_complete_checkpoint_requeue_and_cancel_on_a_real_cluster() {
         let (m, rows) = read_output(&out);
         check_complete(&m, &rows);
         assert_eq!(m.runs[0].world_size, 4, "{launcher}: 4 tasks, 4 ranks");
+        // The job log has timestamped progress (at least the closing one).
+        assert!(log.lines().any(|l| l.starts_with("progress: 20") && l.contains("Z ") && l.contains(" rows (100.0%)")), "{launcher}: {log}");
     }
 
     // 2. A one-minute time limit: the warning signal (or the run's own deadline) checkpoints it, the script

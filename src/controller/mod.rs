@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use prepare::{build_plan, Prepared, Start, MAX_SHARD_EMBEDDING_BYTES};
-pub use report::{signal_name, write_status_file};
+pub use report::{hms, signal_name, write_status_file};
 pub use resume::FOOTER_CHECKS;
 
 use crate::checkpoint::Checkpoint;
@@ -99,6 +99,8 @@ struct Run<'a> {
     sched: Scheduler,
     progress: Progress,
     embedded_before: u64,
+    /// When the run's record in the manifest header was last refreshed (see [`Run::refresh_header`]).
+    refreshed: std::time::Instant,
     /// Held until the run ends.
     _lock: std::fs::File,
 }
@@ -120,9 +122,15 @@ impl<'a> Run<'a> {
             stop_before: plan.config.stop_before_seconds,
             deadline,
         };
-        let progress = Progress::new(work.rows_left(), plan.config.progress, plan.config.progress_interval_seconds, launched);
+        let display = match (plan.config.progress, plan.config.progress_bar) {
+            (false, _) => report::Display::Off,
+            (true, false) => report::Display::Auto,
+            (true, true) => report::Display::Bar,
+        };
+        let progress = Progress::new(work.rows_left(), layout.encoders, display, plan.config.progress_interval_seconds, launched);
         let embedded_before = checkpoint.manifest.rows_embedded;
-        Run { mb, layout, plan, checkpoint, sched: Scheduler::new(work, policy), progress, embedded_before, _lock: lock }
+        let refreshed = std::time::Instant::now();
+        Run { mb, layout, plan, checkpoint, sched: Scheduler::new(work, policy), progress, embedded_before, refreshed, _lock: lock }
     }
 
     /// Sends the plan, then turns messages into scheduler events and carries out its actions until the end.
@@ -143,6 +151,7 @@ impl<'a> Run<'a> {
                 }
             }
             self.progress.tick(false);
+            self.refresh_header();
             match self.mb.recv_timeout(Duration::from_millis(50)) {
                 Ok(Some(env)) => events.extend(self.event_of(env)),
                 Ok(None) => {}
@@ -184,7 +193,7 @@ impl<'a> Run<'a> {
     fn event_of(&mut self, env: Envelope) -> Option<Event> {
         match env.header {
             Header::Progress { rows, tokens, padded_tokens, seconds } => {
-                self.progress.batch(rows, tokens, padded_tokens);
+                self.progress.batch(rows, tokens, padded_tokens, seconds);
                 Some(Event::BatchDone { seconds })
             }
             Header::ChunkLoaded { skipped, .. } => {
@@ -196,6 +205,27 @@ impl<'a> Run<'a> {
             Header::Signal { rank, signal, count } => Some(Event::Signal { what: format!("{} on rank {rank}", signal_name(signal)), count }),
             Header::Failed { role: _, message } => Some(Event::Failed { from: self.layout.describe(env.from), message }),
             other => Some(Event::Failed { from: "controller".into(), message: format!("unexpected {} message (this is a bug)", other.kind()) }),
+        }
+    }
+
+    /// Every `--progress-interval` (at least a second) the run's record in the manifest header gets the rows
+    /// committed and seconds so far, so that `status` mid-run shows live throughput and time left.
+    fn refresh_header(&mut self) {
+        let every = Duration::from_secs_f64(self.plan.config.progress_interval_seconds.max(1.0));
+        if self.refreshed.elapsed() < every {
+            return;
+        }
+        self.refreshed = std::time::Instant::now();
+        let m = &mut self.checkpoint.manifest;
+        let rows = m.rows_embedded - self.embedded_before;
+        if let Some(r) = m.runs.last_mut() {
+            r.rows_embedded = rows;
+            r.duration_seconds = self.progress.seconds();
+            r.first_batch_seconds = self.progress.first_batch;
+        }
+        if let Err(e) = self.checkpoint.write_header() {
+            // The shard log holds every commit; the header's live figures are for people.
+            log::warn!("refreshing the manifest header: {e}");
         }
     }
 

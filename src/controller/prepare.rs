@@ -188,7 +188,8 @@ pub(crate) fn load_model(config: &RunConfig) -> anyhow::Result<ModelSpec> {
             return Ok(model);
         }
     }
-    Ok(ModelSpec::load(&config.model, config.model_name.as_deref())?)
+    // Recorded as an absolute path, so the manifest says where the model was whatever folder the run started in.
+    Ok(ModelSpec::load(&crate::plan::absolute(&config.model), config.model_name.as_deref())?)
 }
 
 /// The manifest's `source`: for people, where each input file is now, as an absolute path (the fingerprint

@@ -18,8 +18,12 @@ pub struct Progress {
     pub skipped: u64,
     pub tokens: u64,
     pub padded: u64,
+    /// Encoder seconds spent on batches (all encoders): against `encoders` x the run's time, how busy they are.
+    busy: f64,
+    encoders: usize,
     enabled: bool,
-    tty: bool,
+    /// A live line rewritten in place (stderr is a terminal, or `--progress-bar`); timestamped lines otherwise.
+    live: bool,
     interval: Duration,
     /// When the controller started (before preparing: model, inputs, resume checks).
     launched: Instant,
@@ -29,7 +33,7 @@ pub struct Progress {
 
 impl Progress {
     /// Rates count from now; the first batch's time from `launched`.
-    pub fn new(total: u64, enabled: bool, interval_seconds: f64, launched: Instant) -> Progress {
+    pub fn new(total: u64, encoders: usize, display: Display, interval_seconds: f64, launched: Instant) -> Progress {
         let now = Instant::now();
         Progress {
             start: now,
@@ -39,8 +43,10 @@ impl Progress {
             skipped: 0,
             tokens: 0,
             padded: 0,
-            enabled,
-            tty: std::io::stderr().is_terminal(),
+            busy: 0.0,
+            encoders,
+            enabled: display != Display::Off,
+            live: display == Display::Bar || (display == Display::Auto && std::io::stderr().is_terminal()),
             // Validated finite and at most a year (config), so this cannot panic.
             interval: Duration::from_secs_f64(interval_seconds),
             launched,
@@ -48,12 +54,15 @@ impl Progress {
         }
     }
 
-    /// An encoder's batch report.
-    pub fn batch(&mut self, rows: u64, tokens: u64, padded: u64) {
+    /// An encoder's batch report (`seconds`: the encoder's time on it).
+    pub fn batch(&mut self, rows: u64, tokens: u64, padded: u64, seconds: f64) {
         self.first_batch.get_or_insert_with(|| self.launched.elapsed().as_secs_f64());
         self.rows += rows;
         self.tokens += tokens;
         self.padded += padded;
+        if seconds.is_finite() && seconds > 0.0 {
+            self.busy += seconds;
+        }
     }
 
     pub fn seconds(&self) -> f64 {
@@ -64,9 +73,12 @@ impl Progress {
         let secs = self.seconds().max(1e-9);
         let done = self.rows + self.skipped;
         let rate = self.rows as f64 / secs;
-        let eta = if done > 0 { format!("{:.0}s", (self.total.saturating_sub(done)) as f64 / ((done as f64) / secs)) } else { "?".into() };
+        let eta = if done > 0 { hms((self.total.saturating_sub(done)) as f64 / ((done as f64) / secs)) } else { "?".into() };
+        // Busy encoders are the bottleneck; idle ones wait for loaders (reading, tokenizing) or writers.
+        let busy = (100.0 * self.busy / (secs * self.encoders.max(1) as f64)).min(100.0);
+        let waits = if busy >= 90.0 { "" } else { " (waiting for loaders or writers)" };
         format!(
-            "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, ETA {eta}",
+            "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, encoders busy {busy:.0}%{waits}, ETA {eta}",
             self.total,
             100.0 * done as f64 / self.total.max(1) as f64,
             self.tokens as f64 / secs
@@ -78,20 +90,22 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let every = if self.tty { Duration::from_millis(500) } else { self.interval };
+        let every = if self.live { Duration::from_millis(500) } else { self.interval };
         if force || self.last.elapsed() >= every {
             self.last = Instant::now();
-            if self.tty {
+            if self.live {
                 eprint!("\r\x1b[2K{}", self.line());
             } else {
-                eprintln!("progress: {}", self.line());
+                // Log lines (Slurm job logs, mpirun output) carry the time: UTC to the second.
+                let now = crate::manifest::now_rfc3339();
+                eprintln!("progress: {}Z {}", now.get(..19).unwrap_or(&now), self.line());
             }
         }
     }
 
     /// Ends a live terminal line before other output.
     pub fn end_line(&self) {
-        if self.enabled && self.tty {
+        if self.enabled && self.live {
             eprintln!();
         }
     }
@@ -107,6 +121,25 @@ impl Progress {
             self.tokens as f64 / secs
         )
     }
+}
+
+/// How progress is shown (`--no-progress`, `--progress-bar`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    Off,
+    /// A live line on a terminal, timestamped lines otherwise.
+    Auto,
+    /// A live line even when stderr is not a terminal (under mpirun, rank 0's stderr is a pipe to mpirun).
+    Bar,
+}
+
+/// Seconds as h:mm:ss.
+pub fn hms(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "?".into();
+    }
+    let s = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// `run-{S}.json`: the last run in a few keys.
@@ -157,9 +190,9 @@ mod tests {
     #[test]
     fn progress_counts_rows_and_the_first_batch() {
         let launched = Instant::now() - Duration::from_secs(3);
-        let mut p = Progress::new(100, false, 10.0, launched);
+        let mut p = Progress::new(100, 1, Display::Off, 10.0, launched);
         assert!(p.line().starts_with("0/100 rows (0.0%)") && p.line().ends_with("ETA ?"), "{}", p.line());
-        p.batch(30, 300, 400);
+        p.batch(30, 300, 400, 0.5);
         p.skipped = 10;
         assert!(p.first_batch.is_some_and(|s| s >= 3.0), "counted from the controller's start");
         assert!(p.line().starts_with("40/100 rows (40.0%)"), "{}", p.line());
@@ -174,5 +207,26 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "75 preempted /o/m.json\n");
         write_status_file(&f, 1, None);
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "1 failed \n");
+    }
+
+    #[test]
+    fn eta_is_hours_minutes_seconds() {
+        assert_eq!(hms(0.0), "0:00:00");
+        assert_eq!(hms(59.6), "0:01:00");
+        assert_eq!(hms(3_723.0), "1:02:03");
+        assert_eq!(hms(100.0 * 3600.0), "100:00:00");
+        assert_eq!((hms(f64::NAN), hms(-1.0), hms(f64::INFINITY)), ("?".into(), "?".into(), "?".into()));
+    }
+
+    #[test]
+    fn the_line_says_how_busy_encoders_are() {
+        let mut p = Progress::new(100, 2, Display::Off, 10.0, Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+        p.batch(10, 100, 100, 0.0);
+        let l = p.line();
+        assert!(l.starts_with("10/100 rows (10.0%)"), "{l}");
+        assert!(l.contains("encoders busy 0% (waiting for loaders or writers)"), "{l}");
+        p.batch(10, 100, 100, 1e6);
+        assert!(p.line().contains("encoders busy 100%, ETA "), "{}", p.line());
     }
 }
