@@ -302,7 +302,7 @@ fn verify_one(manifest: &Path, jobs: usize) -> i32 {
     }
 }
 
-fn status_name(s: Status) -> String {
+pub(crate) fn status_name(s: Status) -> String {
     serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 

@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod bert;
 pub mod bert_candle;
+pub mod card;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -286,3 +286,82 @@ print("ok")
     let o = Command::new(python()).arg("-c").arg(check).arg(&shard_dir).arg(dir.path().join("hf-cache")).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
 }
+
+/// Outputs of two models in one root: the dataset card written when a run completes makes each model and
+/// dataset a config of its own, so `load_dataset(root, config)` loads one model's rows and `load_dataset(root)`
+/// asks which instead of merging them.
+#[test]
+fn the_dataset_card_makes_each_model_a_config_that_load_dataset_loads_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(dir.path(), "d.jsonl", 30);
+    let out = dir.path().join("out");
+    for (name, split) in [("model-a", "train"), ("model-b", "train"), ("model-b", "test")] {
+        let mut cmd = embed_on(&data, &out);
+        cmd.args(["--encoder", "noop", "--rows-per-shard", "10", "--model-name", name, "--split", split]);
+        let o = run_limited(&mut cmd, 120);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.starts_with("---\nconfigs:\n") && card.contains("model-a--d") && card.contains("model-b--d"), "{card}");
+    let check = r#"
+import os, sys
+os.environ["HF_DATASETS_OFFLINE"] = "1"; os.environ["HF_HUB_OFFLINE"] = "1"
+import datasets
+root, cache = sys.argv[1], sys.argv[2]
+a = datasets.load_dataset(root, "model-a--d", split="train", cache_dir=cache)
+assert len(a) == 30 and len(a[0]["embedding"]) == 384, len(a)
+b = datasets.load_dataset(root, "model-b--d", cache_dir=cache)
+assert sorted(b.keys()) == ["test", "train"] and len(b["train"]) == 30 and len(b["test"]) == 30, b
+try:
+    datasets.load_dataset(root, cache_dir=cache)
+except ValueError as e:
+    assert "model-a--d" in str(e), e
+else:
+    raise AssertionError("several models were merged into one dataset")
+print("ok")
+"#;
+    let o = Command::new(python()).arg("-c").arg(check).arg(&out).arg(dir.path().join("hf-cache")).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}
+
+/// The README's "Reading the output" snippets (pyarrow, numpy, pandas, polars, DuckDB, HF `datasets`), run in
+/// order against a real output made as the README says; each prints what is checked here.
+#[test]
+fn the_readme_snippets_for_reading_the_output_run() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme.split("\n## Reading the output\n").nth(1).expect("the README has the section").split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = section.split("```python\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert_eq!(blocks.len(), 6, "pyarrow, numpy, pandas, polars, duckdb, datasets");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("data/sample.jsonl"), dir.path().join("sample.jsonl")).unwrap();
+    let o = run_limited(
+        embed_cmd()
+            .current_dir(dir.path())
+            .args(["--dataset", "sample.jsonl", "--output-root", "out", "--rows-per-shard", "200", "--no-progress", "--model"])
+            .arg(model()),
+        300,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, _) = read_output(&dir.path().join("out"));
+    let o = Command::new(python())
+        .arg("-c")
+        .arg(blocks.concat())
+        .current_dir(dir.path())
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let (rows, dim) = (m.rows_embedded, m.embedding_dim);
+    let expected = [
+        format!("{rows} fixed_size_list<item: float not null>[{dim}]"),
+        format!("({rows}, {dim}) float32 1.0"),
+        format!("{rows} ({rows}, {dim})"),
+        format!("{rows} ({rows}, {dim})"),
+        "0 1.0".to_string(),
+        format!("{rows} {dim}"),
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{}", stderr(&o));
+}

@@ -298,6 +298,13 @@ impl<'a> Run<'a> {
             }
         }
         report::write_summary(&self.plan, &self.checkpoint.manifest, secs);
+        if status == Status::Complete {
+            // The card lists every output of the root, so `load_dataset` sees each model as a config.
+            match crate::card::write(&self.plan.output.root) {
+                Ok(p) => log::info!("dataset card: {}", p.display()),
+                Err(e) => eprintln!("warning: dataset card: {e}"),
+            }
+        }
         let (bytes, commits) = self.checkpoint.written();
         log::info!("checkpoint: {commits} commits, {bytes} bytes written ({:.0} per commit)", bytes as f64 / commits.max(1) as f64);
         let header = if abort { Header::Abort { code } } else { Header::Shutdown { code } };
