@@ -41,6 +41,16 @@ pub enum Command {
     /// Tokenize a dataset as `embed` would, without embedding: rows, tokens, rows cut, the length
     /// distribution and tokens/s (to size and cost a job before submitting it); `--ids-output` writes the ids.
     Tokens(crate::tokens::TokensArgs),
+    /// Write one self-contained HTML page (inline SVG, no network) about the outputs of a manifest or folder:
+    /// rows committed over time per run with preemptions and resumes marked, rows and bytes per shard, the
+    /// token-length histogram and truncations.
+    Report {
+        /// A manifest-{split}.json, or a folder holding manifests (an output root, or its indexes/M/D).
+        path: PathBuf,
+        /// The page to write.
+        #[arg(short, long, default_value = "report.html")]
+        output: PathBuf,
+    },
     /// Print a shell completion script (e.g. `source <(chatspace-mpi completions bash)`).
     Completions {
         #[arg(value_enum)]

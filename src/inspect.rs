@@ -416,6 +416,7 @@ mod tests {
             first_batch_seconds: Some(1.5),
             deadline: Some("2026-11-27T12:00:00.000Z".into()),
             drain_estimate_seconds: Some(2.5),
+            ..Default::default()
         });
         m.count_shard(&crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
         let t = status_text(&m);

@@ -13,6 +13,7 @@ pub mod device;
 pub mod encode;
 #[cfg(test)]
 mod fuzz;
+pub mod htmlreport;
 pub mod hub;
 pub mod input;
 pub mod inspect;
@@ -67,6 +68,7 @@ pub fn run() -> i32 {
         Command::Status { manifest, json } => inspect::status_command(&manifest, json),
         Command::Encode(args) => encode::command(&args),
         Command::Tokens(args) => tokens::command(&args),
+        Command::Report { path, output } => htmlreport::command(&path, &output),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "chatspace-mpi", &mut std::io::stdout());
             EXIT_OK

@@ -97,7 +97,7 @@ pub struct Preprocessing {
     pub dtype: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     pub started_at: String,
@@ -119,6 +119,16 @@ pub struct RunRecord {
     pub deadline: Option<String>,
     #[serde(default)]
     pub drain_estimate_seconds: Option<f64>,
+    /// What this run's loaders tokenized: rows, tokens (special tokens included), rows cut at the model's
+    /// length, and rows per length bin ([`crate::tokenize::length_bin`]: 0-16, 17-32, 33-64, ... tokens).
+    #[serde(default)]
+    pub rows_tokenized: u64,
+    #[serde(default)]
+    pub tokens: u64,
+    #[serde(default)]
+    pub rows_truncated: u64,
+    #[serde(default)]
+    pub token_lengths: Vec<u64>,
 }
 
 /// The manifest header, and (when read) the shards of the log.
@@ -740,6 +750,7 @@ mod robustness {
             first_batch_seconds: Some(f64::INFINITY),
             deadline: None,
             drain_estimate_seconds: Some(f64::MAX),
+            ..Default::default()
         });
         m
     }

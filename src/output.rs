@@ -113,7 +113,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Runs `write` on a temporary path next to `path`, then renames it over `path` and fsyncs the folder; the
 /// temporary is removed on failure.
 fn atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the empty path as its parent: the current folder.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {

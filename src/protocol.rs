@@ -32,8 +32,18 @@ pub enum Header {
     /// Loader -> writer: the rows of a chunk that will be embedded, with their text and source columns.
     /// Payload: row ids `u64[rows]`, then an Arrow IPC stream holding one record batch of `rows` rows.
     ChunkData { chunk: u64, shard: u64, todo: Vec<(u64, u64)>, rows: u32, skipped: u64 },
-    /// Loader -> controller: a chunk has been read and fully handed out.
-    ChunkLoaded { chunk: u64, rows: u64, skipped: u64, tokens: u64 },
+    /// Loader -> controller: a chunk has been read and fully handed out; `truncated` rows were cut at the
+    /// model's length, and `lengths` counts rows per length bin ([`crate::tokenize::length_bin`]).
+    ChunkLoaded {
+        chunk: u64,
+        rows: u64,
+        skipped: u64,
+        tokens: u64,
+        #[serde(default)]
+        truncated: u64,
+        #[serde(default)]
+        lengths: Vec<u64>,
+    },
     /// Encoder -> controller: a batch was embedded in `seconds`.
     Progress { rows: u64, tokens: u64, padded_tokens: u64, seconds: f64 },
     /// Writer -> controller: a shard is durable on disk (fsynced and renamed) and may be committed.

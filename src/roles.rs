@@ -294,7 +294,14 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
                 mb.send(writer, header, loaded.payload)?;
                 mb.send(
                     plan.layout.controller(),
-                    Header::ChunkLoaded { chunk: chunk.index, rows: loaded.rows, skipped: loaded.skipped, tokens: loaded.tokens },
+                    Header::ChunkLoaded {
+                        chunk: chunk.index,
+                        rows: loaded.rows,
+                        skipped: loaded.skipped,
+                        tokens: loaded.tokens,
+                        truncated: loaded.truncated,
+                        lengths: loaded.lengths,
+                    },
                     Vec::new(),
                 )?;
                 queue.extend(batches.into_iter().map(|batch| Outgoing { chunk: chunk.index, writer, batch }));
@@ -308,6 +315,9 @@ struct Loaded {
     rows: u64,
     skipped: u64,
     tokens: u64,
+    truncated: u64,
+    /// Rows per length bin.
+    lengths: Vec<u64>,
     /// ChunkData payload: row ids then the Arrow IPC stream of the columns.
     payload: Vec<u8>,
 }
@@ -376,7 +386,22 @@ fn load_chunk(
         w.write(&rows.columns).map_err(RoleError::from_display)?;
         w.finish().map_err(RoleError::from_display)?;
     }
-    let loaded = Loaded { rows: rows.row_ids.len() as u64, skipped: rows.skipped, tokens: lengths.iter().sum::<usize>() as u64, payload };
+    let mut bins = Vec::new();
+    for &n in &lengths {
+        let b = crate::tokenize::length_bin(n);
+        if bins.len() <= b {
+            bins.resize(b + 1, 0);
+        }
+        bins[b] += 1;
+    }
+    let loaded = Loaded {
+        rows: rows.row_ids.len() as u64,
+        skipped: rows.skipped,
+        tokens: lengths.iter().sum::<usize>() as u64,
+        truncated: encodings.truncated,
+        lengths: bins,
+        payload,
+    };
     Ok((batches, loaded))
 }
 

@@ -256,3 +256,64 @@ fn the_manifest_records_the_model_folder_as_an_absolute_path() {
     assert!(Path::new(path).is_absolute() && Path::new(path).join("tokenizer.json").is_file(), "{path}");
     assert_eq!(m["model"], "all-MiniLM-L6-v2");
 }
+
+#[test]
+fn report_writes_one_self_contained_page_with_the_runs_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::copy(root().join("data/sample.jsonl"), &data).unwrap();
+    let out = dir.path().join("out");
+    let embed = |extra: &[&str]| {
+        let o = run_limited(embed_on(&data, &out).args(["--encoder", "noop-tokenized", "--rows-per-shard", "100"]).args(extra), 120);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    embed(&[]);
+    // As a preemption leaves it: two shards committed, the run ended by a signal.
+    undo_commits(&out, 2);
+    let mp = manifest_path(&out);
+    let mut header: serde_json::Value = serde_json::from_slice(&std::fs::read(&mp).unwrap()).unwrap();
+    header["runs"][0]["exit"] = "preempted: SIGUSR1 on rank 0".into();
+    std::fs::write(&mp, serde_json::to_vec(&header).unwrap()).unwrap();
+    embed(&["--resume"]);
+    let (m, rows) = read_output(&out);
+    check_complete(&m, &rows);
+    assert_eq!(m.runs.len(), 2);
+    assert!(m.runs.iter().all(|r| r.tokens > 0 && r.rows_tokenized > 0 && r.token_lengths.len() >= 3), "{:?}", m.runs);
+    // A bare file name: written in the current folder.
+    let page = dir.path().join("r.html");
+    let o = run_limited(Command::new(bin()).current_dir(dir.path()).args(["report", "out", "-o", "r.html"]), 60);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 output"), "{}", String::from_utf8_lossy(&o.stdout));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="), "self-contained: no scripts or fetched resources");
+    let tokens: u64 = m.runs.iter().map(|r| r.tokens).sum();
+    let check = r#"
+import sys, xml.etree.ElementTree as ET
+page, rows, shards, tokens, run1, run2 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+root = ET.parse(page).getroot()
+ns = {"h": "http://www.w3.org/1999/xhtml", "s": "http://www.w3.org/2000/svg"}
+svgs = root.findall(".//s:svg", ns)
+assert len(svgs) >= 4, len(svgs)
+cell = lambda i: root.find(f".//h:td[@id='{i}']", ns).text
+assert cell("rows-embedded") == rows and cell("shards") == shards and cell("status") == "complete", (cell("rows-embedded"), cell("shards"))
+ids = [td.text for td in root.findall(".//h:td[@class='run-id']", ns)]
+assert ids == [run1, run2], ids
+p = "".join(root.find(".//h:p[@id='tokens']", ns).itertext())
+assert (tokens + " tokens") in p, p
+texts = " ".join(t for e in root.iter() for t in [e.text or ""])
+assert "preempted: SIGUSR1 on rank 0" in texts and "run 2 resume" in texts, "preemption and resume marked"
+print("ok")
+"#;
+    let o = Command::new(std::env::var("CHATSPACE_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg("-c")
+        .arg(check)
+        .arg(&page)
+        .arg(m.rows_embedded.to_string())
+        .arg(m.num_shards.to_string())
+        .arg(tokens.to_string())
+        .arg(&m.runs[0].run_id)
+        .arg(&m.runs[1].run_id)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+}

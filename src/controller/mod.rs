@@ -196,8 +196,19 @@ impl<'a> Run<'a> {
                 self.progress.batch(rows, tokens, padded_tokens, seconds);
                 Some(Event::BatchDone { seconds })
             }
-            Header::ChunkLoaded { skipped, .. } => {
+            Header::ChunkLoaded { skipped, rows, tokens, truncated, lengths, .. } => {
                 self.progress.skipped += skipped;
+                if let Some(r) = self.checkpoint.manifest.runs.last_mut() {
+                    r.rows_tokenized += rows;
+                    r.tokens += tokens;
+                    r.rows_truncated += truncated;
+                    if r.token_lengths.len() < lengths.len() {
+                        r.token_lengths.resize(lengths.len(), 0);
+                    }
+                    for (a, b) in r.token_lengths.iter_mut().zip(&lengths) {
+                        *a += b;
+                    }
+                }
                 None
             }
             Header::ShardWritten(entry) => Some(Event::ShardWritten(*entry)),

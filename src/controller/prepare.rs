@@ -242,6 +242,10 @@ fn run_record(plan: &Plan) -> RunRecord {
         first_batch_seconds: None,
         deadline: None,
         drain_estimate_seconds: None,
+        rows_tokenized: 0,
+        tokens: 0,
+        rows_truncated: 0,
+        token_lengths: Vec::new(),
     }
 }
 

@@ -338,6 +338,24 @@ impl AddedTokens {
     }
 }
 
+/// The length bin of a row of `len` tokens: 0 for 0-16, 1 for 17-32, 2 for 33-64, ... (powers of two).
+pub fn length_bin(len: usize) -> usize {
+    if len <= 16 {
+        0
+    } else {
+        (usize::BITS - (len - 1).leading_zeros()) as usize - 4
+    }
+}
+
+/// The token range `(from, to)` of length bin `i` (both ends included).
+pub fn bin_range(i: usize) -> (usize, usize) {
+    if i == 0 {
+        (0, 16)
+    } else {
+        ((8 << i) + 1, 16 << i)
+    }
+}
+
 /// Splits `texts` into at most `parts` contiguous ranges of about equal total bytes (none empty).
 fn split_by_bytes(texts: &[String], parts: usize) -> Vec<std::ops::Range<usize>> {
     let total: usize = texts.iter().map(|t| t.len() + 16).sum();
@@ -549,6 +567,17 @@ pub(crate) mod tests {
         let enc = t.encode_batch(&["Hello World".to_string(), String::new()], "", 2).unwrap();
         assert_eq!(enc.rows(), 2);
         assert_eq!(enc.row(1), &[0], "an empty text is the end-of-text token alone");
+    }
+
+    #[test]
+    fn length_bins_are_powers_of_two() {
+        let bins: Vec<usize> = [0, 1, 16, 17, 32, 33, 64, 65, 128, 129, 256, 32768].iter().map(|&n| length_bin(n)).collect();
+        assert_eq!(bins, vec![0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 11]);
+        assert_eq!((bin_range(0), bin_range(1), bin_range(4)), ((0, 16), (17, 32), (129, 256)));
+        for n in 0..5000 {
+            let (lo, hi) = bin_range(length_bin(n));
+            assert!(lo <= n && n <= hi, "{n}");
+        }
     }
 
     #[test]
