@@ -7,13 +7,36 @@
 #   scripts/slurm-cluster.sh status
 #
 # SLURM_LOCAL_DIR chooses the folder (default target/slurm); SLURM_LOCAL_CPUS the CPUs the node advertises
-# (default 8: more tasks than cores, as config_overrides allows). Runs as the current user (root in CI).
+# (default 8: more tasks than cores, as config_overrides allows); SLURM_LOCAL_PORT the slurmctld port (slurmd
+# takes the next one; default: the first free pair from 16817, so a second cluster in another folder runs
+# beside the first). Runs as the current user (root in CI).
+#
+# No accounting database: `sacct` has nothing to show here; `scontrol show job` reports a job's state and exit
+# code for 10 minutes after it ends (MinJobAge).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${SLURM_LOCAL_DIR:-$root/target/slurm}
 cpus=${SLURM_LOCAL_CPUS:-8}
 conf=$dir/slurm.conf
 user=$(id -un)
+
+# The first port from $1 up where it and the next one are free (nothing listens on them).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+p = int(sys.argv[1])
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+while not (free(p) and free(p + 1)):
+    p += 2
+print(p)
+PY
+}
 
 stop() {
   for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
@@ -30,6 +53,7 @@ stop() {
 case "${1:-start}" in
 start)
   stop
+  port=${SLURM_LOCAL_PORT:-$(free_ports 16817)}
   rm -rf "$dir/state" "$dir/spool"
   mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/munge"
   chmod 700 "$dir/munge"
@@ -40,8 +64,8 @@ start)
   cat > "$conf" <<EOF
 ClusterName=chatspace
 SlurmctldHost=localhost
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$dir/munge/munge.sock

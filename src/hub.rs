@@ -120,10 +120,20 @@ fn repo_id(repo: &Repo) -> String {
     f.split_once("--").map(|(_, rest)| rest.replacen("--", "/", 1)).unwrap_or(f)
 }
 
+/// Attempts after a failed file download (hf-hub waits 300 ms, doubling up to 10 s, and resumes the partial
+/// file); `CHATSPACE_HUB_RETRIES` overrides it. hf-hub's own default is none: one dropped connection failed a job.
+const HUB_RETRIES: usize = 5;
+
+fn retries() -> usize {
+    std::env::var("CHATSPACE_HUB_RETRIES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(HUB_RETRIES)
+}
+
 fn api() -> Result<hf_hub::api::sync::Api, String> {
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    let mut b =
-        hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(cache_dir()).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut b = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache_dir())
+        .with_retries(retries())
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if token.is_some() {
         b = b.with_token(token);
     }

@@ -157,3 +157,108 @@ fn hub_dataset_and_model_from_an_offline_cache_under_mpirun() {
     let (m3, _) = read_output(&dir.path().join("o3"));
     assert_eq!((m3.rows_total, m3.subset.as_deref()), (3, Some("fr")));
 }
+
+/// A Hub over HTTP (a local Python server speaking the Hub's API) that fails the first download of every file
+/// with 503: the model is fetched anyway, by retrying (hf-hub retries nothing unless asked), and a run with
+/// `CHATSPACE_HUB_RETRIES=0` fails naming the file.
+#[test]
+fn hub_downloads_are_retried_after_a_failure() {
+    const SERVER: &str = r#"
+import hashlib, http.server, json, os, sys
+root, repo, sha, port_file, log_file = sys.argv[1:6]
+files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+failed = set()
+class Hub(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def reply(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        rng = self.headers.get("Range", "")
+        with open(log_file, "a") as f:
+            f.write(f"{self.path} {rng}\n")
+        if self.path.startswith(f"/api/models/{repo}/revision/"):
+            return self.reply(200, json.dumps({"sha": sha, "siblings": [{"rfilename": f} for f in files]}).encode())
+        prefix = f"/{repo}/resolve/{sha}/"
+        if not self.path.startswith(prefix) or self.path[len(prefix):] not in files:
+            return self.reply(404)
+        name = self.path[len(prefix):]
+        data = open(os.path.join(root, name), "rb").read()
+        if rng != "bytes=0-0" and name not in failed:
+            failed.add(name)
+            return self.reply(503, b"busy")
+        start, _, end = (rng or "bytes=0-")[6:].partition("-")
+        start, end = int(start), int(end) if end else len(data) - 1
+        self.reply(206, data[start:end + 1], [("Content-Range", f"bytes {start}-{end}/{len(data)}"),
+                   ("ETag", '"' + hashlib.sha256(data).hexdigest() + '"'), ("X-Repo-Commit", sha)])
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(srv.server_address[1]))
+os.replace(port_file + ".tmp", port_file)
+srv.serve_forever()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (port_file, log) = (dir.path().join("port"), dir.path().join("requests.log"));
+    let python = std::env::var("CHATSPACE_PYTHON").unwrap_or_else(|_| "python3".into());
+    /// Stops the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = std::process::Command::new(python)
+        .arg("-c")
+        .arg(SERVER)
+        .arg(model())
+        .args(["acme/minilm", MODEL_SHA])
+        .arg(&port_file)
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let server = Server(server);
+    let started = std::time::Instant::now();
+    while !port_file.exists() && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(&port_file).expect("the fake Hub started");
+    let data = rows_jsonl(dir.path(), "d.jsonl", 5);
+    let tokens = |home: &str, retries: Option<&str>| {
+        let mut c = std::process::Command::new(bin());
+        c.current_dir(dir.path())
+            .args(["tokens", "--json", "--model", "acme/minilm", "--dataset"])
+            .arg(&data)
+            .env("HF_HOME", dir.path().join(home))
+            .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN");
+        if let Some(r) = retries {
+            c.env("CHATSPACE_HUB_RETRIES", r);
+        }
+        run_limited(&mut c, 120)
+    };
+    // No retries: the first 503 fails the run, naming the file.
+    let o = tokens("hf-no-retries", Some("0"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("downloading"), "{}", stderr(&o));
+    // The default retries: every file is fetched after its failure.
+    let o = tokens("hf", None);
+    drop(server);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((s["rows"].as_u64(), s["tokenizer"].as_str()), (Some(5), Some("fast-wordpiece")));
+    let snapshot = dir.path().join("hf/hub/models--acme--minilm/snapshots").join(MODEL_SHA);
+    for f in ["model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+        assert_eq!(std::fs::read(snapshot.join(f)).unwrap(), std::fs::read(model().join(f)).unwrap(), "{f}");
+    }
+    let requests = std::fs::read_to_string(&log).unwrap();
+    let downloads = requests.lines().filter(|l| l.contains("/resolve/") && !l.ends_with("bytes=0-0")).count();
+    assert!(downloads >= 2 * 4, "each file downloaded twice (503, then the retry): {requests}");
+}

@@ -125,6 +125,14 @@ fn dataset(dir: &Path, copies: usize) -> PathBuf {
 #[test]
 fn sbatch_jobs_complete_checkpoint_requeue_and_cancel_on_a_real_cluster() {
     let cluster = Cluster::start();
+    // A second cluster beside it (another folder) takes other ports; both answer.
+    {
+        let other = Cluster::start();
+        let port = |c: &Cluster| std::fs::read_to_string(&c.conf).unwrap().lines().find_map(|l| l.strip_prefix("SlurmctldPort=").map(str::to_string));
+        assert_ne!(port(&cluster), port(&other));
+        assert!(other.run("sinfo", &["-h", "-o", "%T"]).contains("idle"));
+        assert!(cluster.run("sinfo", &["-h", "-o", "%T"]).contains("idle"));
+    }
     let work = tempfile::tempdir().unwrap();
     let small = dataset(work.path(), 1);
     let big = dataset(work.path(), 4);
