@@ -85,17 +85,14 @@ pub enum EncoderKind {
     NoopTokenized,
 }
 
-/// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives. The flags a site or a batch
-/// script sets once can also come from `CHATSPACE_*` environment variables (a flag on the command line wins).
+/// What to read and with which model: the flags `embed` and `tokens` share (both resolve them by the same
+/// code, so `tokens` sees exactly the rows and text `embed` embeds).
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
-pub struct EmbedArgs {
+pub struct InputArgs {
     /// Input: a Parquet or JSONL file, a folder of them, a glob (quote it), or a Hugging Face dataset
     /// `org/name[@revision]` (also `hf://datasets/org/name`; read offline from the HF cache when present).
     #[arg(long, env = "CHATSPACE_DATASET")]
     pub dataset: String,
-    /// Name used for the dataset in the output layout (default: derived from --dataset).
-    #[arg(long)]
-    pub dataset_name: Option<String>,
     /// Subset (configuration) name, recorded in the layout and manifest.
     #[arg(long)]
     pub subset: Option<String>,
@@ -119,12 +116,25 @@ pub struct EmbedArgs {
     /// A prompt of the model's config_sentence_transformers.json, e.g. `query`.
     #[arg(long)]
     pub prompt_name: Option<String>,
-    /// Embed only the first N input rows.
+    /// Only the first N input rows.
     #[arg(long)]
     pub max_rows: Option<u64>,
     /// A sentence-transformers model folder, or a Hugging Face model `org/name[@revision]`.
     #[arg(long, env = "CHATSPACE_MODEL")]
     pub model: PathBuf,
+}
+
+/// Flags of `chatspace-mpi embed`. Serialized into the plan every rank receives. The flags a site or a batch
+/// script sets once can also come from `CHATSPACE_*` environment variables (a flag on the command line wins).
+#[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
+pub struct EmbedArgs {
+    /// The input and the model.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub input: InputArgs,
+    /// Name used for the dataset in the output layout (default: derived from --dataset).
+    #[arg(long)]
+    pub dataset_name: Option<String>,
     /// Name used for the model in the output layout (default: the model folder's name).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -237,10 +247,10 @@ pub struct EmbedArgs {
 impl EmbedArgs {
     /// The conversation handling asked for, if any.
     pub fn chat(&self) -> Option<ChatFormat> {
-        if self.extract_first_assistant {
+        if self.input.extract_first_assistant {
             Some(ChatFormat::FirstAssistant)
         } else {
-            self.chat_format
+            self.input.chat_format
         }
     }
 }
@@ -263,7 +273,7 @@ mod tests {
     #[test]
     fn defaults() {
         let a = test_args(&[]);
-        assert_eq!((a.text_field.as_str(), a.rows_per_shard, a.drain_timeout), ("text", 8192, 20.0));
+        assert_eq!((a.input.text_field.as_str(), a.rows_per_shard, a.drain_timeout), ("text", 8192, 20.0));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl RunConfig {
         within("--threads", a.threads, 0, MOST_THREADS)?;
         within("--loader-threads", a.loader_threads, 0, MOST_THREADS)?;
         // --loaders, --writers and --local-encoders are checked by `Layout::new`, which runs first.
-        if a.max_rows == Some(0) {
+        if a.input.max_rows == Some(0) {
             return Err("--max-rows must be at least 1".into());
         }
         let device = match a.device.as_str() {
@@ -156,7 +156,7 @@ impl RunConfig {
             other => return Err(format!("--device {other}: cpu, cuda or auto")),
         };
         let dtype = check_dtype(&a.dtype, device, a.encoder)?;
-        if a.text_field.is_empty() {
+        if a.input.text_field.is_empty() {
             return Err("--text-field must not be empty".into());
         }
         let stop_before_seconds = seconds("--stop-before", a.stop_before, 0.0, false)?;
@@ -174,16 +174,16 @@ impl RunConfig {
             _ => StartMode::Fresh,
         };
         Ok(RunConfig {
-            dataset: a.dataset.clone(),
+            dataset: a.input.dataset.clone(),
             dataset_name: a.dataset_name.clone(),
-            subset: a.subset.clone(),
-            split: a.split.clone(),
-            text_field: a.text_field.clone(),
+            subset: a.input.subset.clone(),
+            split: a.input.split.clone(),
+            text_field: a.input.text_field.clone(),
             chat_format: a.chat(),
-            prompt: a.prompt.clone(),
-            prompt_name: a.prompt_name.clone(),
-            max_rows: a.max_rows,
-            model: a.model.clone(),
+            prompt: a.input.prompt.clone(),
+            prompt_name: a.input.prompt_name.clone(),
+            max_rows: a.input.max_rows,
+            model: a.input.model.clone(),
             model_name: a.model_name.clone(),
             output_root: a.output_root.clone(),
             rows_per_shard: a.rows_per_shard,

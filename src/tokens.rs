@@ -12,42 +12,14 @@ use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema};
 use serde::Serialize;
 
-use crate::cli::ChatFormat;
 use crate::tokenize::{TextTokenizer, TokenizerChoice};
 
 /// Flags of `chatspace-mpi tokens` (those shared with `embed` mean the same).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokensArgs {
-    /// Input, as for `embed`: a Parquet or JSONL file, a folder, a glob, or a Hugging Face dataset.
-    #[arg(long)]
-    pub dataset: String,
-    /// Subset (configuration) of a Hub dataset.
-    #[arg(long)]
-    pub subset: Option<String>,
-    /// Split of a Hub dataset.
-    #[arg(long, default_value = "train")]
-    pub split: String,
-    /// Column / JSON field holding the text.
-    #[arg(long, default_value = "text")]
-    pub text_field: String,
-    /// As for `embed`: the text field holds a conversation; take its first assistant turn.
-    #[arg(long, conflicts_with = "chat_format")]
-    pub extract_first_assistant: bool,
-    /// As for `embed`: how a conversation becomes text.
-    #[arg(long, value_enum)]
-    pub chat_format: Option<ChatFormat>,
-    /// Text put before every input, as for `embed`.
-    #[arg(long, conflicts_with = "prompt_name")]
-    pub prompt: Option<String>,
-    /// A prompt of the model's config_sentence_transformers.json.
-    #[arg(long)]
-    pub prompt_name: Option<String>,
-    /// Only the first N input rows.
-    #[arg(long)]
-    pub max_rows: Option<u64>,
-    /// A sentence-transformers model folder, or a Hugging Face model `org/name[@revision]`.
-    #[arg(long)]
-    pub model: PathBuf,
+    /// The input and the model, as for `embed`.
+    #[command(flatten)]
+    pub input: crate::cli::InputArgs,
     /// Tokenizer threads (0: every core this process may use).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -124,19 +96,18 @@ pub fn command(args: &TokensArgs) -> i32 {
 /// The `embed` flags these mean, with `embed`'s defaults for the rest: both commands then resolve the
 /// dataset, model and prompt by the same code.
 fn embed_args(a: &TokensArgs) -> anyhow::Result<crate::cli::EmbedArgs> {
-    let argv: Vec<std::ffi::OsString> =
-        vec!["chatspace-mpi".into(), "embed".into(), "--dataset".into(), a.dataset.clone().into(), "--model".into(), a.model.clone().into()];
+    let argv: Vec<std::ffi::OsString> = vec![
+        "chatspace-mpi".into(),
+        "embed".into(),
+        "--dataset".into(),
+        a.input.dataset.clone().into(),
+        "--model".into(),
+        a.input.model.clone().into(),
+    ];
     let crate::cli::Command::Embed(mut e) = <crate::cli::Cli as clap::Parser>::try_parse_from(argv)?.command else {
         unreachable!("embed was parsed (this is a bug)")
     };
-    e.subset = a.subset.clone();
-    e.split = a.split.clone();
-    e.text_field = a.text_field.clone();
-    e.extract_first_assistant = a.extract_first_assistant;
-    e.chat_format = a.chat_format;
-    e.prompt = a.prompt.clone();
-    e.prompt_name = a.prompt_name.clone();
-    e.max_rows = a.max_rows;
+    e.input = a.input.clone();
     e.tokenizer = a.tokenizer;
     Ok(e)
 }

@@ -136,13 +136,8 @@ fn progress_lines_carry_the_utc_time_and_status_mid_run_shows_live_figures() {
     let data = rows_jsonl(dir.path(), "d.jsonl", 3000);
     let out = dir.path().join("out");
     // 15 shards, each held 400 ms before its commit: a run of about 6 s.
-    let mut child = embed_cmd()
-        .arg("--dataset")
-        .arg(&data)
-        .arg("--model")
-        .arg(model())
-        .arg("--output-root")
-        .arg(&out)
+    let mut cmd = embed_cmd();
+    let mut child = io_args(&mut cmd, &data, &out)
         .args(["--encoder", "noop", "--rows-per-shard", "200", "--progress-interval", "0.3"])
         .env("CHATSPACE_TEST_DELAY", "writer-commit:400")
         .stderr(std::process::Stdio::piped())

@@ -325,7 +325,7 @@ print("ok")
 }
 
 /// The README's "Reading the output" snippets (pyarrow, numpy, pandas, polars, DuckDB, HF `datasets`), run in
-/// order against a real output made as the README says; each prints what is checked here.
+/// order against a real output made as the README says, interrupted and resumed; each prints what is checked.
 #[test]
 fn the_readme_snippets_for_reading_the_output_run() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
@@ -342,7 +342,18 @@ fn the_readme_snippets_for_reading_the_output_run() {
         300,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let (m, _) = read_output(&dir.path().join("out"));
+    // Interrupted after the first shard and resumed: shards are then committed out of row order.
+    undo_commits(&dir.path().join("out"), 1);
+    let o = run_limited(
+        embed_cmd()
+            .current_dir(dir.path())
+            .args(["--dataset", "sample.jsonl", "--output-root", "out", "--rows-per-shard", "200", "--no-progress", "--resume", "--model"])
+            .arg(model()),
+        300,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, rows) = read_output(&dir.path().join("out"));
+    check_complete(&m, &rows);
     let o = Command::new(python())
         .arg("-c")
         .arg(blocks.concat())

@@ -347,16 +347,17 @@ fn noop_tokenized_runs_the_real_tokenizer_on_loader_threads_under_mpirun() {
     let dir = tempfile::tempdir().unwrap();
     let data = rows_jsonl(dir.path(), "d.jsonl", 3000);
     let out = dir.path().join("out");
+    let mut cmd = mpirun_cmd(4);
     let o = run_limited(
-        mpirun_cmd(4)
-            .env("RUST_LOG", "chatspace_mpi::roles=info")
-            .arg("--dataset")
-            .arg(&data)
-            .arg("--model")
-            .arg(model())
-            .arg("--output-root")
-            .arg(&out)
-            .args(["--no-progress", "--encoder", "noop-tokenized", "--loader-threads", "2", "--rows-per-shard", "500"]),
+        io_args(cmd.env("RUST_LOG", "chatspace_mpi::roles=info"), &data, &out).args([
+            "--no-progress",
+            "--encoder",
+            "noop-tokenized",
+            "--loader-threads",
+            "2",
+            "--rows-per-shard",
+            "500",
+        ]),
         180,
     );
     assert!(o.status.success(), "{}", stderr(&o));

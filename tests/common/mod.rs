@@ -43,8 +43,13 @@ pub fn embed_cmd() -> Command {
 /// `chatspace-mpi embed` as a plain process on `dataset` with the real model, writing under `out`, no progress.
 pub fn embed_on(dataset: &Path, out: &Path) -> Command {
     let mut c = embed_cmd();
-    c.arg("--dataset").arg(dataset).arg("--model").arg(model()).arg("--output-root").arg(out).arg("--no-progress");
+    io_args(&mut c, dataset, out).arg("--no-progress");
     c
+}
+
+/// Adds `--dataset`, the real model and `--output-root` to an `embed` command line (plain or under mpirun).
+pub fn io_args<'c>(c: &'c mut Command, dataset: &Path, out: &Path) -> &'c mut Command {
+    c.arg("--dataset").arg(dataset).arg("--model").arg(model()).arg("--output-root").arg(out)
 }
 
 /// `mpirun -n N chatspace-mpi embed`.
