@@ -341,6 +341,10 @@ pub fn status_text(m: &Manifest) -> String {
             }
         );
     }
+    let cut = rows_truncated(m);
+    if cut > 0 {
+        out += &format!("rows cut at max_seq_length {}: {cut} (their text past the limit is not in the embedding)\n", m.fingerprint.max_seq_length);
+    }
     match last_rate(m) {
         Some(rate) => {
             out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {}\n", crate::controller::hms(left as f64 / rate))
@@ -348,6 +352,12 @@ pub fn status_text(m: &Manifest) -> String {
         None => out += "throughput (last run): unknown\nestimated time left: unknown\n",
     }
     out
+}
+
+/// Rows cut at the model's length when the runs tokenized them (a chunk re-read after an interruption counts
+/// again).
+pub fn rows_truncated(m: &Manifest) -> u64 {
+    m.runs.iter().map(|r| r.rows_truncated).sum()
 }
 
 /// Rows per second of the last run that embedded any.
@@ -366,7 +376,7 @@ pub fn status_json(manifest: &Path, m: &Manifest) -> serde_json::Value {
         "rows_total": m.rows_total, "rows_done": m.rows_done(), "rows_embedded": m.rows_embedded,
         "rows_skipped": m.rows_skipped, "rows_left": left, "shards": m.num_shards, "runs": m.runs.len(),
         "updated_at": m.updated_at, "rows_per_second": rate, "eta_seconds": rate.map(|r| (left as f64 / r).round()),
-        "error": m.error,
+        "rows_truncated": rows_truncated(m), "error": m.error,
     })
 }
 
@@ -425,5 +435,9 @@ mod tests {
         assert!(t.contains("world_size 4 restart 1"), "{t}");
         assert!(t.contains("job end 2026-11-27T12:00:00.000Z, drain estimate 2.5s"), "{t}");
         assert!(t.contains("10.0 rows/s") && t.contains("estimated time left: 0:00:06"), "{t}");
+        assert!(!t.contains("rows cut"), "none cut: {t}");
+        m.runs[0].rows_truncated = 7;
+        assert!(status_text(&m).contains(": 7 (their text past the limit"), "{}", status_text(&m));
+        assert_eq!(status_json(Path::new("m.json"), &m)["rows_truncated"], 7);
     }
 }

@@ -387,3 +387,29 @@ fn embed_gives_the_same_embeddings_with_the_fast_path_and_with_tokenizers() {
     assert!(!outputs[0].is_empty());
     assert_eq!(outputs[0], outputs[1], "bit for bit: the ids are the same");
 }
+
+#[test]
+fn rows_cut_at_the_model_length_are_counted_warned_once_and_shown_by_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    let long = "word ".repeat(400);
+    let lines: Vec<String> =
+        (0..23).map(|i| serde_json::json!({ "text": if i % 8 == 3 { long.clone() } else { format!("short row {i}") } }).to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let o = run_limited(embed_on(&data, &out).args(["--encoder", "noop-tokenized", "--rows-per-shard", "10"]), 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with("warning: 3 of the 23 rows this run tokenized were longer than the model's max_seq_length 256"),
+        "{}",
+        warnings[0]
+    );
+    let (m, _) = read_output(&out);
+    assert_eq!((m.runs[0].rows_truncated, m.runs[0].rows_tokenized), (3, 23));
+    let s = run_limited(Command::new(bin()).args(["status", "--json"]).arg(&out), 60);
+    let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(s["rows_truncated"], 3);
+}

@@ -198,6 +198,7 @@ impl<'a> Run<'a> {
             }
             Header::ChunkLoaded { skipped, rows, tokens, truncated, lengths, .. } => {
                 self.progress.skipped += skipped;
+                self.progress.truncated += truncated;
                 if let Some(r) = self.checkpoint.manifest.runs.last_mut() {
                     r.rows_tokenized += rows;
                     r.tokens += tokens;
@@ -246,6 +247,15 @@ impl<'a> Run<'a> {
             self.progress.tick(true);
         }
         self.progress.end_line();
+        if self.progress.truncated > 0 {
+            // Once per run: text past the model's length is not in the embedding.
+            eprintln!(
+                "warning: {} of the {} rows this run tokenized were longer than the model's max_seq_length {} and were cut (`chatspace-mpi tokens` shows the length distribution)",
+                self.progress.truncated,
+                self.checkpoint.manifest.runs.last().map_or(0, |r| r.rows_tokenized),
+                self.plan.model.max_seq_length
+            );
+        }
         let multi_rank = self.layout.world_size > 1;
         let (status, exit, mut code, abort, mut error) = match end {
             End::Complete => {

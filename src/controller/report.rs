@@ -16,6 +16,8 @@ pub struct Progress {
     pub total: u64,
     pub rows: u64,
     pub skipped: u64,
+    /// Rows the loaders cut at the model's length.
+    pub truncated: u64,
     pub tokens: u64,
     pub padded: u64,
     /// Encoder seconds spent on batches (all encoders): against `encoders` x the run's time, how busy they are.
@@ -41,6 +43,7 @@ impl Progress {
             total,
             rows: 0,
             skipped: 0,
+            truncated: 0,
             tokens: 0,
             padded: 0,
             busy: 0.0,
@@ -77,8 +80,9 @@ impl Progress {
         // Busy encoders are the bottleneck; idle ones wait for loaders (reading, tokenizing) or writers.
         let busy = (100.0 * self.busy / (secs * self.encoders.max(1) as f64)).min(100.0);
         let waits = if busy >= 90.0 { "" } else { " (waiting for loaders or writers)" };
+        let cut = if self.truncated > 0 { format!(", {} rows cut at max length", self.truncated) } else { String::new() };
         format!(
-            "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, encoders busy {busy:.0}%{waits}, ETA {eta}",
+            "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, encoders busy {busy:.0}%{waits}{cut}, ETA {eta}",
             self.total,
             100.0 * done as f64 / self.total.max(1) as f64,
             self.tokens as f64 / secs
