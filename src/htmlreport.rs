@@ -259,12 +259,7 @@ fn section(path: &Path, m: &Manifest) -> String {
     o += "<h3>Token lengths</h3>";
     let mut lengths: Vec<u64> = Vec::new();
     for r in &m.runs {
-        if lengths.len() < r.token_lengths.len() {
-            lengths.resize(r.token_lengths.len(), 0);
-        }
-        for (a, b) in lengths.iter_mut().zip(&r.token_lengths) {
-            *a += b;
-        }
+        crate::tokenize::add_bins(&mut lengths, &r.token_lengths);
     }
     let (rows, tokens, cut): (u64, u64, u64) = m.runs.iter().fold((0, 0, 0), |a, r| (a.0 + r.rows_tokenized, a.1 + r.tokens, a.2 + r.rows_truncated));
     if lengths.is_empty() {

@@ -212,21 +212,16 @@ fn percentile(counts: &[u64], q: f64) -> usize {
     counts.len() - 1
 }
 
-/// Rows per power-of-two length range: 0-16, 17-32, 33-64, ... up to the longest length.
+/// Rows per length bin ([`crate::tokenize::length_bin`]: 0-16, 17-32, 33-64, ...) up to the longest length.
 fn histogram(counts: &[u64]) -> Vec<Bin> {
     let max = counts.len().saturating_sub(1);
-    let mut bins = Vec::new();
-    let (mut from, mut to) = (0, 16);
-    loop {
-        let hi = to.min(max);
-        bins.push(Bin { from, to: hi, rows: counts.get(from..=hi).map_or(0, |c| c.iter().sum()) });
-        if hi >= max {
-            break;
-        }
-        from = to + 1;
-        to *= 2;
-    }
-    bins
+    (0..=crate::tokenize::length_bin(max))
+        .map(|i| {
+            let (from, to) = crate::tokenize::bin_range(i);
+            let to = to.min(max);
+            Bin { from, to, rows: counts.get(from..=to).map_or(0, |c| c.iter().sum()) }
+        })
+        .collect()
 }
 
 /// The summary as people read it.

@@ -203,12 +203,7 @@ impl<'a> Run<'a> {
                     r.rows_tokenized += rows;
                     r.tokens += tokens;
                     r.rows_truncated += truncated;
-                    if r.token_lengths.len() < lengths.len() {
-                        r.token_lengths.resize(lengths.len(), 0);
-                    }
-                    for (a, b) in r.token_lengths.iter_mut().zip(&lengths) {
-                        *a += b;
-                    }
+                    crate::tokenize::add_bins(&mut r.token_lengths, &lengths);
                 }
                 None
             }

@@ -42,6 +42,8 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     if config.encoder != crate::cli::EncoderKind::Noop {
         // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
         // one error before any rank starts rather than a failure in every loader.
+        // `tokenizers` checks the whole file once here, whichever implementation the loaders then run.
+        model.tokenizer()?;
         let tok = crate::tokenize::TextTokenizer::load(&model, config.tokenizer)?;
         log::info!("tokenizer: {}", tok.engine_name());
     }

@@ -97,23 +97,24 @@ impl TextTokenizer {
     /// Loads the model's tokenizer.json. With `Auto` the fast path is taken when it implements every feature
     /// of the file; otherwise the reason is logged and `tokenizers` is used.
     pub fn load(model: &ModelSpec, choice: TokenizerChoice) -> Result<TextTokenizer, ModelError> {
-        let reference = model.tokenizer()?;
-        Self::with_reference(&Path::new(&model.path).join("tokenizer.json"), reference, model.max_seq_length, choice)
+        Self::with_reference(&Path::new(&model.path).join("tokenizer.json"), || model.tokenizer(), model.max_seq_length, choice)
     }
 
     /// A tokenizer.json outside a model folder, truncating at `max_seq_length` (special tokens included).
     pub fn from_file(path: &Path, max_seq_length: usize, choice: TokenizerChoice) -> Result<TextTokenizer, ModelError> {
-        Self::with_reference(path, crate::model::hf_tokenizer(path, max_seq_length)?, max_seq_length, choice)
+        Self::with_reference(path, || crate::model::hf_tokenizer(path, max_seq_length), max_seq_length, choice)
     }
 
+    /// The fast path when it applies; `reference` (loading `tokenizers`, which parses the whole file again:
+    /// half a second for a 150k-token BPE) only when it does not, or when asked for.
     fn with_reference(
         path: &Path,
-        reference: tokenizers::Tokenizer,
+        reference: impl FnOnce() -> Result<tokenizers::Tokenizer, ModelError>,
         max_seq_length: usize,
         choice: TokenizerChoice,
     ) -> Result<TextTokenizer, ModelError> {
         if choice == TokenizerChoice::Reference {
-            return Ok(TextTokenizer::new(Engine::Reference(Box::new(reference))));
+            return Ok(TextTokenizer::new(Engine::Reference(Box::new(reference()?))));
         }
         let json = crate::model::read_json(path)?;
         let fast = match str_field(&json["model"], "type") {
@@ -125,7 +126,7 @@ impl TextTokenizer {
             Ok(engine) => Ok(TextTokenizer::new(engine)),
             Err(why) if choice == TokenizerChoice::Auto => {
                 log::info!("tokenizer: {} is not one the fast paths implement ({why}); using the tokenizers crate", path.display());
-                Ok(TextTokenizer::new(Engine::Reference(Box::new(reference))))
+                Ok(TextTokenizer::new(Engine::Reference(Box::new(reference()?))))
             }
             Err(why) => Err(ModelError::Tokenizer(format!("--tokenizer fast: {}: {why}", path.display()))),
         }
@@ -344,6 +345,16 @@ pub fn length_bin(len: usize) -> usize {
         0
     } else {
         (usize::BITS - (len - 1).leading_zeros()) as usize - 4
+    }
+}
+
+/// Adds per-bin counts `more` to `bins`, growing it as needed.
+pub fn add_bins(bins: &mut Vec<u64>, more: &[u64]) {
+    if bins.len() < more.len() {
+        bins.resize(more.len(), 0);
+    }
+    for (a, b) in bins.iter_mut().zip(more) {
+        *a += b;
     }
 }
 
