@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test chatspace-mpi: OpenMPI, libclang (for the
 # MPI bindings), a C toolchain, Python with venv/pip (model download, pyarrow checks), Slurm + munge (the
-# local test cluster of scripts/slurm-cluster.sh) and a Rust toolchain with rustfmt and clippy.
+# local test clusters of scripts/slurm-cluster.sh and, with iproute2 and util-linux's nsenter/unshare,
+# scripts/multinode-cluster.sh) and a Rust toolchain with rustfmt and clippy.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates procps slurmctld slurmd slurm-client munge"
+pkgs="openmpi-bin libopenmpi-dev libclang-dev clang pkg-config build-essential python3 python3-venv python3-pip curl ca-certificates procps slurmctld slurmd slurm-client munge iproute2 util-linux"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

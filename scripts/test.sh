@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: unit tests, the parity test on the real all-MiniLM-L6-v2 weights, end-to-end runs under
-# real mpirun (1, 2, 4, 6 ranks), preemption, Hub cache and Slurm tests, then a `cargo check` of the CUDA
-# build. Installs missing Debian packages first (scripts/setup-debian.sh).
+# real mpirun (1, 2, 4, 6 ranks), preemption, Hub cache and Slurm tests (one node, and an emulated 3-node
+# cluster), then a `cargo check` of the CUDA build. Installs missing Debian packages first (scripts/setup-debian.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh

@@ -213,6 +213,11 @@ pub struct EmbedArgs {
     /// what is committed. Fits Slurm's default KillWait (30 s).
     #[arg(long, env = "CHATSPACE_DRAIN_TIMEOUT", default_value_t = 20.0)]
     pub drain_timeout: f64,
+    /// Seconds without a message from a rank (each sends a heartbeat every second) before the job counts it
+    /// lost (node down, process killed) and ends with an error naming it; ranks that stop hearing from the
+    /// controller end themselves after as long. 0 turns the check off.
+    #[arg(long, env = "CHATSPACE_RANK_TIMEOUT", default_value_t = 60.0)]
+    pub rank_timeout: f64,
     /// Resume if this output has a manifest, start otherwise (for batch scripts that rerun themselves).
     #[arg(long, conflicts_with_all = ["resume", "overwrite"])]
     pub auto_resume: bool,

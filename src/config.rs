@@ -84,6 +84,9 @@ pub struct RunConfig {
     pub run_id: Option<String>,
     pub start: StartMode,
     pub drain_timeout_seconds: f64,
+    /// `--rank-timeout` (0: off).
+    #[serde(default)]
+    pub rank_timeout_seconds: f64,
     pub stop_before_seconds: f64,
     /// The job's end time (Unix seconds) when given on the command line.
     pub end_time: Option<f64>,
@@ -161,6 +164,10 @@ impl RunConfig {
         }
         let stop_before_seconds = seconds("--stop-before", a.stop_before, 0.0, false)?;
         let drain_timeout_seconds = seconds("--drain-timeout", a.drain_timeout, 0.0, true)?;
+        // 0 turns the check off; anything else must leave heartbeats (one a second) room to arrive.
+        if a.rank_timeout != 0.0 {
+            seconds("--rank-timeout", a.rank_timeout, 3.0, false).map_err(|e| format!("{e} (or 0: off)"))?;
+        }
         let progress_interval_seconds = seconds("--progress-interval", a.progress_interval, 0.0, true)?;
         if let Some(t) = a.end_time {
             if !(t.is_finite() && (0.0..=MAX_END_TIME).contains(&t)) {
@@ -203,6 +210,7 @@ impl RunConfig {
             run_id: a.run_id.clone(),
             start,
             drain_timeout_seconds,
+            rank_timeout_seconds: a.rank_timeout,
             stop_before_seconds,
             end_time: a.end_time,
             status_file: a.status_file.clone(),

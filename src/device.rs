@@ -1,8 +1,11 @@
 //! Where an encoder runs: the CPU, or the CUDA GPU its place on the node gives it (`--device`).
 //!
 //! GPUs are handed out per node: the encoders hosted by this node's ranks, in rank order, take the visible
-//! devices (CUDA_VISIBLE_DEVICES applies) round-robin. Launchers place ranks on nodes in contiguous blocks by
-//! default (mpirun `--map-by slot`, srun block distribution), so the node's first rank is `rank - local_rank`.
+//! devices round-robin. The CUDA runtime applies CUDA_VISIBLE_DEVICES, so under `--gpus-per-task=1` (Slurm
+//! gives each task its own GPU) every encoder sees one device, ordinal 0. Which ranks share the node comes from
+//! the hosts the ranks reported at start; without them, from the launcher's node-local rank, taking ranks as
+//! placed in contiguous blocks (mpirun `--map-by slot`, srun block distribution), so that the node's first
+//! rank is `rank - local_rank`.
 
 use crate::layout::Layout;
 use crate::protocol::Endpoint;
@@ -16,6 +19,11 @@ pub fn local_rank() -> Option<usize> {
 
 /// The GPU for encoder endpoint `me` on `rank` (node-local rank `local_rank`), among `devices` visible ones.
 pub fn gpu_ordinal(layout: &Layout, rank: usize, local_rank: usize, me: Endpoint, devices: usize) -> usize {
+    if let Some(host) = layout.hosts.get(rank) {
+        // The encoders on this host before `me`, in endpoint (so rank) order.
+        let before = (0..layout.encoders).map(|i| layout.encoder(i)).filter(|&e| e < me && layout.host_of(e) == Some(host.as_str())).count();
+        return before % devices.max(1);
+    }
     let first = rank.saturating_sub(local_rank);
     let before = (0..layout.encoders)
         .map(|i| layout.encoder(i))
@@ -103,6 +111,63 @@ mod tests {
                 .collect();
             ords.sort_unstable();
             assert_eq!(ords, vec![0, 1, 2, 3], "node {node}");
+        }
+    }
+
+    #[test]
+    fn gpus_follow_the_reported_hosts_whatever_the_local_rank_says() {
+        // srun -N 2 --ntasks-per-node 6 with 4 GPUs per node: the hosts the ranks reported decide; the
+        // launcher's local rank (here deliberately wrong) is not consulted.
+        let hosts: Vec<String> = (0..12).map(|r| if r < 6 { "node1".into() } else { "node2".into() }).collect();
+        let layout = Layout::place(&hosts, None, None, 1).unwrap();
+        for node in ["node1", "node2"] {
+            let mut ords: Vec<usize> = (0..layout.encoders)
+                .map(|i| layout.encoder(i))
+                .filter(|&e| layout.host_of(e) == Some(node))
+                .map(|e| gpu_ordinal(&layout, layout.ranks[e as usize], 99, e, 4))
+                .collect();
+            ords.sort_unstable();
+            assert_eq!(ords, (0..ords.len()).collect::<Vec<_>>(), "{node}: one GPU each, from 0");
+        }
+        // --gpus-per-task=1: Slurm's CUDA_VISIBLE_DEVICES shows each task one GPU, which is its ordinal 0.
+        for i in 0..layout.encoders {
+            let e = layout.encoder(i);
+            assert_eq!(gpu_ordinal(&layout, layout.ranks[e as usize], 0, e, 1), 0);
+        }
+    }
+
+    #[test]
+    fn local_rank_comes_from_the_launcher() {
+        // The only test here that touches these variables.
+        let keys = ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK"];
+        let saved: Vec<Option<String>> = keys.iter().map(|k| std::env::var(k).ok()).collect();
+        let set = |vals: [Option<&str>; 4]| {
+            for (k, v) in keys.iter().zip(vals) {
+                // SAFETY: no other test reads or writes these variables.
+                unsafe {
+                    match v {
+                        Some(v) => std::env::set_var(k, v),
+                        None => std::env::remove_var(k),
+                    }
+                }
+            }
+        };
+        set([None, Some("3"), None, None]);
+        assert_eq!(local_rank(), Some(3), "srun");
+        set([Some("1"), Some("3"), None, None]);
+        assert_eq!(local_rank(), Some(1), "mpirun inside an allocation: Open MPI's own rank wins");
+        set([None, None, None, Some("2")]);
+        assert_eq!(local_rank(), Some(2), "PMIx");
+        set([None, None, None, None]);
+        assert_eq!(local_rank(), None);
+        for (k, v) in keys.iter().zip(saved) {
+            // SAFETY: as above.
+            unsafe {
+                match v {
+                    Some(v) => std::env::set_var(k, v),
+                    None => std::env::remove_var(k),
+                }
+            }
         }
     }
 

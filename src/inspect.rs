@@ -341,6 +341,9 @@ pub fn status_text(m: &Manifest) -> String {
             }
         );
     }
+    if let Some(hosts) = m.runs.last().map(|r| hosts_line(&r.ranks)).filter(|h| !h.is_empty()) {
+        out += &format!("ranks (last run): {hosts}\n");
+    }
     let cut = rows_truncated(m);
     if cut > 0 {
         out += &format!("rows cut at max_seq_length {}: {cut} (their text past the limit is not in the embedding)\n", m.fingerprint.max_seq_length);
@@ -352,6 +355,20 @@ pub fn status_text(m: &Manifest) -> String {
         None => out += "throughput (last run): unknown\nestimated time left: unknown\n",
     }
     out
+}
+
+/// "node1: 0 controller, 1 loader 0; node2: 2 encoder 0": each host's ranks and their roles, hosts in the
+/// order of their first rank.
+pub fn hosts_line(ranks: &[crate::manifest::RankPlace]) -> String {
+    let mut hosts: Vec<(&str, Vec<String>)> = Vec::new();
+    for r in ranks.iter().filter(|r| !r.host.is_empty()) {
+        let entry = format!("{} {}", r.rank, r.roles.join(" + "));
+        match hosts.iter_mut().find(|(h, _)| *h == r.host) {
+            Some((_, v)) => v.push(entry),
+            None => hosts.push((&r.host, vec![entry])),
+        }
+    }
+    hosts.iter().map(|(h, v)| format!("{h}: {}", v.join(", "))).collect::<Vec<_>>().join("; ")
 }
 
 /// Rows cut at the model's length when the runs tokenized them (a chunk re-read after an interruption counts
@@ -377,6 +394,7 @@ pub fn status_json(manifest: &Path, m: &Manifest) -> serde_json::Value {
         "rows_skipped": m.rows_skipped, "rows_left": left, "shards": m.num_shards, "runs": m.runs.len(),
         "updated_at": m.updated_at, "rows_per_second": rate, "eta_seconds": rate.map(|r| (left as f64 / r).round()),
         "rows_truncated": rows_truncated(m), "error": m.error,
+        "ranks": m.runs.last().map_or(serde_json::Value::Null, |r| serde_json::json!(r.ranks)),
     })
 }
 
@@ -426,6 +444,11 @@ mod tests {
             first_batch_seconds: Some(1.5),
             deadline: Some("2026-11-27T12:00:00.000Z".into()),
             drain_estimate_seconds: Some(2.5),
+            ranks: vec![
+                crate::manifest::RankPlace { rank: 0, host: "node1".into(), roles: vec!["controller".into()] },
+                crate::manifest::RankPlace { rank: 1, host: "node2".into(), roles: vec!["loader 0".into(), "writer 0".into()] },
+                crate::manifest::RankPlace { rank: 2, host: "node1".into(), roles: vec!["encoder 0".into()] },
+            ],
             ..Default::default()
         });
         m.count_shard(&crate::manifest::tests_support::shard(0, 0, vec![(0, 40)], 2));
@@ -433,6 +456,7 @@ mod tests {
         assert!(t.contains("rows: 40/100 done (40.0%)"), "{t}");
         assert!(t.contains("60 remaining"), "{t}");
         assert!(t.contains("world_size 4 restart 1"), "{t}");
+        assert!(t.contains("ranks (last run): node1: 0 controller, 2 encoder 0; node2: 1 loader 0 + writer 0\n"), "{t}");
         assert!(t.contains("job end 2026-11-27T12:00:00.000Z, drain estimate 2.5s"), "{t}");
         assert!(t.contains("10.0 rows/s") && t.contains("estimated time left: 0:00:06"), "{t}");
         assert!(!t.contains("rows cut"), "none cut: {t}");

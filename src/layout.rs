@@ -9,6 +9,12 @@
 //!
 //! For n >= 4 the defaults are one loader per 4 encoders and one writer per 8 encoders (at least one each);
 //! `--loaders`/`--writers` override them, and the rest are encoders.
+//!
+//! When the ranks span several hosts ([`Layout::place`]), roles are laid out per node instead: each node's
+//! ranks (rank 0, the controller, aside) get loaders for that node's encoders, and the node's own writers
+//! (see [`Layout::place`] for the rule), so that token batches stay on the node; `--loaders`/`--writers` are
+//! dealt out over the nodes in turn. A loader feeds the encoders of its node, and any encoder on a node
+//! without a loader is fed by every loader.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +48,9 @@ pub struct Layout {
     pub loaders: usize,
     pub encoders: usize,
     pub writers: usize,
+    /// The host of each rank (MPI_Get_processor_name); empty when the placement is not known.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// The most loaders, writers or (one-process) encoders a job may ask for: each is a thread or a rank.
@@ -108,7 +117,109 @@ impl Layout {
         ranks.extend((0..l).map(|i| rank_of(Role::Loader, i)));
         ranks.extend((0..e).map(|i| rank_of(Role::Encoder, i)));
         ranks.extend((0..w).map(|i| rank_of(Role::Writer, i)));
-        Ok(Layout { world_size, ranks, loaders: l, encoders: e, writers: w })
+        Ok(Layout { world_size, ranks, loaders: l, encoders: e, writers: w, hosts: Vec::new() })
+    }
+
+    /// Lays roles out over ranks whose hosts are `hosts` (one per rank, in rank order). On one host this is
+    /// [`Layout::new`]. On several, per node (rank 0 is the controller and nothing else):
+    /// - with `--loaders`/`--writers`, they are dealt out over the nodes in turn (a node's lowest free rank
+    ///   first), loaders before writers, and every other rank is an encoder;
+    /// - by default a node with one free rank gets an encoder (fed by the other nodes' loaders), with two a
+    ///   loader and an encoder, with more one loader per 4 and one writer per 8 of its encoders.
+    ///
+    /// A job left without a loader or writer runs one on rank 0, beside the controller.
+    pub fn place(hosts: &[String], loaders: Option<usize>, writers: Option<usize>, local_encoders: usize) -> Result<Layout, String> {
+        let mut nodes: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (rank, host) in hosts.iter().enumerate() {
+            match nodes.iter_mut().find(|(h, _)| *h == host.as_str()) {
+                Some((_, ranks)) => ranks.push(rank),
+                None => nodes.push((host, vec![rank])),
+            }
+        }
+        if nodes.len() <= 1 {
+            let mut layout = Layout::new(hosts.len().max(1), loaders, writers, local_encoders)?;
+            layout.hosts = hosts.to_vec();
+            return Ok(layout);
+        }
+        Layout::new(hosts.len(), loaders, writers, 1)?; // the same checks of the flags
+                                                        // Each node's free ranks, lowest first.
+        let mut free: Vec<std::collections::VecDeque<usize>> = nodes.iter().map(|(_, r)| r.iter().copied().filter(|&r| r != 0).collect()).collect();
+        let (mut lr, mut wr) = (Vec::new(), Vec::new());
+        if loaders.is_some() || writers.is_some() {
+            for (want, out) in [(loaders, &mut lr), (writers, &mut wr)] {
+                let Some(want) = want else { continue };
+                let mut node = 0;
+                while out.len() < want && free.iter().any(|f| f.len() > 1) {
+                    // Keep one rank per node for an encoder.
+                    if free[node].len() > 1 {
+                        out.push(free[node].pop_front().expect("non-empty"));
+                    }
+                    node = (node + 1) % free.len();
+                }
+                if out.len() < want {
+                    return Err(format!(
+                        "--loaders/--writers: {want} do not fit beside one encoder per node on {} ranks over {} nodes",
+                        hosts.len(),
+                        nodes.len()
+                    ));
+                }
+            }
+        }
+        if loaders.is_none() || writers.is_none() {
+            for f in free.iter_mut() {
+                let n = f.len();
+                let (l, w) = match n {
+                    0 | 1 => (0, 0),
+                    2 => (1, 0),
+                    n => {
+                        let mut e = n - 2;
+                        while e.div_ceil(4).max(1) + e.div_ceil(8).max(1) + e > n {
+                            e -= 1;
+                        }
+                        (e.div_ceil(4).max(1), e.div_ceil(8).max(1))
+                    }
+                };
+                if loaders.is_none() {
+                    lr.extend((0..l).filter_map(|_| f.pop_front()));
+                }
+                if writers.is_none() {
+                    wr.extend((0..w).filter_map(|_| f.pop_front()));
+                }
+            }
+        }
+        let mut er: Vec<usize> = free.into_iter().flatten().collect();
+        if er.is_empty() {
+            return Err(format!("no rank is left for an encoder among {} ranks (rank 0 is the controller)", hosts.len()));
+        }
+        if lr.is_empty() {
+            lr.push(0);
+        }
+        if wr.is_empty() {
+            wr.push(0);
+        }
+        lr.sort_unstable();
+        er.sort_unstable();
+        wr.sort_unstable();
+        let mut ranks = vec![0];
+        ranks.extend(lr.iter().chain(&er).chain(&wr));
+        Ok(Layout { world_size: hosts.len(), ranks, loaders: lr.len(), encoders: er.len(), writers: wr.len(), hosts: hosts.to_vec() })
+    }
+
+    /// The host of endpoint `e`'s rank, when known.
+    pub fn host_of(&self, e: Endpoint) -> Option<&str> {
+        self.hosts.get(*self.ranks.get(e as usize)?).map(String::as_str)
+    }
+
+    /// The encoders (by index) loader `i` feeds: those on its host and those on hosts without a loader; every
+    /// encoder when the hosts are not known or all the same.
+    pub fn encoders_of_loader(&self, i: usize) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.encoders).collect();
+        let Some(mine) = self.host_of(self.loader(i)) else { return all };
+        let fed: std::collections::HashSet<&str> = (0..self.loaders).filter_map(|l| self.host_of(self.loader(l))).collect();
+        if fed.len() <= 1 && self.hosts.iter().all(|h| h == mine) {
+            return all;
+        }
+        all.into_iter().filter(|&k| self.host_of(self.encoder(k)).is_none_or(|h| h == mine || !fed.contains(h))).collect()
     }
 
     pub fn endpoints(&self) -> usize {
@@ -149,29 +260,38 @@ impl Layout {
         (0..self.ranks.len()).filter(|&e| self.ranks[e] == rank).map(|e| e as Endpoint).collect()
     }
 
-    /// "rank 3 (encoder 1)" for messages.
+    /// "rank 3 (encoder 1)" for messages, with " on HOST" when the hosts are known.
     pub fn describe(&self, e: Endpoint) -> String {
         let (role, i) = self.role_of(e);
-        format!("rank {} ({} {})", self.ranks[e as usize], role.name(), i)
+        let on = self.host_of(e).map_or(String::new(), |h| format!(" on {h}"));
+        format!("rank {} ({} {}){on}", self.ranks[e as usize], role.name(), i)
     }
 
-    /// One line per rank, for logs and the README.
+    /// "rank 3 (encoder 1, loader 0) on HOST" for a rank.
+    pub fn describe_rank(&self, rank: usize) -> String {
+        let on = self.hosts.get(rank).map_or(String::new(), |h| format!(" on {h}"));
+        format!("rank {rank} ({}){on}", self.roles_of_rank(rank).join(", "))
+    }
+
+    /// "controller", "loader 0", ... for the roles `rank` hosts.
+    pub fn roles_of_rank(&self, rank: usize) -> Vec<String> {
+        self.local_endpoints(rank)
+            .into_iter()
+            .map(|e| match self.role_of(e) {
+                (Role::Controller, _) => "controller".to_string(),
+                (role, i) => format!("{} {i}", role.name()),
+            })
+            .collect()
+    }
+
+    /// One line per rank, for logs and the README: "rank 0: controller; rank 1: loader 0; ...", with
+    /// " on HOST" after each rank when the ranks span several hosts.
     pub fn summary(&self) -> String {
+        let many = self.hosts.iter().any(|h| Some(h) != self.hosts.first());
         (0..self.world_size)
             .map(|r| {
-                let roles: Vec<String> = self
-                    .local_endpoints(r)
-                    .into_iter()
-                    .map(|e| {
-                        let (role, i) = self.role_of(e);
-                        if role == Role::Controller {
-                            role.name().to_string()
-                        } else {
-                            format!("{} {}", role.name(), i)
-                        }
-                    })
-                    .collect();
-                format!("rank {r}: {}", roles.join(" + "))
+                let on = if many { self.hosts.get(r).map_or(String::new(), |h| format!(" on {h}")) } else { String::new() };
+                format!("rank {r}{on}: {}", self.roles_of_rank(r).join(" + "))
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -294,6 +414,100 @@ mod tests {
     fn summary_names_every_rank() {
         let l = Layout::new(4, None, None, 1).unwrap();
         assert_eq!(l.summary(), "rank 0: controller; rank 1: loader 0; rank 2: encoder 0; rank 3: writer 0");
+    }
+
+    fn hosts(spec: &[(&str, usize)]) -> Vec<String> {
+        spec.iter().flat_map(|&(h, n)| std::iter::repeat_n(h.to_string(), n)).collect()
+    }
+
+    /// Each node's roles, "L" loader, "E" encoder, "W" writer, "C" controller, in rank order per node.
+    fn per_node(l: &Layout) -> Vec<String> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for r in 0..l.world_size {
+            let tags: String = l
+                .local_endpoints(r)
+                .into_iter()
+                .map(|e| match l.role_of(e).0 {
+                    Role::Controller => 'C',
+                    Role::Loader => 'L',
+                    Role::Encoder => 'E',
+                    Role::Writer => 'W',
+                })
+                .collect();
+            match out.iter_mut().find(|(h, _)| *h == l.hosts[r]) {
+                Some((_, v)) => *v = format!("{v} {tags}"),
+                None => out.push((l.hosts[r].clone(), tags)),
+            }
+        }
+        out.into_iter().map(|(h, v)| format!("{h}: {v}")).collect()
+    }
+
+    #[test]
+    fn roles_are_placed_per_node_across_hosts() {
+        // sbatch -N 2 --ntasks-per-node 3: each node loads for its own encoder; the writer is on node 2.
+        let l = Layout::place(&hosts(&[("node1", 3), ("node2", 3)]), None, None, 1).unwrap();
+        assert_eq!(per_node(&l), vec!["node1: C L E", "node2: L W E"]);
+        assert_eq!(l.summary(), "rank 0 on node1: controller; rank 1 on node1: loader 0; rank 2 on node1: encoder 0; rank 3 on node2: loader 1; rank 4 on node2: writer 0; rank 5 on node2: encoder 1");
+        assert_eq!(l.encoders_of_loader(0), vec![0]);
+        assert_eq!(l.encoders_of_loader(1), vec![1]);
+        // Three nodes of two: node 1's lone encoder is fed by both loaders; the writer falls back to rank 0.
+        let l = Layout::place(&hosts(&[("a", 2), ("b", 2), ("c", 2)]), None, None, 1).unwrap();
+        assert_eq!(per_node(&l), vec!["a: CW E", "b: L E", "c: L E"]);
+        assert_eq!(l.encoders_of_loader(0), vec![0, 1]);
+        assert_eq!(l.encoders_of_loader(1), vec![0, 2]);
+        // Two nodes of six GPUs' worth: per node one loader and one writer, the rest encoders.
+        let l = Layout::place(&hosts(&[("a", 6), ("b", 6)]), None, None, 1).unwrap();
+        assert_eq!(per_node(&l), vec!["a: C L W E E E", "b: L W E E E E"]);
+        assert_eq!((l.loaders, l.encoders, l.writers), (2, 7, 2));
+        // Ranks of a node need not be contiguous (round-robin placement).
+        let h: Vec<String> = (0..6).map(|r| if r % 2 == 0 { "x".to_string() } else { "y".to_string() }).collect();
+        let l = Layout::place(&h, None, None, 1).unwrap();
+        for i in 0..l.loaders {
+            let host = l.host_of(l.loader(i)).unwrap();
+            assert!(l.encoders_of_loader(i).iter().all(|&k| l.host_of(l.encoder(k)) == Some(host)));
+            assert!(!l.encoders_of_loader(i).is_empty());
+        }
+    }
+
+    #[test]
+    fn role_flags_are_dealt_over_the_nodes() {
+        let l = Layout::place(&hosts(&[("a", 4), ("b", 4)]), Some(1), Some(2), 1).unwrap();
+        assert_eq!((l.loaders, l.encoders, l.writers), (1, 4, 2));
+        assert_eq!(per_node(&l), vec!["a: C L W E", "b: W E E E"]);
+        // Every encoder is fed: b has no loader, so a's loader feeds b's encoders too.
+        assert_eq!(l.encoders_of_loader(0), vec![0, 1, 2, 3]);
+        let e = Layout::place(&hosts(&[("a", 2), ("b", 2)]), Some(3), None, 1).unwrap_err();
+        assert!(e.contains("--loaders"), "{e}");
+        // One host: the single-node layout, with the host recorded.
+        let one = Layout::place(&hosts(&[("a", 4)]), None, None, 1).unwrap();
+        assert_eq!(one.summary(), Layout::new(4, None, None, 1).unwrap().summary());
+        assert_eq!(one.describe(one.encoder(0)), "rank 2 (encoder 0) on a");
+        assert_eq!(one.describe_rank(0), "rank 0 (controller) on a");
+        assert_eq!(one.encoders_of_loader(0), vec![0]);
+    }
+
+    #[test]
+    fn every_placement_is_complete_and_consistent() {
+        for nodes in 2..=4 {
+            for per in 1..=7 {
+                let h: Vec<String> = (0..nodes * per).map(|r| format!("n{}", r / per)).collect();
+                let Ok(l) = Layout::place(&h, None, None, 1) else {
+                    assert!(nodes * per < 2, "{nodes}x{per}");
+                    continue;
+                };
+                assert!(l.loaders >= 1 && l.encoders >= 1 && l.writers >= 1, "{nodes}x{per}");
+                for r in 0..l.world_size {
+                    assert!(!l.local_endpoints(r).is_empty(), "rank {r} idle for {nodes}x{per}");
+                }
+                let mut fed = vec![false; l.encoders];
+                for i in 0..l.loaders {
+                    for k in l.encoders_of_loader(i) {
+                        fed[k] = true;
+                    }
+                }
+                assert!(fed.iter().all(|&f| f), "an encoder without a loader for {nodes}x{per}");
+            }
+        }
     }
 
     #[test]

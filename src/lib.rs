@@ -104,8 +104,9 @@ pub fn embed(args: EmbedArgs) -> i32 {
         return EXIT_FAILED;
     }
     let mut wire = MpiWire::init_if_launched();
-    let (rank, size) = wire.as_ref().map_or((0, 1), |w| (w.rank(), w.size()));
-    let layout = match Layout::new(size, args.loaders, args.writers, args.local_encoders) {
+    let rank = wire.as_ref().map_or(0, |w| w.rank());
+    let hosts = wire.as_ref().map_or_else(|| vec![transport::this_host()], |w| w.hosts());
+    let layout = match Layout::place(&hosts, args.loaders, args.writers, args.local_encoders) {
         Ok(l) => l,
         Err(e) => {
             if rank == 0 {
@@ -118,11 +119,13 @@ pub fn embed(args: EmbedArgs) -> i32 {
     let (routed, controller) = run_roles(&args, rank, &layout, &mut wire);
     let code = match controller {
         Some(outcome) => {
-            if let Some(message) = &outcome.error {
-                eprintln!("error: {message}");
-            }
-            if let Some(path) = &args.status_file {
-                controller::write_status_file(path, outcome.code, outcome.manifest.as_deref());
+            if !outcome.said {
+                if let Some(message) = &outcome.error {
+                    eprintln!("error: {message}");
+                }
+                if let Some(path) = &args.status_file {
+                    controller::write_status_file(path, outcome.code, outcome.manifest.as_deref());
+                }
             }
             if outcome.abort {
                 // Roles here and on other ranks may be mid-batch or stuck; the other ranks were sent `Abort` and
@@ -150,7 +153,7 @@ pub fn embed(args: EmbedArgs) -> i32 {
 pub fn embed_in_process(args: EmbedArgs) -> Outcome {
     let layout = match Layout::new(1, args.loaders, args.writers, args.local_encoders) {
         Ok(l) => l,
-        Err(e) => return Outcome { code: EXIT_FAILED, abort: false, error: Some(e), manifest: None },
+        Err(e) => return Outcome { code: EXIT_FAILED, abort: false, error: Some(e), manifest: None, said: false },
     };
     let (_, controller) = run_roles(&args, 0, &layout, &mut None);
     controller.expect("rank 0 hosts the controller; this is a bug")
@@ -158,7 +161,8 @@ pub fn embed_in_process(args: EmbedArgs) -> Outcome {
 
 /// Runs this rank's roles until they end; on rank 0, also returns the controller's outcome.
 fn run_roles(args: &EmbedArgs, rank: usize, layout: &Layout, wire: &mut Option<MpiWire>) -> (RouterOutcome, Option<Outcome>) {
-    let mut router = Router::new(rank, layout.clone());
+    let timeout = (args.rank_timeout > 0.0 && args.rank_timeout.is_finite()).then(|| std::time::Duration::from_secs_f64(args.rank_timeout));
+    let mut router = Router::new(rank, layout.clone()).with_rank_timeout(if wire.is_some() { timeout } else { None });
     let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
     for e in layout.local_endpoints(rank) {
         let mb = router.mailbox(e);
@@ -199,6 +203,7 @@ fn run_roles(args: &EmbedArgs, rank: usize, layout: &Layout, wire: &mut Option<M
             abort: layout.world_size > 1,
             error: Some(r.clone().err().unwrap_or_else(|| "the controller ended without an outcome (this is a bug)".into())),
             manifest: None,
+            said: false,
         })
     });
     (routed, controller)

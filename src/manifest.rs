@@ -129,6 +129,17 @@ pub struct RunRecord {
     pub rows_truncated: u64,
     #[serde(default)]
     pub token_lengths: Vec<u64>,
+    /// Where each rank ran and what it did.
+    #[serde(default)]
+    pub ranks: Vec<RankPlace>,
+}
+
+/// One rank of a run: its host (MPI_Get_processor_name) and roles ("controller", "encoder 0", ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankPlace {
+    pub rank: usize,
+    pub host: String,
+    pub roles: Vec<String>,
 }
 
 /// The manifest header, and (when read) the shards of the log.

@@ -61,6 +61,11 @@ pub enum Header {
     /// Controller -> every role: the run is over (roles have nothing left in flight); the rank exits with
     /// `code` after a normal MPI shutdown.
     Shutdown { code: i32 },
+    /// Router -> router, every second: this rank is alive (rank 0 to every rank, every rank to rank 0).
+    /// Routers consume it; roles never see it.
+    Heartbeat,
+    /// Rank 0's router -> controller: nothing came from `ranks` for `silent_seconds` (see `--rank-timeout`).
+    RankLost { ranks: Vec<u32>, silent_seconds: f64 },
     /// Controller -> every rank (failure, second signal, drain timeout): roles may be mid-batch or stuck, so
     /// the receiving rank's router exits the process with `code` at once, without waiting for its roles.
     /// Committed shards and the manifest are already safe. This replaces MPI_Abort, which can hang in the
@@ -88,6 +93,8 @@ impl Header {
             Header::Failed { .. } => "Failed",
             Header::Shutdown { .. } => "Shutdown",
             Header::Abort { .. } => "Abort",
+            Header::Heartbeat => "Heartbeat",
+            Header::RankLost { .. } => "RankLost",
         }
     }
 }

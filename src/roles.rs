@@ -92,7 +92,7 @@ fn injected_fault_row() -> Option<u64> {
 
 /// An optional pause for tests of preemption: `CHATSPACE_TEST_DELAY=writer-commit:MS` makes writers wait
 /// between a shard's rename and its report to the controller (the window where a kill leaves an uncommitted
-/// shard file behind).
+/// shard file behind); `encoder-batch:MS` makes each batch take that much longer (a slow run, to interrupt).
 pub fn test_delay(point: &str) {
     let Ok(spec) = std::env::var("CHATSPACE_TEST_DELAY") else { return };
     if let Some(ms) = spec.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|v| v.parse::<u64>().ok()) {
@@ -108,9 +108,14 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
             let threads = crate::layout::encoder_threads(plan.config.encoder_threads, &plan.layout);
             let gpu = crate::device::resolve(plan.config.device.as_str(), &plan.layout, mb.me).map_err(RoleError::new)?;
             let dtype = plan.config.dtype;
+            let who = plan.layout.describe(mb.me);
             match gpu {
-                Some(g) => log::info!("encoder {}: CUDA device {g}, {}", mb.me, dtype.name()),
-                None => log::info!("encoder {}: cpu, {threads} threads, {}", mb.me, dtype.name()),
+                Some(g) => log::info!(
+                    "{who}: CUDA device {g} (CUDA_VISIBLE_DEVICES={}), {}",
+                    std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into()),
+                    dtype.name()
+                ),
+                None => log::info!("{who}: cpu, {threads} threads, {}", dtype.name()),
             }
             let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, dtype, gpu };
             plan.model.backend(opts).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
@@ -157,6 +162,7 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         }
         let started = std::time::Instant::now();
         let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        test_delay("encoder-batch");
         let seconds = started.elapsed().as_secs_f64();
         // Tokens computed: the padded rectangle for backends that pad, else just the tokens.
         let padded = if backend.pads() { (batch.rows() * batch.max_len()) as u64 } else { batch.tokens() as u64 };
@@ -245,7 +251,9 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
         min_tokens: b.bucket_min_tokens,
         max_tokens: b.bucket_max_tokens,
     };
-    let encoders: Vec<Endpoint> = (0..plan.layout.encoders).map(|i| plan.layout.encoder(i)).collect();
+    // This loader's encoders: those on its node (and on nodes without a loader), so batches stay on the node.
+    let mine = plan.layout.encoders_of_loader(plan.layout.role_of(mb.me).1);
+    let encoders: Vec<Endpoint> = mine.into_iter().map(|i| plan.layout.encoder(i)).collect();
     let mut credits = Credits::new(encoders.len(), b.prefetch_batches, MAX_PREFETCH_BATCHES.max(b.prefetch_batches));
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
     let mut draining = false;

@@ -177,6 +177,21 @@ impl MpiWire {
         self.world.size() as usize
     }
 
+    /// Every rank's host name (MPI_Get_processor_name), in rank order; a collective call every rank makes
+    /// once at start.
+    pub fn hosts(&self) -> Vec<String> {
+        use mpi::collective::CommunicatorCollectives;
+        const LEN: usize = 256;
+        let name = mpi::environment::processor_name().unwrap_or_else(|_| this_host());
+        let mut mine = [0u8; LEN];
+        let bytes = name.as_bytes();
+        let n = bytes.len().min(LEN - 1);
+        mine[..n].copy_from_slice(&bytes[..n]);
+        let mut all = vec![0u8; LEN * self.size()];
+        self.world.all_gather_into(&mine[..], &mut all[..]);
+        all.chunks(LEN).map(|c| String::from_utf8_lossy(&c[..c.iter().position(|&b| b == 0).unwrap_or(LEN)]).into_owned()).collect()
+    }
+
     fn send(&mut self, rank: usize, bytes: Vec<u8>) {
         use mpi::datatype::Equivalence;
         use mpi::raw::AsRaw;
@@ -254,6 +269,57 @@ impl MpiWire {
     }
 }
 
+/// This machine's host name (a plain process's placement).
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// How often routers send [`Header::Heartbeat`].
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Who has been heard from, for `--rank-timeout`: rank 0 watches every rank, the others watch rank 0. Any
+/// message counts; routers send a heartbeat every [`HEARTBEAT_EVERY`] so that a quiet rank is still heard.
+struct Liveness {
+    timeout: Duration,
+    heard: Vec<Instant>,
+    reported: Vec<bool>,
+    beat: Instant,
+}
+
+impl Liveness {
+    fn new(ranks: usize, timeout: Duration, now: Instant) -> Liveness {
+        Liveness { timeout, heard: vec![now; ranks], reported: vec![false; ranks], beat: now - HEARTBEAT_EVERY }
+    }
+
+    fn heard(&mut self, rank: usize, now: Instant) {
+        if let Some(t) = self.heard.get_mut(rank) {
+            *t = now;
+        }
+    }
+
+    /// Whether a heartbeat is due (and from now on not, for a while).
+    fn beat_due(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.beat) >= HEARTBEAT_EVERY {
+            self.beat = now;
+            return true;
+        }
+        false
+    }
+
+    /// Ranks among `watched` silent for longer than the timeout, each reported once, with their silence.
+    fn lost(&mut self, watched: impl Iterator<Item = usize>, now: Instant) -> Vec<(usize, Duration)> {
+        let mut out = Vec::new();
+        for r in watched {
+            let silent = now.duration_since(self.heard[r]);
+            if silent > self.timeout && !self.reported[r] {
+                self.reported[r] = true;
+                out.push((r, silent));
+            }
+        }
+        out
+    }
+}
+
 /// How a rank's roles ended.
 pub struct RouterOutcome {
     /// Each local role's result, by endpoint.
@@ -274,12 +340,67 @@ pub struct Router {
     roles: Vec<(Endpoint, JoinHandle<Result<(), String>>)>,
     shutdown_code: Option<i32>,
     abort_code: Option<i32>,
+    /// `--rank-timeout` over MPI (absent for one process, or with the check off).
+    liveness: Option<Liveness>,
 }
 
 impl Router {
     pub fn new(rank: usize, layout: Layout) -> Router {
         let (out_tx, out_rx) = channel();
-        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None, abort_code: None }
+        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None, abort_code: None, liveness: None }
+    }
+
+    /// Watches the other ranks (see [`Liveness`]): a rank silent for `timeout` is reported to the controller
+    /// ([`Header::RankLost`]); a rank that stops hearing from rank 0 for `timeout` ends itself.
+    pub fn with_rank_timeout(mut self, timeout: Option<Duration>) -> Router {
+        self.liveness = timeout.filter(|_| self.layout.world_size > 1).map(|t| Liveness::new(self.layout.world_size, t, Instant::now()));
+        self
+    }
+
+    /// Heartbeats out, and what silence means: on rank 0 a [`Header::RankLost`] to the controller, elsewhere
+    /// the end of this rank (the controller, or the link to it, is gone; Slurm or mpirun may never say so).
+    fn watch(&mut self, wire: &mut Option<MpiWire>) {
+        let Some(live) = self.liveness.as_mut() else { return };
+        let now = Instant::now();
+        let controller_rank = self.layout.ranks[self.layout.controller() as usize];
+        let beat = live.beat_due(now);
+        let lost = if self.rank == controller_rank {
+            live.lost((0..self.layout.world_size).filter(|&r| r != controller_rank), now)
+        } else {
+            live.lost(std::iter::once(controller_rank), now)
+        };
+        let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
+        if beat {
+            let to: Vec<Endpoint> = if self.rank == controller_rank {
+                (0..self.layout.world_size)
+                    .filter(|&r| r != controller_rank)
+                    .filter_map(|r| self.layout.local_endpoints(r).first().copied())
+                    .collect()
+            } else {
+                vec![self.layout.controller()]
+            };
+            for e in to {
+                self.deliver(Envelope::new(me, e, Header::Heartbeat), wire);
+            }
+        }
+        if self.rank == controller_rank {
+            // Ranks that fell silent together (a node's) go in one report.
+            if let Some(&(first, silent)) = lost.first() {
+                let from = self.layout.local_endpoints(first).first().copied().unwrap_or(0);
+                let header = Header::RankLost { ranks: lost.iter().map(|&(r, _)| r as u32).collect(), silent_seconds: silent.as_secs_f64() };
+                self.deliver(Envelope::new(from, self.layout.controller(), header), &mut None);
+            }
+            return;
+        }
+        if let Some(&(rank, silent)) = lost.first() {
+            eprintln!(
+                "error: {}: nothing from the controller, {}, for {:.0}s (--rank-timeout): ending this rank",
+                self.layout.describe_rank(self.rank),
+                self.layout.describe_rank(rank),
+                silent.as_secs_f64()
+            );
+            self.abort_code = Some(crate::EXIT_FAILED);
+        }
     }
 
     /// A mailbox for a local endpoint.
@@ -367,10 +488,20 @@ impl Router {
                 while let Some(bytes) = w.try_recv() {
                     busy = true;
                     match Envelope::decode(bytes) {
-                        Ok(env) => self.deliver(env, &mut None),
+                        Ok(env) => {
+                            if let (Some(live), Some(&r)) = (self.liveness.as_mut(), self.layout.ranks.get(env.from as usize)) {
+                                live.heard(r, Instant::now());
+                            }
+                            if !matches!(env.header, Header::Heartbeat) {
+                                self.deliver(env, &mut None);
+                            }
+                        }
                         Err(e) => log::error!("rank {}: dropping undecodable message: {e}", self.rank),
                     }
                 }
+            }
+            if !self.roles.is_empty() && self.shutdown_code.is_none() && self.abort_code.is_none() {
+                self.watch(wire);
             }
             let pending = wire.as_mut().map_or(0, |w| w.progress_sends());
             // Collect finished roles.
@@ -421,6 +552,23 @@ pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_rank_is_reported_once_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(3, Duration::from_secs(10), t0);
+        assert!(live.beat_due(t0), "the first heartbeat goes at once");
+        assert!(!live.beat_due(t0 + Duration::from_millis(500)));
+        assert!(live.beat_due(t0 + Duration::from_millis(1000)));
+        live.heard(1, t0 + Duration::from_secs(8));
+        live.heard(2, t0 + Duration::from_secs(2));
+        assert!(live.lost(1..3, t0 + Duration::from_secs(12)).is_empty());
+        let lost = live.lost(1..3, t0 + Duration::from_secs(13));
+        assert_eq!(lost, vec![(2, Duration::from_secs(11))]);
+        assert!(live.lost(1..3, t0 + Duration::from_secs(14)).is_empty(), "reported once");
+        assert_eq!(live.lost(1..3, t0 + Duration::from_secs(19)), vec![(1, Duration::from_secs(11))]);
+        live.heard(9, t0); // a rank outside the job is ignored
+    }
 
     #[test]
     fn long_messages_go_in_parts_that_cover_every_byte_once() {

@@ -43,11 +43,13 @@ pub struct Outcome {
     pub error: Option<String>,
     /// The manifest, once the run got that far.
     pub manifest: Option<PathBuf>,
+    /// The error line is printed and the status file written already (before the other ranks were told).
+    pub said: bool,
 }
 
 impl Outcome {
     fn failed(message: String) -> Outcome {
-        Outcome { code: crate::EXIT_FAILED, abort: false, error: Some(message), manifest: None }
+        Outcome { code: crate::EXIT_FAILED, abort: false, error: Some(message), manifest: None, said: false }
     }
 }
 
@@ -62,13 +64,25 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> Outcome {
         }
         Ok(Start::AlreadyComplete(path)) => {
             eprintln!("done: {} is already complete; nothing to resume", path.display());
+            verdict(args.status_file.as_deref(), crate::EXIT_OK, Some(&path));
             let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_OK });
-            Outcome { code: crate::EXIT_OK, abort: false, error: None, manifest: Some(path) }
+            Outcome { code: crate::EXIT_OK, abort: false, error: None, manifest: Some(path), said: true }
         }
         Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("error: {message}");
+            verdict(args.status_file.as_deref(), crate::EXIT_FAILED, None);
             let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_FAILED });
-            Outcome::failed(format!("{e:#}"))
+            Outcome { said: true, ..Outcome::failed(message) }
         }
+    }
+}
+
+/// Writes `--status-file` before the other ranks hear the end: once they exit (an `Abort` makes them exit
+/// non-zero), the launcher may kill this process (srun --kill-on-bad-exit) before it gets further.
+fn verdict(status_file: Option<&std::path::Path>, code: i32, manifest: Option<&std::path::Path>) {
+    if let Some(path) = status_file {
+        write_status_file(path, code, manifest);
     }
 }
 
@@ -211,6 +225,13 @@ impl<'a> Run<'a> {
             Header::Released { chunk } => Some(Event::Released { chunk }),
             Header::Signal { rank, signal, count } => Some(Event::Signal { what: format!("{} on rank {rank}", signal_name(signal)), count }),
             Header::Failed { role: _, message } => Some(Event::Failed { from: self.layout.describe(env.from), message }),
+            Header::RankLost { ranks, silent_seconds } => Some(Event::Failed {
+                from: ranks.iter().map(|&r| self.layout.describe_rank(r as usize)).collect::<Vec<_>>().join(", "),
+                message: format!(
+                    "lost: no message for {silent_seconds:.0}s (--rank-timeout {}): its node is down or unreachable, or the process was killed; what is committed is kept, --resume continues",
+                    self.plan.config.rank_timeout_seconds
+                ),
+            }),
             other => Some(Event::Failed { from: "controller".into(), message: format!("unexpected {} message (this is a bug)", other.kind()) }),
         }
     }
@@ -323,8 +344,13 @@ impl<'a> Run<'a> {
         }
         let (bytes, commits) = self.checkpoint.written();
         log::info!("checkpoint: {commits} commits, {bytes} bytes written ({:.0} per commit)", bytes as f64 / commits.max(1) as f64);
+        if let Some(e) = &error {
+            // Before the other ranks exit (see `verdict`): the error line reaches the job log.
+            eprintln!("error: {e}");
+        }
+        verdict(self.plan.config.status_file.as_deref(), code, Some(self.checkpoint.path()));
         let header = if abort { Header::Abort { code } } else { Header::Shutdown { code } };
         let _ = broadcast(self.mb, self.layout, &header);
-        Outcome { code, abort, error, manifest: Some(self.checkpoint.path().to_path_buf()) }
+        Outcome { code, abort, error, manifest: Some(self.checkpoint.path().to_path_buf()), said: true }
     }
 }

@@ -248,6 +248,13 @@ fn run_record(plan: &Plan) -> RunRecord {
         tokens: 0,
         rows_truncated: 0,
         token_lengths: Vec::new(),
+        ranks: (0..plan.layout.world_size)
+            .map(|rank| crate::manifest::RankPlace {
+                rank,
+                host: plan.layout.hosts.get(rank).cloned().unwrap_or_default(),
+                roles: plan.layout.roles_of_rank(rank),
+            })
+            .collect(),
     }
 }
 
