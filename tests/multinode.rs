@@ -128,6 +128,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = script(self.dir.parent().unwrap()).arg("down").status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.dir.parent().unwrap());
+        }
     }
 }
 
@@ -228,18 +231,23 @@ fn jobs_span_nodes_survive_preemption_and_end_on_node_faults() {
     assert_same("mpirun --host", &rows, &want);
     assert_eq!(hosts(&m), vec!["node1", "node1", "node2", "node2", "node3", "node3"]);
 
-    // 3. Preemption. The job's first node is drained for maintenance and the job gets the warning signal
-    //    (scancel --signal=USR1 --batch, as --signal=B:USR1@T sends it): every rank on both nodes drains, the
-    //    script requeues the job, and it resumes on the other node set. There `scontrol requeue` preempts it
-    //    again (SIGTERM to every rank); the third start completes.
-    let slow = [("CHATSPACE_TEST_DELAY", "encoder-batch:200")];
+    // 3. Preemption. A one-minute job (--time=1 --signal=B:USR1@20) whose first node is drained for
+    //    maintenance gets Slurm's warning signal (or drains by itself as its end nears): every rank on both
+    //    nodes drains, the script requeues the job, and it resumes on the other node set. There `scontrol
+    //    requeue` preempts it again (SIGTERM to every rank); later starts complete it.
     let embed = "--batch-size 8 --rows-per-shard 40 --rank-timeout 10";
     let out = cluster.dir.join("preempt");
-    let job = cluster.submit("preempt", &data, &out, &["-N", "2", "--ntasks-per-node", "3", "--time=10"], embed, &slow);
+    let sbatch = ["-N", "2", "--ntasks-per-node", "3", "--time=1", "--signal=B:USR1@20"];
+    let job = cluster.submit("preempt", &data, &out, &sbatch, embed, &[("CHATSPACE_TEST_DELAY", "encoder-batch:500")]);
     wait_for_shards(&out, 2, "preempt, first start");
     let first = hosts(&read_output(&out).0);
     cluster.node_state(&first[0], "DRAIN");
-    cluster.run("scancel", &["--signal=USR1", "--batch", &job]);
+    let start = Instant::now();
+    while read_output(&out).0.runs.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(180), "not requeued: {}", cluster.log("preempt", &job));
+        cluster.start_requeued(&job);
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (start, shards) = (Instant::now(), read_output(&out).0.shards.len());
     // Until the second start has committed shards of its own.
     while read_output(&out).0.runs.len() < 2 || read_output(&out).0.shards.len() < shards + 4 {
@@ -265,10 +273,15 @@ fn jobs_span_nodes_survive_preemption_and_end_on_node_faults() {
     // Every rank on both nodes drained: no rank of the first start was killed.
     let first_start = &log[..log.find("restart 1").unwrap_or(log.len())];
     assert!(!first_start.contains("Killed") && !first_start.contains("exit code 1"), "{first_start}");
+    assert!(
+        first_start.contains("tasks 0-2: Exited with exit code 75") && first_start.contains("tasks 3-5: Exited with exit code 75"),
+        "{first_start}"
+    );
 
     // 4. Node faults: the second node's link goes down, or its ranks are killed, mid-run. The job ends
     //    (--rank-timeout 10, then the launcher is given LAUNCHER_GRACE 20 s), with the lost rank and host named
     //    in the manifest and the log; what was committed stays; the next job completes the output.
+    let slow = [("CHATSPACE_TEST_DELAY", "encoder-batch:200")];
     for fault in ["link-down", "kill"] {
         let out = cluster.dir.join(fault);
         let job = cluster.submit(fault, &data, &out, &["-N", "2", "--ntasks-per-node", "3", "--time=10"], embed, &slow);
