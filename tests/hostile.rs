@@ -51,7 +51,7 @@ fn number_flags_and_layouts_that_cannot_run_exit_1_naming_the_flag() {
         (vec!["--progress-interval", "inf"], "--progress-interval"),
         (vec!["--drain-timeout", "1e300"], "--drain-timeout"),
         (vec!["--rank-timeout", "1"], "--rank-timeout"),
-        (vec!["--rank-timeout", "-5"], "--rank-timeout"),
+        (vec!["--rank-timeout=-5"], "--rank-timeout"),
         (vec!["--end-time", "1e300"], "--end-time"),
         (vec!["--batch-size", "999999999"], "--batch-size"),
         (vec!["--threads", "99999999"], "--threads"),
