@@ -942,6 +942,7 @@ pub(crate) mod tests_support {
                 prompts: Default::default(),
                 default_prompt_name: None,
                 source: None,
+                include_prompt: true,
             },
             source: Source { kind: "local".into(), files: vec![], repo: None, revision: None },
             rows_total: 0,

@@ -19,7 +19,7 @@ pub enum ModelError {
     BadFile { file: String, message: String },
     #[error("{file}: unsupported architecture '{arch}' (supported: bert, qwen3)")]
     Unsupported { file: String, arch: String },
-    #[error("{file}: unsupported pooling ({mode}); supported: mean, cls, lasttoken")]
+    #[error("{file}: pooling modes '{mode}': one mode is supported (cls_token, mean_tokens, max_tokens, mean_sqrt_len_tokens, weightedmean_tokens or lasttoken), not none or several together")]
     Pooling { file: String, mode: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -32,12 +32,38 @@ pub enum ModelError {
     Setting(String),
 }
 
+/// How token vectors become one vector: the modes of sentence-transformers' Pooling module, with its numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
+    /// The mean of the row's tokens.
     Mean,
+    /// The first token.
     Cls,
+    /// The last token.
     LastToken,
+    /// Per dimension, the largest value over the row's tokens.
+    Max,
+    /// The sum of the row's tokens over the square root of their count.
+    #[serde(rename = "mean_sqrt_len_tokens")]
+    MeanSqrtLen,
+    /// Tokens weighted by their position (1, 2, 3, ...), over the sum of the weights.
+    WeightedMean,
+}
+
+impl Pooling {
+    /// The mode a `pooling_mode_*` flag of 1_Pooling/config.json turns on.
+    pub fn from_flag(flag: &str) -> Option<Pooling> {
+        Some(match flag {
+            "pooling_mode_cls_token" => Pooling::Cls,
+            "pooling_mode_mean_tokens" => Pooling::Mean,
+            "pooling_mode_max_tokens" => Pooling::Max,
+            "pooling_mode_mean_sqrt_len_tokens" => Pooling::MeanSqrtLen,
+            "pooling_mode_weightedmean_tokens" => Pooling::WeightedMean,
+            "pooling_mode_lasttoken" => Pooling::LastToken,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +92,13 @@ pub struct ModelSpec {
     /// `hf://{repo}@{sha}` for a model from the Hub.
     #[serde(default)]
     pub source: Option<String>,
+    /// The Pooling module's `include_prompt`: false leaves prompt tokens out of pooling.
+    #[serde(default = "yes")]
+    pub include_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -171,6 +204,7 @@ impl ModelSpec {
 
         let mut pooling = Pooling::Cls; // transformers' default when no Pooling module: not used by ST models
         let mut has_pooling = false;
+        let mut include_prompt = true;
         let mut normalize = false;
         for m in &modules {
             if m.kind.ends_with("models.Pooling") {
@@ -189,11 +223,13 @@ impl ModelSpec {
                 .filter(|k| on(k))
                 .collect();
                 pooling = match modes.as_slice() {
-                    ["pooling_mode_mean_tokens"] => Pooling::Mean,
-                    ["pooling_mode_cls_token"] => Pooling::Cls,
-                    ["pooling_mode_lasttoken"] => Pooling::LastToken,
-                    other => return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: other.join("+") }),
+                    [one] => Pooling::from_flag(one).expect("one of the flags listed above; this is a bug"),
+                    other => {
+                        let names: Vec<&str> = other.iter().map(|f| f.trim_start_matches("pooling_mode_")).collect();
+                        return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: names.join(" + ") });
+                    }
                 };
+                include_prompt = pcfg.get("include_prompt").and_then(|v| v.as_bool()).unwrap_or(true);
                 has_pooling = true;
             } else if m.kind.ends_with("models.Normalize") {
                 normalize = true;
@@ -246,11 +282,24 @@ impl ModelSpec {
             prompts,
             default_prompt_name,
             source: None,
+            include_prompt,
         })
     }
 
     /// The text put before every input: `--prompt`, else `--prompt-name`, else the model's default prompt.
     pub fn resolve_prompt(&self, prompt: Option<&str>, prompt_name: Option<&str>) -> Result<String, String> {
+        let chosen = self.choose_prompt(prompt, prompt_name)?;
+        if !chosen.is_empty() && !self.include_prompt && !matches!(self.pooling, Pooling::Cls | Pooling::LastToken) {
+            // sentence-transformers would pool without the prompt's tokens; this crate does not do that yet.
+            return Err(format!(
+                "a prompt with this model: its Pooling config sets include_prompt false (prompt tokens left out of {} pooling), which is not supported; embed without --prompt/--prompt-name, or with a model that includes the prompt",
+                serde_json::to_value(self.pooling).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ));
+        }
+        Ok(chosen)
+    }
+
+    fn choose_prompt(&self, prompt: Option<&str>, prompt_name: Option<&str>) -> Result<String, String> {
         if let Some(p) = prompt {
             return Ok(p.to_string());
         }
@@ -616,13 +665,36 @@ pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Po
         match pooling {
             Pooling::Cls => row.copy_from_slice(tok(0)),
             Pooling::LastToken => row.copy_from_slice(tok(n - 1)),
-            Pooling::Mean => {
+            Pooling::Mean | Pooling::MeanSqrtLen => {
                 for t in 0..n {
                     for (o, v) in row.iter_mut().zip(tok(t)) {
                         *o += v;
                     }
                 }
-                let inv = 1.0 / n.max(1) as f32;
+                let count = n.max(1) as f32;
+                let inv = 1.0 / if pooling == Pooling::Mean { count } else { count.sqrt() };
+                row.iter_mut().for_each(|o| *o *= inv);
+            }
+            Pooling::Max => {
+                // sentence-transformers sets padding to -1e9 first; rows always have a token.
+                row.fill(f32::NEG_INFINITY);
+                for t in 0..n {
+                    for (o, v) in row.iter_mut().zip(tok(t)) {
+                        *o = o.max(*v);
+                    }
+                }
+                if n == 0 {
+                    row.fill(-1e9);
+                }
+            }
+            Pooling::WeightedMean => {
+                for t in 0..n {
+                    let w = (t + 1) as f32;
+                    for (o, v) in row.iter_mut().zip(tok(t)) {
+                        *o += w * v;
+                    }
+                }
+                let inv = 1.0 / ((n * (n + 1) / 2).max(1) as f32);
                 row.iter_mut().for_each(|o| *o *= inv);
             }
         }
@@ -646,6 +718,12 @@ mod tests {
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Mean, false), vec![2., 3., 1., 1.]);
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Cls, false), vec![1., 2., 1., 0.]);
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::LastToken, false), vec![3., 4., 2., 2.]);
+        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Max, false), vec![3., 4., 2., 2.]);
+        let s = pool(&hidden, &lens, 3, 2, Pooling::MeanSqrtLen, false);
+        assert!((s[0] - 4.0 / 2f32.sqrt()).abs() < 1e-6 && (s[1] - 6.0 / 2f32.sqrt()).abs() < 1e-6, "{s:?}");
+        // Weights 1 and 2 (position + 1) over their sum 3: (1*1 + 2*3) / 3, (1*2 + 2*4) / 3.
+        let w = pool(&hidden, &lens, 3, 2, Pooling::WeightedMean, false);
+        assert!((w[0] - 7.0 / 3.0).abs() < 1e-6 && (w[1] - 10.0 / 3.0).abs() < 1e-6, "{w:?}");
         let n = pool(&hidden, &lens, 3, 2, Pooling::LastToken, true);
         assert!((n[0] - 0.6).abs() < 1e-6 && (n[1] - 0.8).abs() < 1e-6);
     }

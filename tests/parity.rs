@@ -68,6 +68,77 @@ fn minilm_matches_sentence_transformers_reference() {
     }
 }
 
+/// A copy of the real model folder (files linked) with one pooling mode and no Normalize module.
+fn minilm_with_pooling(dir: &std::path::Path, flag: &str) -> std::path::PathBuf {
+    let folder = dir.join(flag);
+    std::fs::create_dir_all(folder.join("1_Pooling")).unwrap();
+    for e in std::fs::read_dir(model()).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "modules.json" {
+            std::os::unix::fs::symlink(e.path(), folder.join(e.file_name())).unwrap();
+        }
+    }
+    let modules = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+        {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#;
+    std::fs::write(folder.join("modules.json"), modules).unwrap();
+    std::fs::write(folder.join("1_Pooling/config.json"), format!(r#"{{"word_embedding_dimension": 384, "{flag}": true}}"#)).unwrap();
+    folder
+}
+
+#[test]
+fn every_pooling_mode_matches_sentence_transformers() {
+    // tests/fixtures/minilm-pooling-reference.jsonl (scripts/make-pooling-fixtures.py): 16 texts pooled by each
+    // mode of sentence-transformers' Pooling, not normalized.
+    let fixture: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/minilm-pooling-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, flag, pooling) in [
+        ("cls", "pooling_mode_cls_token", Pooling::Cls),
+        ("mean", "pooling_mode_mean_tokens", Pooling::Mean),
+        ("max", "pooling_mode_max_tokens", Pooling::Max),
+        ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens", Pooling::MeanSqrtLen),
+        ("weightedmean", "pooling_mode_weightedmean_tokens", Pooling::WeightedMean),
+        ("lasttoken", "pooling_mode_lasttoken", Pooling::LastToken),
+    ] {
+        let spec = ModelSpec::load(&minilm_with_pooling(dir.path(), flag), None).unwrap();
+        assert_eq!((spec.pooling, spec.normalize), (pooling, false), "{mode}");
+        let tok = spec.tokenizer().unwrap();
+        let refs: Vec<&serde_json::Value> = fixture.iter().filter(|r| r["mode"] == mode).collect();
+        assert_eq!(refs.len(), 16, "{mode}");
+        let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+        for (name, mut backend) in bert_backends(&spec) {
+            let mut worst = (1.0f64, 0.0f32);
+            for (k, group) in texts.chunks(5).enumerate() {
+                let out = backend.embed(&batch(&tok, group, (k * 5) as u64)).unwrap();
+                for (i, v) in out.chunks(384).enumerate() {
+                    let want: Vec<f32> = refs[k * 5 + i]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+                    let (c, d) = (cosine(v, &want), max_abs_diff(v, &want) / scale);
+                    worst = (worst.0.min(c), worst.1.max(d));
+                    assert!(c >= 0.99999 && d <= 1e-4, "{mode}, {name}: text {:?}: cosine {c}, max abs diff {d} (of the largest value)", group[i]);
+                }
+            }
+            eprintln!("pooling {mode} ({name}): worst cosine {:.9}, worst max abs diff {:.2e} of the largest value", worst.0, worst.1);
+        }
+    }
+    // include_prompt false (prompt tokens left out of pooling) with a prompt is refused; without one it is the
+    // same model.
+    let folder = minilm_with_pooling(&dir.path().join("no-prompt"), "pooling_mode_mean_tokens");
+    std::fs::write(folder.join("1_Pooling/config.json"), r#"{"pooling_mode_mean_tokens": true, "include_prompt": false}"#).unwrap();
+    let spec = ModelSpec::load(&folder, None).unwrap();
+    assert_eq!(spec.resolve_prompt(None, None).unwrap(), "");
+    let e = spec.resolve_prompt(Some("query: "), None).unwrap_err();
+    assert!(e.contains("include_prompt false"), "{e}");
+    // Two modes at once (sentence-transformers concatenates them) are refused by name.
+    let folder = minilm_with_pooling(&dir.path().join("two"), "pooling_mode_max_tokens");
+    std::fs::write(folder.join("1_Pooling/config.json"), r#"{"pooling_mode_max_tokens": true, "pooling_mode_mean_tokens": true}"#).unwrap();
+    let e = ModelSpec::load(&folder, None).unwrap_err().to_string();
+    assert!(e.contains("1_Pooling/config.json") && e.contains("max") && e.contains("mean"), "{e}");
+}
+
 #[test]
 fn embedding_does_not_depend_on_batch_composition() {
     let spec = ModelSpec::load(&model(), None).unwrap();
