@@ -97,26 +97,9 @@ start_holder() { # NAME NETNS|-
   return 1
 }
 
-free_port() {
-  python3 - "$1" <<'PY'
-import socket, sys
-p = int(sys.argv[1])
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))
-            return True
-        except OSError:
-            return False
-while not free(p):
-    p += 1
-print(p)
-PY
-}
-
 write_conf() { # N I
   local n=$1 i=$2 k port net=10.79.$2
-  port=$(free_port $((17900 + 10 * i)))
+  port=$("$root/scripts/free-port.py" $((17900 + 10 * i)) 2 0.0.0.0)
   mkdir -p "$dir/etc"
   {
     echo "127.0.0.1 localhost"

@@ -20,24 +20,6 @@ cpus=${SLURM_LOCAL_CPUS:-8}
 conf=$dir/slurm.conf
 user=$(id -un)
 
-# The first port from $1 up where it and the next one are free (nothing listens on them).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-p = int(sys.argv[1])
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-while not (free(p) and free(p + 1)):
-    p += 2
-print(p)
-PY
-}
-
 stop() {
   for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     if [ -f "$pidfile" ]; then
@@ -53,7 +35,7 @@ stop() {
 case "${1:-start}" in
 start)
   stop
-  port=${SLURM_LOCAL_PORT:-$(free_ports 16817)}
+  port=${SLURM_LOCAL_PORT:-$("$root/scripts/free-port.py" 16817 2)}
   rm -rf "$dir/state" "$dir/spool"
   mkdir -p "$dir/state" "$dir/spool" "$dir/log" "$dir/munge"
   chmod 700 "$dir/munge"

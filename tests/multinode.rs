@@ -6,97 +6,46 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chatspace_mpi::manifest::{Manifest, Status};
+use common::slurm::Slurm;
 use common::*;
 
 /// A cluster in its own folder under target/ (the nodes see the checkout; each has its own /tmp), brought
-/// down when dropped.
+/// down when dropped; its clients through [`Slurm`], with the Open MPI launch agent for `mpirun --host`.
 struct Cluster {
-    dir: PathBuf,
-    conf: PathBuf,
-    agent: PathBuf,
+    slurm: Slurm,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Slurm;
+    fn deref(&self) -> &Slurm {
+        &self.slurm
+    }
 }
 
 impl Cluster {
     fn start(name: &str, nodes: usize) -> Cluster {
         let dir = root().join("target/multinode-tests").join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("work")).unwrap();
         let o = script(&dir).args(["start", &nodes.to_string()]).output().unwrap();
         assert!(o.status.success(), "cluster start: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
         let exports = String::from_utf8_lossy(&o.stdout).into_owned();
         let value = |key: &str| exports.lines().find_map(|l| l.strip_prefix(&format!("export {key}=")).map(PathBuf::from)).unwrap();
-        std::fs::create_dir_all(dir.join("work")).unwrap();
-        Cluster { conf: value("SLURM_CONF"), agent: value("OMPI_MCA_plm_rsh_agent"), dir: dir.join("work") }
+        let env = vec![("OMPI_MCA_plm_rsh_agent".to_string(), value("OMPI_MCA_plm_rsh_agent"))];
+        Cluster { slurm: Slurm { conf: value("SLURM_CONF"), dir: dir.join("work"), env } }
     }
 
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("SLURM_CONF", &self.conf).env("OMPI_MCA_plm_rsh_agent", &self.agent);
-        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-        c.current_dir(&self.dir);
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let o = self.cmd(program).args(args).output().unwrap();
-        assert!(o.status.success(), "{program} {args:?}: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Submits slurm/embed.sbatch with the real model; returns the job id.
+    /// Submits slurm/embed.sbatch with progress every 2 s and LAUNCHER_GRACE 20 s; returns the job id.
     fn submit(&self, name: &str, data: &Path, out: &Path, sbatch: &[&str], embed: &str, env: &[(&str, &str)]) -> String {
-        let log = self.dir.join(format!("{name}-%j.log"));
-        let mut c = self.cmd("sbatch");
-        c.arg("--parsable").arg(format!("--output={}", log.display())).args(sbatch).arg(root().join("slurm/embed.sbatch"));
-        c.env("DATASET", data).env("MODEL", model()).env("OUTPUT_ROOT", out).env("CHATSPACE_BIN", bin());
-        c.env("EMBED_ARGS", embed).env("RUST_LOG", "warn").env("PROGRESS_INTERVAL", "2").env("LAUNCHER_GRACE", "20");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "sbatch: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).trim().split(';').next().unwrap().to_string()
-    }
-
-    fn log(&self, name: &str, job: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}-{job}.log"))).unwrap_or_default()
-    }
-
-    fn job(&self, job: &str) -> HashMap<String, String> {
-        let text = self.run("scontrol", &["show", "job", "-o", job]);
-        text.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    /// Waits for a final state; a requeued job waiting for its BeginTime (~120 s) is started at once.
-    fn wait_final(&self, job: &str, secs: u64) -> HashMap<String, String> {
-        let start = Instant::now();
-        loop {
-            let j = self.job(job);
-            let state = j.get("JobState").cloned().unwrap_or_default();
-            match state.as_str() {
-                "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" => return j,
-                "PENDING" => self.start_requeued(job),
-                _ => {}
-            }
-            assert!(start.elapsed() < Duration::from_secs(secs), "job {job} still {state} after {secs}s");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    /// A requeued job waits for its BeginTime (~120 s): start it now, after the few seconds slurmd needs to
-    /// clean up the previous start's step on its nodes (the same step id would find its PMIx socket taken).
-    fn start_requeued(&self, job: &str) {
-        let j = self.job(job);
-        if j.get("JobState").is_some_and(|s| s == "PENDING") && j.get("Reason").is_some_and(|r| r == "BeginTime") {
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = self.cmd("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).status();
-        }
+        let mut all = vec![("PROGRESS_INTERVAL", "2"), ("LAUNCHER_GRACE", "20")];
+        all.extend_from_slice(env);
+        self.slurm.submit(name, data, out, sbatch, embed, &all)
     }
 
     fn node_state(&self, node: &str, state: &str) {

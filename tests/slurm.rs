@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::slurm::Slurm;
 use common::*;
 
 #[test]
@@ -37,10 +38,10 @@ fn sbatch_header_is_the_documented_one() {
     assert!(last_sbatch < first_command);
 }
 
-/// A private cluster for this test run, stopped when dropped.
+/// A private cluster for this test run, stopped when dropped; its clients through [`Slurm`].
 struct Cluster {
     dir: tempfile::TempDir,
-    conf: PathBuf,
+    slurm: Slurm,
 }
 
 impl Cluster {
@@ -48,64 +49,20 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let o = Command::new(root().join("scripts/slurm-cluster.sh")).arg("start").env("SLURM_LOCAL_DIR", dir.path().join("slurm")).output().unwrap();
         assert!(o.status.success(), "cluster start failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-        let conf = dir.path().join("slurm/slurm.conf");
-        Cluster { dir, conf }
+        let slurm = Slurm { conf: dir.path().join("slurm/slurm.conf"), dir: dir.path().to_path_buf(), env: Vec::new() };
+        Cluster { dir, slurm }
     }
 
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("SLURM_CONF", &self.conf);
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let o = self.cmd(program).args(args).output().unwrap();
-        assert!(o.status.success(), "{program} {args:?}: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Submits slurm/embed.sbatch; returns the job id.
+    /// Submits slurm/embed.sbatch with `LAUNCHER=launcher`; returns the job id.
     fn submit(&self, name: &str, data: &Path, out: &Path, launcher: &str, sbatch: &[&str], embed: &str) -> String {
-        let log = self.dir.path().join(format!("{name}-%j.log"));
-        let mut c = self.cmd("sbatch");
-        c.arg("--parsable").arg(format!("--output={}", log.display())).args(sbatch).arg(root().join("slurm/embed.sbatch"));
-        c.env("DATASET", data).env("MODEL", model()).env("OUTPUT_ROOT", out).env("LAUNCHER", launcher);
-        c.env("CHATSPACE_BIN", bin()).env("EMBED_ARGS", embed);
-        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env("RUST_LOG", "warn");
-        c.current_dir(self.dir.path());
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "sbatch: {}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).trim().split(';').next().unwrap().to_string()
+        self.slurm.submit(name, data, out, sbatch, embed, &[("LAUNCHER", launcher)])
     }
+}
 
-    fn log(&self, name: &str, job: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}-{job}.log"))).unwrap_or_default()
-    }
-
-    /// `scontrol show job` as key=value pairs.
-    fn job(&self, job: &str) -> std::collections::HashMap<String, String> {
-        let text = self.run("scontrol", &["show", "job", "-o", job]);
-        text.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    /// Waits for a final state; a requeued job waiting for its BeginTime (~120 s) is started at once.
-    fn wait_final(&self, job: &str, secs: u64) -> std::collections::HashMap<String, String> {
-        let start = Instant::now();
-        loop {
-            let j = self.job(job);
-            let state = j.get("JobState").cloned().unwrap_or_default();
-            match state.as_str() {
-                "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY" => return j,
-                "PENDING" if j.get("Reason").is_some_and(|r| r == "BeginTime") => {
-                    // Give slurmd a few seconds to clean up the previous attempt's step, as the real delay would.
-                    std::thread::sleep(Duration::from_secs(5));
-                    let _ = self.cmd("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).status();
-                }
-                _ => {}
-            }
-            assert!(start.elapsed() < Duration::from_secs(secs), "job {job} still {state} after {secs}s");
-            std::thread::sleep(Duration::from_millis(500));
-        }
+impl std::ops::Deref for Cluster {
+    type Target = Slurm;
+    fn deref(&self) -> &Slurm {
+        &self.slurm
     }
 }
 

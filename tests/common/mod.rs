@@ -10,6 +10,8 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, UInt64Array};
 use chatspace_mpi::manifest::Manifest;
 use chatspace_mpi::ranges;
 
+pub mod slurm;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
