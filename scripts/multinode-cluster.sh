@@ -88,6 +88,13 @@ start_holder() { # NAME NETNS|-
     chmod 1777 "$dir/nodes/$n/tmp"
     # A shared /tmp breaks srun --mpi=pmix (both nodes' slurmstepd create /tmp/spmix_appdir_*).
     local_fs="mount -t tmpfs -o size=1g,mode=1777 csmn-shm-$n /dev/shm; mount --bind $dir/nodes/$n/tmp /tmp;"
+    # The checkout and the cluster folder stay shared when they live under /tmp: the host's /tmp is staged at
+    # /mnt before the node's own goes over it, and each is bound back at its path.
+    local p reexpose=""
+    for p in "$root" "$dir"; do
+      case "$p" in /tmp/*) reexpose="$reexpose mkdir -p $p && mount --bind /mnt/${p#/tmp/} $p;" ;; esac
+    done
+    [ -z "$reexpose" ] || local_fs="mount --bind /tmp /mnt; $local_fs $reexpose umount -l /mnt;"
   fi
   setsid "${pre[@]}" unshare --uts --mount --propagation private \
     sh -c "hostname $n; mount --bind $dir/etc/hosts /etc/hosts; $local_fs echo \$\$ > $pf; exec sleep infinity" \

@@ -203,6 +203,10 @@ pub struct EmbedArgs {
     /// Embeddings are written as float32 either way.
     #[arg(long, env = "CHATSPACE_DTYPE", default_value = "float32", value_parser = DTYPES)]
     pub dtype: String,
+    /// Keep the first N dimensions of each embedding (Matryoshka models; sentence-transformers'
+    /// `truncate_dim`): cut after the model's own modules, Normalize included, and not normalized again.
+    #[arg(long, env = "CHATSPACE_TRUNCATE_DIM")]
+    pub truncate_dim: Option<usize>,
     /// Run id recorded in the manifest (default: from the start time).
     #[arg(long)]
     pub run_id: Option<String>,

@@ -66,6 +66,9 @@ pub struct RunConfig {
     pub prompt: Option<String>,
     pub prompt_name: Option<String>,
     pub max_rows: Option<u64>,
+    /// `--truncate-dim` (checked against the model's dim when the model is loaded).
+    #[serde(default)]
+    pub truncate_dim: Option<usize>,
     pub model: PathBuf,
     pub model_name: Option<String>,
     pub output_root: PathBuf,
@@ -151,6 +154,9 @@ impl RunConfig {
         if a.input.max_rows == Some(0) {
             return Err("--max-rows must be at least 1".into());
         }
+        if a.truncate_dim == Some(0) {
+            return Err("--truncate-dim must be at least 1".into());
+        }
         let device = match a.device.as_str() {
             "cpu" => DeviceChoice::Cpu,
             "auto" => DeviceChoice::Auto,
@@ -190,6 +196,7 @@ impl RunConfig {
             prompt: a.input.prompt.clone(),
             prompt_name: a.input.prompt_name.clone(),
             max_rows: a.input.max_rows,
+            truncate_dim: a.truncate_dim,
             model: a.input.model.clone(),
             model_name: a.model_name.clone(),
             output_root: a.output_root.clone(),

@@ -233,6 +233,9 @@ pub struct Fingerprint {
     pub normalize: bool,
     pub max_seq_length: usize,
     pub dim: usize,
+    /// `--truncate-dim` (absent: the model's dim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate_dim: Option<usize>,
     pub dtype: String,
     #[serde(default = "default_encoder")]
     pub encoder: crate::cli::EncoderKind,
@@ -989,6 +992,7 @@ pub(crate) mod tests_support {
                 normalize: true,
                 max_seq_length: 8,
                 dim: 4,
+                truncate_dim: None,
                 dtype: "float32".into(),
                 encoder: crate::cli::EncoderKind::Model,
             },

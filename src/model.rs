@@ -52,6 +52,18 @@ pub enum Pooling {
 }
 
 impl Pooling {
+    /// The name manifests and shard metadata use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::LastToken => "lasttoken",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Pooling::WeightedMean => "weightedmean",
+        }
+    }
+
     /// The mode a `pooling_mode_*` flag of 1_Pooling/config.json turns on.
     pub fn from_flag(flag: &str) -> Option<Pooling> {
         Some(match flag {
@@ -293,7 +305,7 @@ impl ModelSpec {
             // sentence-transformers would pool without the prompt's tokens; this crate does not do that yet.
             return Err(format!(
                 "a prompt with this model: its Pooling config sets include_prompt false (prompt tokens left out of {} pooling), which is not supported; embed without --prompt/--prompt-name, or with a model that includes the prompt",
-                serde_json::to_value(self.pooling).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                self.pooling.name()
             ));
         }
         Ok(chosen)
@@ -719,6 +731,9 @@ mod tests {
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Cls, false), vec![1., 2., 1., 0.]);
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::LastToken, false), vec![3., 4., 2., 2.]);
         assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Max, false), vec![3., 4., 2., 2.]);
+        for p in [Pooling::Mean, Pooling::Cls, Pooling::LastToken, Pooling::Max, Pooling::MeanSqrtLen, Pooling::WeightedMean] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "the manifest's name is the metadata's");
+        }
         let s = pool(&hidden, &lens, 3, 2, Pooling::MeanSqrtLen, false);
         assert!((s[0] - 4.0 / 2f32.sqrt()).abs() < 1e-6 && (s[1] - 6.0 / 2f32.sqrt()).abs() < 1e-6, "{s:?}");
         // Weights 1 and 2 (position + 1) over their sum 3: (1*1 + 2*3) / 3, (1*2 + 2*4) / 3.

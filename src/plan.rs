@@ -91,6 +91,13 @@ pub struct Plan {
     pub source: DatasetSource,
 }
 
+impl Plan {
+    /// Dimensions of the stored embeddings: the model's, or `--truncate-dim`'s.
+    pub fn output_dim(&self) -> usize {
+        self.config.truncate_dim.map_or(self.model.dim, |n| n.min(self.model.dim))
+    }
+}
+
 /// A local path, or a Hub dataset repo resolved to a commit in the HF cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSource {

@@ -122,7 +122,9 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         }
     };
     let fault = injected_fault_row();
-    let dim = backend.dim();
+    let model_dim = backend.dim();
+    // --truncate-dim: the first `dim` of each embedding are sent (sentence-transformers' truncate_dim).
+    let dim = plan.output_dim().min(model_dim);
     // Batches received and not yet embedded. Everything waiting in the inbox is pulled in before each batch,
     // so a drain is seen at once rather than after the batches queued ahead of it.
     let mut queue: VecDeque<crate::protocol::Envelope> = VecDeque::new();
@@ -161,7 +163,10 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
             return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
         }
         let started = std::time::Instant::now();
-        let values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        let mut values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        if dim < model_dim {
+            values = values.chunks(model_dim).flat_map(|row| &row[..dim]).copied().collect();
+        }
         test_delay("encoder-batch");
         let seconds = started.elapsed().as_secs_f64();
         // Tokens computed: the padded rectangle for backends that pad, else just the tokens.

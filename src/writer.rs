@@ -215,7 +215,7 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         let ids: Vec<u64> = ids.iter().zip(&keep).filter(|(_, k)| **k).map(|(id, _)| *id).collect();
         (ids, columns, covered)
     };
-    let dim = if p.dim == 0 { plan.model.dim } else { p.dim };
+    let dim = if p.dim == 0 { plan.output_dim() } else { p.dim };
     let mut entry = ShardEntry {
         path: String::new(),
         shard_index: shard,
@@ -259,7 +259,8 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         ("chatspace.run_id", plan.run_id.clone()),
         ("chatspace.created_at", entry.created_at.clone()),
         ("chatspace.dtype", plan.config.dtype.name().to_string()),
-        ("chatspace.pooling", format!("{:?}", plan.model.pooling).to_lowercase()),
+        ("chatspace.pooling", plan.model.pooling.name().to_string()),
+        ("chatspace.truncate_dim", plan.config.truncate_dim.map_or(String::new(), |n| n.to_string())),
         ("chatspace.normalize", plan.model.normalize.to_string()),
         ("chatspace.chunk", p.spec.index.to_string()),
         ("chatspace.row_ranges", serde_json::to_string(&entry.row_ranges).expect("ranges serialize")),

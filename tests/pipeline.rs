@@ -222,6 +222,43 @@ fn noop_encoder_runs_the_pipeline_and_is_fingerprinted() {
 /// Every message over MPI split into parts of at most 1,000 bytes (the plan, chunks of text, token batches,
 /// embeddings) arrives whole: the output equals a plain run's, bit for bit.
 #[test]
+fn truncate_dim_keeps_the_first_dimensions_as_sentence_transformers_does() {
+    // Matryoshka truncation: the first N of each embedding, after Normalize and not normalized again (the
+    // `truncate_dim` of sentence-transformers), under mpirun -n 4; a plain run without it is the reference.
+    let d = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(d.path(), "d.jsonl", 60);
+    let full = d.path().join("full");
+    let o = embed_on(&data, &full).args(["--batch-size", "8"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, want) = read_output(&full);
+    let cut = d.path().join("cut");
+    let mut c = mpirun_cmd(4);
+    io_args(&mut c, &data, &cut).args(["--batch-size", "8", "--truncate-dim", "128", "--no-progress"]);
+    let o = run_limited(&mut c, 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    verify_ok(&cut);
+    let (m, rows) = read_output(&cut);
+    check_complete(&m, &rows);
+    assert_eq!((m.embedding_dim, m.fingerprint.dim, m.fingerprint.truncate_dim), (128, 384, Some(128)));
+    assert_eq!(rows.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (id, v) in &rows {
+        assert_eq!(v.len(), 128);
+        assert!(max_abs_diff(v, &want[id][..128]) <= 1e-6, "row {id}: the first 128 of the full embedding");
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(norm < 0.999, "row {id}: not normalized again (norm {norm})");
+    }
+    // Resuming with another dimension is refused by name; out-of-range values exit 1 naming the flag.
+    let o = embed_on(&data, &cut).args(["--resume", "--truncate-dim", "64"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("truncate_dim (manifest 128, now 64)"), "{}", stderr(&o));
+    for bad in ["0", "385"] {
+        let o = embed_on(&data, &d.path().join(format!("bad-{bad}"))).args(["--truncate-dim", bad]).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(stderr(&o).contains("--truncate-dim"), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
 fn messages_split_into_parts_arrive_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.jsonl");

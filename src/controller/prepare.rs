@@ -47,7 +47,10 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
         let tok = crate::tokenize::TextTokenizer::load(&model, config.tokenizer)?;
         log::info!("tokenizer: {}", tok.engine_name());
     }
-    check_shard_size(config.rows_per_shard, model.dim)?;
+    if let Some(n) = config.truncate_dim.filter(|&n| n > model.dim) {
+        anyhow::bail!("--truncate-dim {n}: the model {} makes embeddings of {} dimensions", model.name, model.dim);
+    }
+    check_shard_size(config.rows_per_shard, config.truncate_dim.unwrap_or(model.dim))?;
     let (files, source) = find_dataset(&config)?;
     if files.iter().any(|(_, f)| *f != files[0].1) {
         anyhow::bail!("--dataset {}: mixes Parquet and JSONL files; use one format", config.dataset);
@@ -225,6 +228,7 @@ pub fn fingerprint(plan: &Plan) -> Fingerprint {
         normalize: plan.model.normalize,
         max_seq_length: plan.model.max_seq_length,
         dim: plan.model.dim,
+        truncate_dim: c.truncate_dim,
         dtype: c.dtype.name().to_string(),
         encoder: c.encoder,
     }
@@ -274,7 +278,7 @@ fn new_manifest(plan: &Plan) -> Manifest {
         rows_embedded: 0,
         rows_skipped: 0,
         num_shards: 0,
-        embedding_dim: plan.model.dim,
+        embedding_dim: plan.output_dim(),
         rows_per_shard: c.rows_per_shard,
         shard_log: crate::manifest::log_name_for(&plan.output.manifest),
         created_at: plan.created_at.clone(),
