@@ -141,7 +141,7 @@ mod tests {
         // The only test here that touches these variables.
         let keys = ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK"];
         let saved: Vec<Option<String>> = keys.iter().map(|k| std::env::var(k).ok()).collect();
-        let set = |vals: [Option<&str>; 4]| {
+        let set = |vals: &[Option<&str>]| {
             for (k, v) in keys.iter().zip(vals) {
                 // SAFETY: no other test reads or writes these variables.
                 unsafe {
@@ -152,23 +152,15 @@ mod tests {
                 }
             }
         };
-        set([None, Some("3"), None, None]);
+        set(&[None, Some("3"), None, None]);
         assert_eq!(local_rank(), Some(3), "srun");
-        set([Some("1"), Some("3"), None, None]);
+        set(&[Some("1"), Some("3"), None, None]);
         assert_eq!(local_rank(), Some(1), "mpirun inside an allocation: Open MPI's own rank wins");
-        set([None, None, None, Some("2")]);
+        set(&[None, None, None, Some("2")]);
         assert_eq!(local_rank(), Some(2), "PMIx");
-        set([None, None, None, None]);
+        set(&[None, None, None, None]);
         assert_eq!(local_rank(), None);
-        for (k, v) in keys.iter().zip(saved) {
-            // SAFETY: as above.
-            unsafe {
-                match v {
-                    Some(v) => std::env::set_var(k, v),
-                    None => std::env::remove_var(k),
-                }
-            }
-        }
+        set(&saved.iter().map(Option::as_deref).collect::<Vec<_>>());
     }
 
     #[test]

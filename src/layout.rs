@@ -85,17 +85,7 @@ impl Layout {
             ),
             n => {
                 let workers = n - 1;
-                // Defaults: solve loaders = ceil(e/4), writers = ceil(e/8) for the largest e that fits.
-                let mut e = workers.saturating_sub(2);
-                let (mut l, mut w);
-                loop {
-                    l = loaders.unwrap_or(e.div_ceil(4).max(1));
-                    w = writers.unwrap_or(e.div_ceil(8).max(1));
-                    if l + w + e <= workers || e == 0 {
-                        break;
-                    }
-                    e -= 1;
-                }
+                let (l, w) = split(workers, loaders, writers);
                 if l + w >= workers {
                     return Err(format!("--loaders {l} and --writers {w} leave no encoder rank among {n} ranks (rank 0 is the controller)"));
                 }
@@ -141,8 +131,9 @@ impl Layout {
             layout.hosts = hosts.to_vec();
             return Ok(layout);
         }
-        Layout::new(hosts.len(), loaders, writers, 1)?; // the same checks of the flags
-                                                        // Each node's free ranks, lowest first.
+        // The same checks of the flags.
+        Layout::new(hosts.len(), loaders, writers, 1)?;
+        // Each node's free ranks, lowest first.
         let mut free: Vec<std::collections::VecDeque<usize>> = nodes.iter().map(|(_, r)| r.iter().copied().filter(|&r| r != 0).collect()).collect();
         let (mut lr, mut wr) = (Vec::new(), Vec::new());
         if loaders.is_some() || writers.is_some() {
@@ -167,17 +158,10 @@ impl Layout {
         }
         if loaders.is_none() || writers.is_none() {
             for f in free.iter_mut() {
-                let n = f.len();
-                let (l, w) = match n {
+                let (l, w) = match f.len() {
                     0 | 1 => (0, 0),
                     2 => (1, 0),
-                    n => {
-                        let mut e = n - 2;
-                        while e.div_ceil(4).max(1) + e.div_ceil(8).max(1) + e > n {
-                            e -= 1;
-                        }
-                        (e.div_ceil(4).max(1), e.div_ceil(8).max(1))
-                    }
+                    n => split(n, None, None),
                 };
                 if loaders.is_none() {
                     lr.extend((0..l).filter_map(|_| f.pop_front()));
@@ -295,6 +279,20 @@ impl Layout {
             })
             .collect::<Vec<_>>()
             .join("; ")
+    }
+}
+
+/// Loaders and writers for a pool of `workers` ranks (the rest are encoders): `--loaders`/`--writers`, else
+/// loaders = ceil(e/4) and writers = ceil(e/8), at least one each, for the largest e that fits.
+fn split(workers: usize, loaders: Option<usize>, writers: Option<usize>) -> (usize, usize) {
+    let mut e = workers.saturating_sub(2);
+    loop {
+        let l = loaders.unwrap_or(e.div_ceil(4).max(1));
+        let w = writers.unwrap_or(e.div_ceil(8).max(1));
+        if l + w + e <= workers || e == 0 {
+            return (l, w);
+        }
+        e -= 1;
     }
 }
 

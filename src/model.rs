@@ -64,18 +64,15 @@ impl Pooling {
         }
     }
 
-    /// The mode a `pooling_mode_*` flag of 1_Pooling/config.json turns on.
-    pub fn from_flag(flag: &str) -> Option<Pooling> {
-        Some(match flag {
-            "pooling_mode_cls_token" => Pooling::Cls,
-            "pooling_mode_mean_tokens" => Pooling::Mean,
-            "pooling_mode_max_tokens" => Pooling::Max,
-            "pooling_mode_mean_sqrt_len_tokens" => Pooling::MeanSqrtLen,
-            "pooling_mode_weightedmean_tokens" => Pooling::WeightedMean,
-            "pooling_mode_lasttoken" => Pooling::LastToken,
-            _ => return None,
-        })
-    }
+    /// The `pooling_mode_*` flags of 1_Pooling/config.json and the mode each turns on.
+    pub const FLAGS: [(&'static str, Pooling); 6] = [
+        ("pooling_mode_cls_token", Pooling::Cls),
+        ("pooling_mode_mean_tokens", Pooling::Mean),
+        ("pooling_mode_max_tokens", Pooling::Max),
+        ("pooling_mode_mean_sqrt_len_tokens", Pooling::MeanSqrtLen),
+        ("pooling_mode_weightedmean_tokens", Pooling::WeightedMean),
+        ("pooling_mode_lasttoken", Pooling::LastToken),
+    ];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,21 +220,11 @@ impl ModelSpec {
                 let file = format!("{}/config.json", m.path);
                 let pcfg = read_json(&require(folder, &file)?)?;
                 let on = |k: &str| pcfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-                let modes: Vec<&str> = [
-                    "pooling_mode_cls_token",
-                    "pooling_mode_mean_tokens",
-                    "pooling_mode_max_tokens",
-                    "pooling_mode_mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens",
-                    "pooling_mode_lasttoken",
-                ]
-                .into_iter()
-                .filter(|k| on(k))
-                .collect();
+                let modes: Vec<&(&str, Pooling)> = Pooling::FLAGS.iter().filter(|(k, _)| on(k)).collect();
                 pooling = match modes.as_slice() {
-                    [one] => Pooling::from_flag(one).expect("one of the flags listed above; this is a bug"),
+                    [(_, one)] => *one,
                     other => {
-                        let names: Vec<&str> = other.iter().map(|f| f.trim_start_matches("pooling_mode_")).collect();
+                        let names: Vec<&str> = other.iter().map(|(f, _)| f.trim_start_matches("pooling_mode_")).collect();
                         return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: names.join(" + ") });
                     }
                 };
@@ -688,15 +675,12 @@ pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Po
                 row.iter_mut().for_each(|o| *o *= inv);
             }
             Pooling::Max => {
-                // sentence-transformers sets padding to -1e9 first; rows always have a token.
+                // Over the row's own tokens (sentence-transformers sets padding to -1e9 first); rows have one.
                 row.fill(f32::NEG_INFINITY);
                 for t in 0..n {
                     for (o, v) in row.iter_mut().zip(tok(t)) {
                         *o = o.max(*v);
                     }
-                }
-                if n == 0 {
-                    row.fill(-1e9);
                 }
             }
             Pooling::WeightedMean => {

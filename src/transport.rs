@@ -342,18 +342,37 @@ pub struct Router {
     abort_code: Option<i32>,
     /// `--rank-timeout` over MPI (absent for one process, or with the check off).
     liveness: Option<Liveness>,
+    /// Where this rank's heartbeats go: from rank 0 to an endpoint of every other rank, else to the controller.
+    beat_to: Vec<Endpoint>,
 }
 
 impl Router {
     pub fn new(rank: usize, layout: Layout) -> Router {
         let (out_tx, out_rx) = channel();
-        Router { rank, layout, inboxes: HashMap::new(), out_rx, out_tx, roles: Vec::new(), shutdown_code: None, abort_code: None, liveness: None }
+        Router {
+            rank,
+            layout,
+            inboxes: HashMap::new(),
+            out_rx,
+            out_tx,
+            roles: Vec::new(),
+            shutdown_code: None,
+            abort_code: None,
+            liveness: None,
+            beat_to: Vec::new(),
+        }
     }
 
     /// Watches the other ranks (see [`Liveness`]): a rank silent for `timeout` is reported to the controller
     /// ([`Header::RankLost`]); a rank that stops hearing from rank 0 for `timeout` ends itself.
     pub fn with_rank_timeout(mut self, timeout: Option<Duration>) -> Router {
         self.liveness = timeout.filter(|_| self.layout.world_size > 1).map(|t| Liveness::new(self.layout.world_size, t, Instant::now()));
+        let controller_rank = self.layout.ranks[self.layout.controller() as usize];
+        self.beat_to = if self.rank == controller_rank {
+            (0..self.layout.world_size).filter(|&r| r != controller_rank).filter_map(|r| self.layout.local_endpoints(r).first().copied()).collect()
+        } else {
+            vec![self.layout.controller()]
+        };
         self
     }
 
@@ -361,27 +380,20 @@ impl Router {
     /// the end of this rank (the controller, or the link to it, is gone; Slurm or mpirun may never say so).
     fn watch(&mut self, wire: &mut Option<MpiWire>) {
         let Some(live) = self.liveness.as_mut() else { return };
+        // Once a heartbeat interval: send ours, then look for silence (the timeout's resolution is a beat).
         let now = Instant::now();
+        if !live.beat_due(now) {
+            return;
+        }
         let controller_rank = self.layout.ranks[self.layout.controller() as usize];
-        let beat = live.beat_due(now);
         let lost = if self.rank == controller_rank {
             live.lost((0..self.layout.world_size).filter(|&r| r != controller_rank), now)
         } else {
             live.lost(std::iter::once(controller_rank), now)
         };
         let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
-        if beat {
-            let to: Vec<Endpoint> = if self.rank == controller_rank {
-                (0..self.layout.world_size)
-                    .filter(|&r| r != controller_rank)
-                    .filter_map(|r| self.layout.local_endpoints(r).first().copied())
-                    .collect()
-            } else {
-                vec![self.layout.controller()]
-            };
-            for e in to {
-                self.deliver(Envelope::new(me, e, Header::Heartbeat), wire);
-            }
+        for e in self.beat_to.clone() {
+            self.deliver(Envelope::new(me, e, Header::Heartbeat), wire);
         }
         if self.rank == controller_rank {
             // Ranks that fell silent together (a node's) go in one report.
