@@ -143,7 +143,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 MpiDefault=none
 ReturnToService=2
-KillWait=10
+KillWait=30
 MinJobAge=600
 InactiveLimit=0
 Waittime=0

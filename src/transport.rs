@@ -277,6 +277,9 @@ pub fn this_host() -> String {
 /// How often routers send [`Header::Heartbeat`].
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often routers look for silent ranks (the resolution of `--rank-timeout`).
+const SILENCE_CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// Who has been heard from, for `--rank-timeout`: rank 0 watches every rank, the others watch rank 0. Any
 /// message counts; routers send a heartbeat every [`HEARTBEAT_EVERY`] so that a quiet rank is still heard.
 struct Liveness {
@@ -284,11 +287,12 @@ struct Liveness {
     heard: Vec<Instant>,
     reported: Vec<bool>,
     beat: Instant,
+    checked: Instant,
 }
 
 impl Liveness {
     fn new(ranks: usize, timeout: Duration, now: Instant) -> Liveness {
-        Liveness { timeout, heard: vec![now; ranks], reported: vec![false; ranks], beat: now - HEARTBEAT_EVERY }
+        Liveness { timeout, heard: vec![now; ranks], reported: vec![false; ranks], beat: now - HEARTBEAT_EVERY, checked: now }
     }
 
     fn heard(&mut self, rank: usize, now: Instant) {
@@ -301,6 +305,15 @@ impl Liveness {
     fn beat_due(&mut self, now: Instant) -> bool {
         if now.duration_since(self.beat) >= HEARTBEAT_EVERY {
             self.beat = now;
+            return true;
+        }
+        false
+    }
+
+    /// Whether it is time to look for silent ranks again.
+    fn check_due(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.checked) >= SILENCE_CHECK_EVERY {
+            self.checked = now;
             return true;
         }
         false
@@ -380,20 +393,23 @@ impl Router {
     /// the end of this rank (the controller, or the link to it, is gone; Slurm or mpirun may never say so).
     fn watch(&mut self, wire: &mut Option<MpiWire>) {
         let Some(live) = self.liveness.as_mut() else { return };
-        // Once a heartbeat interval: send ours, then look for silence (the timeout's resolution is a beat).
+        // A few times a second, not on every router turn: heartbeats when due, then a look for silence.
         let now = Instant::now();
-        if !live.beat_due(now) {
+        if !live.check_due(now) {
             return;
         }
+        let beat = live.beat_due(now);
         let controller_rank = self.layout.ranks[self.layout.controller() as usize];
         let lost = if self.rank == controller_rank {
             live.lost((0..self.layout.world_size).filter(|&r| r != controller_rank), now)
         } else {
             live.lost(std::iter::once(controller_rank), now)
         };
-        let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
-        for e in self.beat_to.clone() {
-            self.deliver(Envelope::new(me, e, Header::Heartbeat), wire);
+        if beat {
+            let me = self.layout.local_endpoints(self.rank).first().copied().unwrap_or(0);
+            for e in self.beat_to.clone() {
+                self.deliver(Envelope::new(me, e, Header::Heartbeat), wire);
+            }
         }
         if self.rank == controller_rank {
             // Ranks that fell silent together (a node's) go in one report.
