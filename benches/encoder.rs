@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use chatspace_mpi::model::{BackendOptions, Dtype, ModelSpec};
+use chatspace_mpi::encoder::{self, BackendOptions, Dtype};
+use chatspace_mpi::model::ModelSpec;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -32,25 +33,27 @@ fn main() {
     println!("{:<18} {:<9} {:>6} {:>8} {:>8} {:>10} {:>9} {:>8}", "backend", "order", "rows", "tokens", "secs", "tokens/s", "rows/s", "padding");
     for which in wanted.split(',').map(str::trim).filter(|w| !w.is_empty()) {
         let (name, mut backend) = match which {
-            "cpu" => (format!("cpu ({threads} threads)"), spec.backend(BackendOptions::cpu(threads)).expect("model")),
-            "cpu1" => ("cpu (1 thread)".to_string(), spec.backend(BackendOptions::cpu(1)).expect("model")),
-            "bf16" if chatspace_mpi::kernels::has_bf16_dot() => (
+            "cpu" => (format!("cpu ({threads} threads)"), encoder::load(&spec, BackendOptions::cpu(threads)).expect("model")),
+            "cpu1" => ("cpu (1 thread)".to_string(), encoder::load(&spec, BackendOptions::cpu(1)).expect("model")),
+            "bf16" if chatspace_mpi::encoder::kernels::has_bf16_dot() => (
                 format!("cpu bf16 ({threads} t)"),
-                spec.backend(BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }).expect("model"),
+                encoder::load(&spec, BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }).expect("model"),
             ),
             "bf16" => {
                 println!("(cpu bf16: this CPU has no AVX512_BF16)");
                 continue;
             }
-            "int8" if chatspace_mpi::kernels::has_int8_dot() => (
+            "int8" if chatspace_mpi::encoder::kernels::has_int8_dot() => (
                 format!("cpu int8 ({threads} t)"),
-                spec.backend(BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }).expect("model"),
+                encoder::load(&spec, BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }).expect("model"),
             ),
             "int8" => {
                 println!("(cpu int8: this CPU has no AVX512-VNNI)");
                 continue;
             }
-            "candle" => ("candle BertModel".to_string(), spec.backend(BackendOptions { reference: true, ..BackendOptions::cpu(1) }).expect("model")),
+            "candle" => {
+                ("candle BertModel".to_string(), encoder::load(&spec, BackendOptions { reference: true, ..BackendOptions::cpu(1) }).expect("model"))
+            }
             other => panic!("BENCH_BACKENDS: unknown backend {other} (cpu, cpu1, bf16, int8, candle)"),
         };
         // candle pads every batch, so its input-order pass is slow and says little: it runs sorted only.

@@ -37,10 +37,10 @@ pub enum Command {
     },
     /// Run the encoder alone on a JSONL of texts: tokens/s per batch size (after a warm-up pass), and
     /// optionally the embeddings as JSONL (parity checks on a GPU machine without cargo).
-    Encode(crate::encode::EncodeArgs),
+    Encode(EncodeArgs),
     /// Tokenize a dataset as `embed` would, without embedding: rows, tokens, rows cut, the length
     /// distribution and tokens/s (to size and cost a job before submitting it); `--ids-output` writes the ids.
-    Tokens(crate::tokens::TokensArgs),
+    Tokens(TokensArgs),
     /// Write one self-contained HTML page (inline SVG, no network) about the outputs of a manifest or folder:
     /// rows committed over time per run with preemptions and resumes marked, rows and bytes per shard, the
     /// token-length histogram and truncations.
@@ -60,7 +60,7 @@ pub enum Command {
 
 /// The values of `--device`.
 pub const DEVICES: [&str; 3] = ["cpu", "cuda", "auto"];
-/// The values of `--dtype` (the names `model::Dtype` records).
+/// The values of `--dtype` (the names `encoder::Dtype` records).
 pub const DTYPES: [&str; 4] = ["float32", "float16", "bfloat16", "int8"];
 
 /// How a text field holding a conversation (a list of {role, content}) becomes text.
@@ -75,7 +75,7 @@ pub enum ChatFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EncoderKind {
-    /// The model: BERT on this crate's CPU forward pass (src/bert.rs), Qwen3 on candle.
+    /// The model: BERT on this crate's CPU forward pass (src/encoder/bert.rs), Qwen3 on candle.
     Model,
     /// BERT on candle-transformers' `BertModel`: the reference the fast path is tested against (slower).
     Candle,
@@ -181,7 +181,7 @@ pub struct EmbedArgs {
     /// always uses the `tokenizers` crate. The ids are the same.
     #[arg(long, env = "CHATSPACE_TOKENIZER", value_enum, default_value = "auto")]
     #[serde(default)]
-    pub tokenizer: crate::tokenize::TokenizerChoice,
+    pub tokenizer: TokenizerChoice,
     /// Batches a loader may have in flight per encoder at the start; the window grows (up to 32) for an
     /// encoder that runs out of queued batches while the loader has more ready, so fast encoders are never
     /// starved by the round trip.
@@ -265,6 +265,67 @@ impl EmbedArgs {
 }
 
 /// `embed` flags parsed from the given extra arguments (after `--dataset d.jsonl --model m`), for tests.
+/// Flags of `chatspace-mpi encode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncodeArgs {
+    /// A sentence-transformers model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL input; each line's `--text-field` is embedded.
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// cuda or auto take a GPU; float16 runs on cuda only, int8 on the cpu only.
+    #[arg(long, default_value = "cpu", value_parser = DEVICES)]
+    pub device: String,
+    #[arg(long, default_value = "float32", value_parser = DTYPES)]
+    pub dtype: String,
+    /// Threads of the CPU encoder (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, default_value = "32", value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Write `{"row": i, "embedding": [...]}` lines, in input order, for the first batch size.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Flags of `chatspace-mpi tokens` (those shared with `embed` mean the same).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokensArgs {
+    /// The input and the model, as for `embed`.
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Tokenizer threads (0: every core this process may use).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Tokenizer implementation, as for `embed`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tokenizer: TokenizerChoice,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Write `row_id` (uint64) and `ids` (list<int32>, special tokens included) of every embedded row to
+    /// this Parquet file.
+    #[arg(long)]
+    pub ids_output: Option<PathBuf>,
+}
+
+/// Which tokenizer implementation to use (`--tokenizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenizerChoice {
+    /// The fast path when the tokenizer.json is one it implements, `tokenizers` otherwise.
+    #[default]
+    Auto,
+    /// The fast path; an error when the tokenizer.json has a feature it does not implement.
+    Fast,
+    /// Hugging Face `tokenizers` (the reference the fast path is tested against).
+    Reference,
+}
+
 #[cfg(test)]
 pub(crate) fn test_args(extra: &[&str]) -> EmbedArgs {
     let mut argv = vec!["chatspace-mpi", "embed", "--dataset", "d.jsonl", "--model", "m"];

@@ -7,27 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{ChatFormat, EmbedArgs, EncoderKind};
-use crate::model::Dtype;
-
-/// Where encoders run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    Cpu,
-    Cuda,
-    /// CUDA when a GPU is visible, else the CPU.
-    Auto,
-}
-
-impl DeviceChoice {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceChoice::Cpu => "cpu",
-            DeviceChoice::Cuda => "cuda",
-            DeviceChoice::Auto => "auto",
-        }
-    }
-}
+use crate::encoder::{DeviceChoice, Dtype};
 
 /// What to do with an output that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +60,7 @@ pub struct RunConfig {
     #[serde(default)]
     pub loader_threads: usize,
     #[serde(default)]
-    pub tokenizer: crate::tokenize::TokenizerChoice,
+    pub tokenizer: crate::cli::TokenizerChoice,
     pub device: DeviceChoice,
     pub encoder: EncoderKind,
     pub dtype: Dtype,
@@ -160,7 +140,7 @@ impl RunConfig {
         let device = match a.device.as_str() {
             "cpu" => DeviceChoice::Cpu,
             "auto" => DeviceChoice::Auto,
-            "cuda" if crate::device::CUDA_BUILT => DeviceChoice::Cuda,
+            "cuda" if crate::encoder::cuda::CUDA_BUILT => DeviceChoice::Cuda,
             "cuda" => return Err("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()),
             other => return Err(format!("--device {other}: cpu, cuda or auto")),
         };
@@ -228,21 +208,14 @@ impl RunConfig {
     }
 }
 
-/// `--dtype`, checked against the device and encoder (what the CPU can do is checked here; on GPUs every
-/// dtype runs; `auto` may fall back to the CPU).
+/// `--dtype`, checked against the device and encoder by the encoder's rule table (some architecture must take
+/// it there; the model's own is checked when it is read). `auto` is taken as the device this process sees.
 fn check_dtype(name: &str, device: DeviceChoice, encoder: EncoderKind) -> Result<Dtype, String> {
-    let cpu_possible = device == DeviceChoice::Cpu || (device == DeviceChoice::Auto && crate::device::cuda_device_count() == 0);
     let dtype = Dtype::parse(name).ok_or_else(|| format!("--dtype {name}: float32, float16 (cuda), bfloat16 or int8 (cpu)"))?;
-    match dtype {
-        Dtype::F16 if cpu_possible => Err("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()),
-        Dtype::Bf16 if cpu_possible && !crate::kernels::has_bf16_dot() => Err("--dtype bfloat16: this CPU has no AVX512_BF16; use float32".into()),
-        Dtype::Int8 if device == DeviceChoice::Cuda => Err("--dtype int8 runs on the CPU only (--device cpu)".into()),
-        Dtype::Int8 if encoder == EncoderKind::Candle => {
-            Err("--dtype int8 runs on this crate's CPU BERT only (--encoder model), not on --encoder candle".into())
-        }
-        Dtype::Int8 if !crate::kernels::has_int8_dot() => Err("--dtype int8: this CPU has no AVX512-VNNI; use float32".into()),
-        _ => Ok(dtype),
+    if matches!(encoder, EncoderKind::Model | EncoderKind::Candle) {
+        crate::encoder::select::check(None, device, encoder == EncoderKind::Candle, dtype)?;
     }
+    Ok(dtype)
 }
 
 #[cfg(test)]

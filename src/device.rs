@@ -7,8 +7,8 @@
 //! placed in contiguous blocks (mpirun `--map-by slot`, srun block distribution), so that the node's first
 //! rank is `rank - local_rank`.
 
-use crate::layout::Layout;
-use crate::protocol::Endpoint;
+use crate::encoder::cuda::{cuda_device_count, CUDA_BUILT};
+use crate::layout::{Endpoint, Layout};
 
 /// This rank's index on its node, from the launcher: Open MPI, Slurm, MPICH/Hydra or PMIx.
 pub fn local_rank() -> Option<usize> {
@@ -34,21 +34,6 @@ pub fn gpu_ordinal(layout: &Layout, rank: usize, local_rank: usize, me: Endpoint
         .count();
     before % devices.max(1)
 }
-
-/// CUDA devices this process sees (0 in a build without the `cuda` feature, or without a driver).
-pub fn cuda_device_count() -> usize {
-    #[cfg(feature = "cuda")]
-    {
-        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        0
-    }
-}
-
-/// Whether this binary was built with CUDA support.
-pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// The GPU ordinal encoder `me` uses for `--device` (`None`: the CPU).
 pub fn resolve(device: &str, layout: &Layout, me: Endpoint) -> Result<Option<usize>, String> {

@@ -3,38 +3,12 @@
 //! for; every batch shape is run once to warm up before the timed pass. Optionally writes the embeddings.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::model::{BackendOptions, Dtype, ModelSpec};
+use crate::cli::EncodeArgs;
+use crate::encoder::{BackendOptions, Dtype};
+use crate::model::ModelSpec;
 use crate::protocol::TokenBatch;
-
-/// Flags of `chatspace-mpi encode`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EncodeArgs {
-    /// A sentence-transformers model folder.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// JSONL input; each line's `--text-field` is embedded.
-    #[arg(long)]
-    pub input: PathBuf,
-    #[arg(long, default_value = "text")]
-    pub text_field: String,
-    /// cuda or auto take a GPU; float16 runs on cuda only, int8 on the cpu only.
-    #[arg(long, default_value = "cpu", value_parser = crate::cli::DEVICES)]
-    pub device: String,
-    #[arg(long, default_value = "float32", value_parser = crate::cli::DTYPES)]
-    pub dtype: String,
-    /// Threads of the CPU encoder (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Batch sizes to time, comma-separated.
-    #[arg(long, default_value = "32", value_delimiter = ',')]
-    pub batch_sizes: Vec<usize>,
-    /// Write `{"row": i, "embedding": [...]}` lines, in input order, for the first batch size.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
 
 /// One timed pass over all rows at one batch size.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +30,7 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
     let layout = crate::layout::Layout::new(1, None, None, 1).map_err(anyhow::Error::msg)?;
     let gpu = crate::device::resolve(&args.device, &layout, layout.encoder(0)).map_err(anyhow::Error::msg)?;
     let threads = if args.threads > 0 { args.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
-    let mut backend = spec.backend(BackendOptions { threads, reference: false, dtype, gpu })?;
+    let mut backend = crate::encoder::load(&spec, BackendOptions { threads, reference: false, dtype, gpu })?;
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("--input {}", args.input.display()))?;
     let mut texts = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -140,14 +114,14 @@ pub fn command(args: &EncodeArgs) -> i32 {
                 };
                 if let Err(e) = write() {
                     eprintln!("error: --out {}: {e}", path.display());
-                    return crate::EXIT_FAILED;
+                    return crate::exit::EXIT_FAILED;
                 }
             }
-            crate::EXIT_OK
+            crate::exit::EXIT_OK
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
     }
 }

@@ -19,11 +19,11 @@ pub fn command(path: &Path, output: &Path) -> i32 {
     match run(path, output) {
         Ok(n) => {
             println!("report: {} ({n} output{})", output.display(), if n == 1 { "" } else { "s" });
-            crate::EXIT_OK
+            crate::exit::EXIT_OK
         }
         Err(e) => {
             eprintln!("error: {e}");
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
     }
 }

@@ -11,10 +11,10 @@ use arrow_array::{
     Array, ArrayRef, BooleanArray, LargeListArray, LargeStringArray, ListArray, RecordBatch, StringArray, StringViewArray, StructArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::ChatFormat;
-use crate::plan::{Format, InputFile, PlanError};
 
 /// Lines sniffed to infer a JSONL schema.
 const SNIFF_LINES: usize = 1000;
@@ -38,6 +38,29 @@ pub struct TextRule {
     pub chat: Option<ChatFormat>,
 }
 
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Jsonl,
+}
+
+/// One input file and where its rows sit in the global row-id space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: String,
+    pub format: Format,
+    /// Rows in the file (JSONL: lines, blank ones included).
+    pub rows: u64,
+    pub bytes: u64,
+    /// Global row id of the file's first row.
+    pub first_row: u64,
+    /// JSONL only: `(local line, byte offset)` of every line that starts a chunk, so loaders seek directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<(u64, u64)>,
+}
+
 /// The rows of one chunk that will be embedded.
 #[derive(Debug)]
 pub struct ChunkRows {
@@ -53,7 +76,7 @@ pub struct ChunkRows {
 const RESERVED: [&str; 3] = ["row_id", "text", "embedding"];
 
 /// Field names of a JSONL file in first-appearance order (from its first lines), for checks at plan time.
-pub fn jsonl_field_names(path: &Path) -> Result<Vec<String>, PlanError> {
+pub fn jsonl_field_names(path: &Path) -> Result<Vec<String>, InputError> {
     Ok(sniff_jsonl(path, true)?.names)
 }
 

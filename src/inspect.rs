@@ -229,9 +229,9 @@ pub fn verify_command(path: &Path, jobs: usize) -> i32 {
     match manifests_in(path) {
         Err(e) => {
             eprintln!("error: {e}");
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
-        Ok(manifests) => manifests.iter().map(|m| verify_one(m, jobs)).fold(crate::EXIT_OK, i32::max),
+        Ok(manifests) => manifests.iter().map(|m| verify_one(m, jobs)).fold(crate::exit::EXIT_OK, i32::max),
     }
 }
 
@@ -269,7 +269,7 @@ fn verify_one(manifest: &Path, jobs: usize) -> i32 {
     match verify(manifest, jobs, true) {
         Err(e) => {
             eprintln!("error: {e}");
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
         Ok((m, problems, stats)) if problems.is_empty() => {
             if let Some((line, bytes)) = m.log.torn {
@@ -290,14 +290,14 @@ fn verify_one(manifest: &Path, jobs: usize) -> i32 {
                 stats.bytes as f64 / 1e6 / stats.seconds.max(1e-9),
                 stats.jobs
             );
-            crate::EXIT_OK
+            crate::exit::EXIT_OK
         }
         Ok((_, problems, _)) => {
             eprintln!("error: {} problem(s) in {}:", problems.len(), manifest.display());
             for p in &problems {
                 eprintln!("  {p}");
             }
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
     }
 }
@@ -349,9 +349,7 @@ pub fn status_text(m: &Manifest) -> String {
         out += &format!("rows cut at max_seq_length {}: {cut} (their text past the limit is not in the embedding)\n", m.fingerprint.max_seq_length);
     }
     match last_rate(m) {
-        Some(rate) => {
-            out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {}\n", crate::controller::hms(left as f64 / rate))
-        }
+        Some(rate) => out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {}\n", crate::walltime::hms(left as f64 / rate)),
         None => out += "throughput (last run): unknown\nestimated time left: unknown\n",
     }
     out
@@ -405,17 +403,17 @@ pub fn status_command(path: &Path, json: bool) -> i32 {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
-            return crate::EXIT_FAILED;
+            return crate::exit::EXIT_FAILED;
         }
     };
-    let mut code = crate::EXIT_OK;
+    let mut code = crate::exit::EXIT_OK;
     for (i, manifest) in manifests.iter().enumerate() {
         match Manifest::read(manifest) {
             Ok(m) if json => println!("{}", status_json(manifest, &m)),
             Ok(m) => print!("{}manifest: {}\n{}", if i > 0 { "\n" } else { "" }, manifest.display(), status_text(&m)),
             Err(e) => {
                 eprintln!("error: {e}");
-                code = crate::EXIT_FAILED;
+                code = crate::exit::EXIT_FAILED;
             }
         }
     }

@@ -18,7 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Endpoint;
+/// Index of a role instance (controller, a loader, an encoder, a writer).
+pub type Endpoint = u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -312,14 +313,14 @@ pub fn encoder_threads(requested: usize, layout: &Layout) -> usize {
 /// Threads per loader: `requested`, or (0) under Slurm with `--cpus-per-task` each rank's own CPUs; else
 /// with CPU encoders 1 (they take the cores, and one tokenizer thread outruns many encoder cores); with GPU
 /// encoders the node's cores less one per encoder, shared among the loaders on the node.
-pub fn loader_threads(requested: usize, layout: &Layout, device: crate::config::DeviceChoice) -> usize {
+pub fn loader_threads(requested: usize, layout: &Layout, device: crate::encoder::DeviceChoice) -> usize {
     if requested > 0 {
         return requested;
     }
     if let Some(n) = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0) {
         return n;
     }
-    if device == crate::config::DeviceChoice::Cpu || !crate::device::CUDA_BUILT {
+    if device == crate::encoder::DeviceChoice::Cpu || !crate::encoder::cuda::CUDA_BUILT {
         return 1;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -518,7 +519,7 @@ mod tests {
         assert_eq!(auto_loader_threads(16, &l, 5), 16 - 3 - 1);
         // Never zero, even with more encoders than cores.
         assert_eq!(auto_loader_threads(4, &l, 10), 1);
-        assert_eq!(loader_threads(3, &l, crate::config::DeviceChoice::Cuda), 3, "asked for");
+        assert_eq!(loader_threads(3, &l, crate::encoder::DeviceChoice::Cuda), 3, "asked for");
     }
 
     #[test]

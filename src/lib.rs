@@ -2,8 +2,6 @@
 //! Parquet shards and a JSON manifest that is the run's checkpoint.
 
 pub mod batching;
-pub mod bert;
-pub mod bert_candle;
 pub mod card;
 pub mod checkpoint;
 pub mod cli;
@@ -11,13 +9,14 @@ pub mod config;
 pub mod controller;
 pub mod device;
 pub mod encode;
+pub mod encoder;
+pub mod exit;
 #[cfg(test)]
 mod fuzz;
 pub mod htmlreport;
 pub mod hub;
 pub mod input;
 pub mod inspect;
-pub mod kernels;
 pub mod layout;
 pub mod manifest;
 pub mod model;
@@ -42,11 +41,7 @@ use crate::controller::Outcome;
 use crate::layout::{Layout, Role};
 use crate::transport::{MpiWire, Router, RouterOutcome};
 
-/// Exit codes.
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub use controller::EXIT_PREEMPTED;
+pub use exit::{EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE};
 
 /// Parses the command line and runs it; returns the process exit code.
 pub fn run() -> i32 {

@@ -1,13 +1,10 @@
-//! Sentence-transformers model folders: what they declare (architecture, pooling, normalize, max length),
-//! the tokenizer, and the `Backend` contract that encoders run, with the candle BERT backend behind it.
+//! Sentence-transformers model folders: what they declare (architecture, pooling, normalize, max length,
+//! prompts) and their tokenizer. Nothing here runs a model: that is `crate::encoder`.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::protocol::TokenBatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -17,17 +14,13 @@ pub enum ModelError {
     MissingFile { folder: String, file: String },
     #[error("{file}: {message}")]
     BadFile { file: String, message: String },
-    #[error("{file}: unsupported architecture '{arch}' (supported: bert, qwen3)")]
+    #[error("{file}: unsupported architecture '{arch}' (its model_type; supported: {})", Architecture::names())]
     Unsupported { file: String, arch: String },
     #[error("{file}: pooling modes '{mode}': one mode is supported (cls_token, mean_tokens, max_tokens, mean_sqrt_len_tokens, weightedmean_tokens or lasttoken), not none or several together")]
     Pooling { file: String, mode: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    #[error("model: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("batch: {0}")]
-    Batch(String),
-    /// A setting this model or machine cannot run (e.g. `--dtype bfloat16` without AVX512_BF16).
+    /// A setting this model cannot take (a max length that leaves no room for text).
     #[error("{0}")]
     Setting(String),
 }
@@ -75,11 +68,34 @@ impl Pooling {
     ];
 }
 
+/// The architecture, from config.json's `model_type` (the name transformers' `AutoConfig` goes by).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Bert,
     Qwen3,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 2] = [Architecture::Bert, Architecture::Qwen3];
+
+    /// config.json's `model_type` (also the manifest's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    fn names() -> String {
+        Architecture::ALL.map(Architecture::name).join(", ")
+    }
+}
+
+/// The part of config.json that says what the model is.
+#[derive(Deserialize)]
+struct ModelType {
+    model_type: Option<serde_json::Value>,
 }
 
 /// What a model folder declares; small and serializable so it travels in the plan and the manifest.
@@ -190,19 +206,12 @@ impl ModelSpec {
         let weights = require(folder, "model.safetensors")?;
         let config = read_json(&config_path)?;
         check_config_fields(&config, &config_path)?;
-        let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let archs: Vec<String> = config
-            .get("architectures")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let architecture = if model_type == "bert" || archs.iter().any(|a| a.starts_with("Bert")) {
-            Architecture::Bert
-        } else if model_type == "qwen3" || archs.iter().any(|a| a.starts_with("Qwen3")) {
-            Architecture::Qwen3
-        } else {
-            let arch = if model_type.is_empty() { archs.join(",") } else { model_type };
-            return Err(ModelError::Unsupported { file: config_path.display().to_string(), arch });
+        let architecture = match serde_json::from_value::<ModelType>(config.clone()).ok().and_then(|t| t.model_type) {
+            None => return Err(ModelError::BadFile { file: config_path.display().to_string(), message: "no model_type".into() }),
+            Some(t) => serde_json::from_value::<Architecture>(t.clone()).map_err(|_| ModelError::Unsupported {
+                file: config_path.display().to_string(),
+                arch: t.as_str().map_or(t.to_string(), String::from),
+            })?,
         };
         let dim = config
             .get("hidden_size")
@@ -314,50 +323,6 @@ impl ModelSpec {
         }
     }
 
-    /// Loads the encoder for this model's architecture: BERT on this crate's CPU forward pass (or on candle's
-    /// `BertModel` with `opts.reference`), Qwen3 on candle. Only the CPU BERT has bfloat16 and int8 modes.
-    pub fn backend(&self, opts: BackendOptions) -> Result<Box<dyn Backend>, ModelError> {
-        if let Some(ordinal) = opts.gpu {
-            let device = cuda_device(ordinal)?;
-            let dtype = match opts.dtype {
-                Dtype::F32 => DType::F32,
-                Dtype::F16 => DType::F16,
-                Dtype::Bf16 => DType::BF16,
-                Dtype::Int8 => {
-                    return Err(ModelError::Setting(
-                        "--dtype int8 runs on the CPU only (BERT models); on cuda use float32, float16 or bfloat16".into(),
-                    ))
-                }
-            };
-            return Ok(match self.architecture {
-                Architecture::Bert => Box::new(crate::bert_candle::BertCandleBackend::load(self, &device, dtype)?),
-                Architecture::Qwen3 => Box::new(Qwen3Backend::load_on(self, &device, dtype)?),
-            });
-        }
-        match opts.dtype {
-            Dtype::F32 => {}
-            Dtype::F16 => {
-                return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32 or bfloat16".into()))
-            }
-            Dtype::Bf16 if opts.reference || self.architecture != Architecture::Bert => {
-                return Err(ModelError::Setting(
-                    "--dtype bfloat16 on cpu is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into(),
-                ))
-            }
-            Dtype::Int8 if opts.reference || self.architecture != Architecture::Bert => {
-                return Err(ModelError::Setting(
-                    "--dtype int8 is supported by the BERT CPU encoder only (--encoder model, BERT models); use float32".into(),
-                ))
-            }
-            Dtype::Bf16 | Dtype::Int8 => {}
-        }
-        Ok(match self.architecture {
-            Architecture::Bert if opts.reference => Box::new(BertBackend::load(self)?),
-            Architecture::Bert => Box::new(crate::bert::BertCpuBackend::load(self, opts.threads, opts.dtype)?),
-            Architecture::Qwen3 => Box::new(Qwen3Backend::load_on(self, &Device::Cpu, DType::F32)?),
-        })
-    }
-
     /// The tokenizer with truncation at `max_seq_length` and no fixed padding (tokenizer.json files often
     /// ship padding/truncation settings of their own that would change results).
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, ModelError> {
@@ -396,361 +361,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compute dtype (`--dtype`). Embeddings are written as float32 whatever it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Dtype {
-    #[serde(rename = "float32")]
-    F32,
-    /// CUDA only.
-    #[serde(rename = "float16")]
-    F16,
-    /// On CUDA; on the CPU, the BERT linear layers with AVX512_BF16 (float32 elsewhere).
-    #[serde(rename = "bfloat16")]
-    Bf16,
-    /// CPU only: the BERT linear layers in int8 with AVX512-VNNI (weights per column, activations per
-    /// row, int32 accumulation; float32 elsewhere).
-    #[serde(rename = "int8")]
-    Int8,
-}
-
-impl Dtype {
-    pub fn parse(s: &str) -> Option<Dtype> {
-        [Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Int8].into_iter().find(|d| d.name() == s)
-    }
-
-    /// The `--dtype` name (also what the manifest and the shards' metadata record).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "float32",
-            Dtype::F16 => "float16",
-            Dtype::Bf16 => "bfloat16",
-            Dtype::Int8 => "int8",
-        }
-    }
-}
-
-/// How [`ModelSpec::backend`] builds the encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendOptions {
-    /// Threads per batch (CPU BERT).
-    pub threads: usize,
-    /// candle-transformers' `BertModel` instead of this crate's BERT (the reference; slower; CPU).
-    pub reference: bool,
-    pub dtype: Dtype,
-    /// The CUDA device ordinal, or `None` for the CPU.
-    pub gpu: Option<usize>,
-}
-
-impl BackendOptions {
-    /// This crate's float32 CPU encoder with `threads` threads.
-    pub fn cpu(threads: usize) -> Self {
-        BackendOptions { threads, reference: false, dtype: Dtype::F32, gpu: None }
-    }
-}
-
-/// The candle device of CUDA GPU `ordinal`.
-#[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device, ModelError> {
-    Ok(Device::new_cuda(ordinal)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> Result<Device, ModelError> {
-    Err(ModelError::Setting("--device cuda: this binary was built without CUDA (scripts/build-cuda.sh builds one)".into()))
-}
-
-/// The encoder contract: token batches in, `rows x dim` float32 embeddings out (pooled, normalized if the
-/// model says so).
-pub trait Backend: Send {
-    fn dim(&self) -> usize;
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError>;
-    /// Whether a batch costs its padded rectangle (rows x longest row) rather than its tokens.
-    fn pads(&self) -> bool {
-        false
-    }
-}
-
-/// A model folder's config.json as `C`, and its float32 weights (memory-mapped) on the CPU.
-fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
-    load_parts_on(spec, &Device::Cpu, DType::F32)
-}
-
-/// As [`load_parts`], on `device` with weights converted to `dtype`.
-fn load_parts_on<C: serde::de::DeserializeOwned>(
-    spec: &ModelSpec,
-    device: &Device,
-    dtype: DType,
-) -> Result<(C, candle_nn::VarBuilder<'static>, Device), ModelError> {
-    let folder = Path::new(&spec.path);
-    let config_path = folder.join("config.json");
-    let config: C = serde_json::from_value(read_json(&config_path)?)
-        .map_err(|e| ModelError::BadFile { file: config_path.display().to_string(), message: e.to_string() })?;
-    let device = device.clone();
-    let weights = folder.join("model.safetensors");
-    // SAFETY: the weights file is memory-mapped read-only; we do not modify it while the model lives.
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[weights], dtype, &device)? };
-    Ok((config, vb, device))
-}
-
-/// Placeholder vectors without running a model, for measuring the pipeline around the encoder. Values are a
-/// cheap hash of the row id, length and first tokens (random mantissas, so shards compress like real floats),
-/// normalized like real embeddings.
-pub struct NoopBackend {
-    pub dim: usize,
-}
-
-impl Backend for NoopBackend {
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        let mut out = Vec::with_capacity(batch.rows() * self.dim);
-        let mut at = 0;
-        for (&n, &row) in batch.lengths.iter().zip(&batch.row_ids) {
-            // A vector of the row id, the length and the first 64 token ids: rows with the same text get
-            // different vectors (as real data would: no long repeats that compress away), runs with any
-            // layout the same ones.
-            let ids = &batch.ids[at..at + n as usize];
-            let seed =
-                ids.iter().take(64).fold(row.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
-            at += n as usize;
-            let start = out.len();
-            // 32 random bits per element (wyrand): random sign and mantissa, and a magnitude that halves with
-            // probability 1/2 per step from [1/16, 1/8), like the entries of a normalized 384-dim embedding:
-            // such vectors compress like real ones (~85% of their size under byte-stream-split + zstd).
-            let mut state = seed;
-            for _ in 0..self.dim.div_ceil(2) {
-                state = state.wrapping_add(0xa076_1d64_78bd_642f);
-                let t = (state as u128) * ((state ^ 0xe703_7ed1_a0b4_28db) as u128);
-                let r = (t >> 64) as u64 ^ t as u64;
-                for half in [r as u32, (r >> 32) as u32] {
-                    let halvings = ((half >> 23) & 0xff | 0x100).trailing_zeros();
-                    out.push(f32::from_bits((half & 0x807f_ffff) | ((0x7b - halvings) << 23)));
-                }
-            }
-            out.truncate(start + self.dim);
-            let row = &mut out[start..];
-            let scale = 1.0 / crate::kernels::norm(row).max(1e-12);
-            row.iter_mut().for_each(|v| *v *= scale);
-        }
-        Ok(out)
-    }
-}
-
-/// BERT-family encoder on candle-transformers' `BertModel` (CPU): the reference for `crate::bert`.
-pub struct BertBackend {
-    model: candle_transformers::models::bert::BertModel,
-    spec: ModelSpec,
-    device: Device,
-}
-
-impl BertBackend {
-    pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
-        let (config, vb, device) = load_parts::<candle_transformers::models::bert::Config>(spec)?;
-        let model = candle_transformers::models::bert::BertModel::load(vb, &config)?;
-        Ok(BertBackend { model, spec: spec.clone(), device })
-    }
-}
-
-impl Backend for BertBackend {
-    fn dim(&self) -> usize {
-        self.spec.dim
-    }
-
-    fn pads(&self) -> bool {
-        true
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        embed_padded(&self.spec, &self.device, batch, |ids, mask| Ok(self.model.forward(ids, &ids.zeros_like()?, Some(mask))?))
-    }
-}
-
-/// Qwen3 (e.g. Qwen3-Embedding) on candle: a causal decoder whose last token is pooled. Each row runs on
-/// its own (no padding, so left/right padding cannot change results); candle's Qwen3 keeps a KV cache, so
-/// every row starts from a clean copy of the model (the weights are shared, not copied).
-pub struct Qwen3Backend {
-    model: candle_transformers::models::qwen3::Model,
-    spec: ModelSpec,
-    device: Device,
-}
-
-impl Qwen3Backend {
-    /// On `device` (the CPU or a CUDA GPU) with weights in `dtype`.
-    pub fn load_on(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        let (config, vb, device) = load_parts_on::<candle_transformers::models::qwen3::Config>(spec, device, dtype)?;
-        // sentence-transformers saves the bare Qwen3Model (no "model." prefix); candle expects the prefix.
-        let vb = vb.rename_f(|name| name.strip_prefix("model.").unwrap_or(name).to_string());
-        let model = candle_transformers::models::qwen3::Model::new(&config, vb)?;
-        Ok(Qwen3Backend { model, spec: spec.clone(), device })
-    }
-}
-
-impl Backend for Qwen3Backend {
-    fn dim(&self) -> usize {
-        self.spec.dim
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        let dim = self.spec.dim;
-        let mut out = Vec::with_capacity(batch.rows() * dim);
-        let mut at = 0;
-        for &n in &batch.lengths {
-            let n = n as usize;
-            if n == 0 || n > self.spec.max_seq_length {
-                return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.spec.max_seq_length)));
-            }
-            let ids = Tensor::from_slice(&batch.ids[at..at + n], (1, n), &self.device)?;
-            at += n;
-            let hidden = self.model.clone().forward(&ids, 0)?; // (1, n, dim), fresh KV cache
-            let hidden: Vec<f32> = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            out.extend(pool(&hidden, &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
-        }
-        Ok(out)
-    }
-}
-
-/// Rejects rows a model cannot take: empty ones (every row has at least its special tokens) and ones longer
-/// than `max`.
-pub fn check_lengths(batch: &TokenBatch, max: usize) -> Result<(), ModelError> {
-    match batch.lengths.iter().find(|&&n| n == 0 || n as usize > max) {
-        Some(&n) => Err(ModelError::Batch(format!("row length {n} outside 1..={max}"))),
-        None => Ok(()),
-    }
-}
-
-/// Embeds a batch with a model that takes it right-padded, as `(ids, mask)` tensors `(rows, len)` on `device`
-/// (mask 1 on tokens, 0 on padding), and returns hidden states `(rows, len, dim)`; then pools on the host.
-pub fn embed_padded(
-    spec: &ModelSpec,
-    device: &Device,
-    batch: &TokenBatch,
-    forward: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor, ModelError>,
-) -> Result<Vec<f32>, ModelError> {
-    if batch.rows() == 0 {
-        return Ok(Vec::new());
-    }
-    check_lengths(batch, spec.max_seq_length)?;
-    let (b, l) = (batch.rows(), batch.max_len());
-    let (ids, mask) = pad_right(batch, l);
-    let (ids, mask) = (Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?);
-    let hidden: Vec<f32> = forward(&ids, &mask)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(pool(&hidden, &batch.lengths, l, spec.dim, spec.pooling, spec.normalize))
-}
-
-/// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.
-pub fn pad_right(batch: &TokenBatch, len: usize) -> (Vec<u32>, Vec<u32>) {
-    let b = batch.rows();
-    let mut ids = vec![0u32; b * len];
-    let mut mask = vec![0u32; b * len];
-    let mut at = 0;
-    for (r, &n) in batch.lengths.iter().enumerate() {
-        let n = n as usize;
-        ids[r * len..r * len + n].copy_from_slice(&batch.ids[at..at + n]);
-        mask[r * len..r * len + n].fill(1);
-        at += n;
-    }
-    (ids, mask)
-}
-
-/// Pools `hidden` (`rows x len x dim`, right-padded) into `rows x dim`, then L2-normalizes if asked.
-pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
-    let mut out = vec![0f32; lengths.len() * dim];
-    for (r, &n) in lengths.iter().enumerate() {
-        let n = n as usize;
-        let row = &mut out[r * dim..(r + 1) * dim];
-        let tok = |t: usize| &hidden[(r * len + t) * dim..(r * len + t + 1) * dim];
-        match pooling {
-            Pooling::Cls => row.copy_from_slice(tok(0)),
-            Pooling::LastToken => row.copy_from_slice(tok(n - 1)),
-            Pooling::Mean | Pooling::MeanSqrtLen => {
-                for t in 0..n {
-                    for (o, v) in row.iter_mut().zip(tok(t)) {
-                        *o += v;
-                    }
-                }
-                let count = n.max(1) as f32;
-                let inv = 1.0 / if pooling == Pooling::Mean { count } else { count.sqrt() };
-                row.iter_mut().for_each(|o| *o *= inv);
-            }
-            Pooling::Max => {
-                // Over the row's own tokens (sentence-transformers sets padding to -1e9 first); rows have one.
-                row.fill(f32::NEG_INFINITY);
-                for t in 0..n {
-                    for (o, v) in row.iter_mut().zip(tok(t)) {
-                        *o = o.max(*v);
-                    }
-                }
-            }
-            Pooling::WeightedMean => {
-                for t in 0..n {
-                    let w = (t + 1) as f32;
-                    for (o, v) in row.iter_mut().zip(tok(t)) {
-                        *o += w * v;
-                    }
-                }
-                let inv = 1.0 / ((n * (n + 1) / 2).max(1) as f32);
-                row.iter_mut().for_each(|o| *o *= inv);
-            }
-        }
-        if normalize {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|v| *v /= norm);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pooling_modes_on_a_padded_batch() {
-        // 2 rows, len 3, dim 2. Row 0 has 2 tokens, row 1 has 3.
-        let hidden = [1., 2., 3., 4., 99., 99., 1., 0., 0., 1., 2., 2.];
-        let lens = [2, 3];
-        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Mean, false), vec![2., 3., 1., 1.]);
-        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Cls, false), vec![1., 2., 1., 0.]);
-        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::LastToken, false), vec![3., 4., 2., 2.]);
-        assert_eq!(pool(&hidden, &lens, 3, 2, Pooling::Max, false), vec![3., 4., 2., 2.]);
-        for p in [Pooling::Mean, Pooling::Cls, Pooling::LastToken, Pooling::Max, Pooling::MeanSqrtLen, Pooling::WeightedMean] {
-            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "the manifest's name is the metadata's");
-        }
-        let s = pool(&hidden, &lens, 3, 2, Pooling::MeanSqrtLen, false);
-        assert!((s[0] - 4.0 / 2f32.sqrt()).abs() < 1e-6 && (s[1] - 6.0 / 2f32.sqrt()).abs() < 1e-6, "{s:?}");
-        // Weights 1 and 2 (position + 1) over their sum 3: (1*1 + 2*3) / 3, (1*2 + 2*4) / 3.
-        let w = pool(&hidden, &lens, 3, 2, Pooling::WeightedMean, false);
-        assert!((w[0] - 7.0 / 3.0).abs() < 1e-6 && (w[1] - 10.0 / 3.0).abs() < 1e-6, "{w:?}");
-        let n = pool(&hidden, &lens, 3, 2, Pooling::LastToken, true);
-        assert!((n[0] - 0.6).abs() < 1e-6 && (n[1] - 0.8).abs() < 1e-6);
-    }
-
-    #[test]
-    fn noop_vectors_are_unit_length_and_depend_on_row_and_tokens() {
-        let mut b = NoopBackend { dim: 7 };
-        let batch = TokenBatch { row_ids: vec![0, 1, 2], lengths: vec![2, 2, 1], ids: vec![5, 6, 5, 6, 7] };
-        let v = b.embed(&batch).unwrap();
-        assert_eq!(v.len(), 21);
-        assert_ne!(&v[0..7], &v[7..14], "same tokens, another row");
-        assert_ne!(&v[0..7], &v[14..21]);
-        for row in v.chunks(7) {
-            let n: f32 = row.iter().map(|x| x * x).sum();
-            assert!((n - 1.0).abs() < 1e-5);
-        }
-        // The same row in another batch gets the same vector.
-        let again = b.embed(&TokenBatch { row_ids: vec![1], lengths: vec![2], ids: vec![5, 6] }).unwrap();
-        assert_eq!(&again[..], &v[7..14]);
-    }
-
-    #[test]
-    fn pad_right_builds_ids_and_mask() {
-        let b = TokenBatch { row_ids: vec![0, 1], lengths: vec![1, 3], ids: vec![7, 1, 2, 3] };
-        let (ids, mask) = pad_right(&b, 3);
-        assert_eq!(ids, vec![7, 0, 0, 1, 2, 3]);
-        assert_eq!(mask, vec![1, 0, 0, 1, 1, 1]);
-    }
 
     fn folder_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

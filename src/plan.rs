@@ -44,27 +44,7 @@ impl From<crate::input::InputError> for PlanError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Parquet,
-    Jsonl,
-}
-
-/// One input file and where its rows sit in the global row-id space.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputFile {
-    pub path: String,
-    pub format: Format,
-    /// Rows in the file (JSONL: lines, blank ones included).
-    pub rows: u64,
-    pub bytes: u64,
-    /// Global row id of the file's first row.
-    pub first_row: u64,
-    /// JSONL only: `(local line, byte offset)` of every line that starts a chunk, so loaders seek directly.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub offsets: Vec<(u64, u64)>,
-}
+pub use crate::input::{Format, InputFile};
 
 /// A contiguous range of row ids; one chunk becomes one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

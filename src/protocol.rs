@@ -6,11 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::encoder::TokenBatch;
+pub use crate::layout::Endpoint;
 use crate::manifest::ShardEntry;
 use crate::plan::{ChunkSpec, Plan};
-
-/// Index of a role instance (controller, a loader, an encoder, a writer). See `layout`.
-pub type Endpoint = u32;
 
 /// What a message says. The bulk data a variant refers to lives in [`Message::payload`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,28 +202,8 @@ impl<'a> PayloadReader<'a> {
     }
 }
 
-/// A tokenized batch as it travels from a loader to an encoder.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenBatch {
-    pub row_ids: Vec<u64>,
-    pub lengths: Vec<u32>,
-    /// All rows' token ids back to back.
-    pub ids: Vec<u32>,
-}
-
+/// A token batch's wire form (the type is the encoder contract's).
 impl TokenBatch {
-    pub fn rows(&self) -> usize {
-        self.row_ids.len()
-    }
-
-    pub fn max_len(&self) -> usize {
-        self.lengths.iter().copied().max().unwrap_or(0) as usize
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.ids.len()
-    }
-
     pub fn to_payload(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.rows() * 12 + self.ids.len() * 4 + HEADER_ROOM);
         put(&mut buf, &self.row_ids);

@@ -45,7 +45,7 @@ pub fn spawn(role: Role, mb: Mailbox, body: impl FnOnce(&Mailbox) -> RoleResult 
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mb)))
                 .unwrap_or_else(|p| Err(RoleError::new(crate::transport::panic_message(&p))));
-            log::info!("{} {}: {:.2}s CPU", role.name(), mb.me, thread_cpu_seconds());
+            log::info!("{} {}: {:.2}s CPU", role.name(), mb.me, crate::walltime::thread_cpu_seconds());
             if let Err(e) = &result {
                 if role != Role::Controller {
                     let _ = mb.send(0, Header::Failed { role: role.name().into(), message: e.message.clone() }, Vec::new());
@@ -54,16 +54,6 @@ pub fn spawn(role: Role, mb: Mailbox, body: impl FnOnce(&Mailbox) -> RoleResult 
             result.map_err(|e| e.message)
         })
         .expect("spawning a role thread")
-}
-
-/// CPU time the calling thread has used, in seconds (0 where the clock is unavailable).
-pub fn thread_cpu_seconds() -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
-        return 0.0;
-    }
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// Waits for the controller's plan; `None` if told to shut down first. Messages of other roles that arrive
@@ -102,8 +92,8 @@ pub fn test_delay(point: &str) {
 
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
-    let mut backend: Box<dyn crate::model::Backend> = match plan.config.encoder {
-        crate::cli::EncoderKind::Noop | crate::cli::EncoderKind::NoopTokenized => Box::new(crate::model::NoopBackend { dim: plan.model.dim }),
+    let mut backend: Box<dyn crate::encoder::Backend> = match plan.config.encoder {
+        crate::cli::EncoderKind::Noop | crate::cli::EncoderKind::NoopTokenized => Box::new(crate::encoder::noop::NoopBackend { dim: plan.model.dim }),
         kind => {
             let threads = crate::layout::encoder_threads(plan.config.encoder_threads, &plan.layout);
             let gpu = crate::device::resolve(plan.config.device.as_str(), &plan.layout, mb.me).map_err(RoleError::new)?;
@@ -117,8 +107,8 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
                 ),
                 None => log::info!("{who}: cpu, {threads} threads, {}", dtype.name()),
             }
-            let opts = crate::model::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, dtype, gpu };
-            plan.model.backend(opts).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
+            let opts = crate::encoder::BackendOptions { threads, reference: kind == crate::cli::EncoderKind::Candle, dtype, gpu };
+            crate::encoder::load(&plan.model, opts).map_err(|e| RoleError::new(format!("loading model {}: {e}", plan.model.path)))?
         }
     };
     let fault = injected_fault_row();

@@ -12,28 +12,8 @@ use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema};
 use serde::Serialize;
 
-use crate::tokenize::{TextTokenizer, TokenizerChoice};
-
-/// Flags of `chatspace-mpi tokens` (those shared with `embed` mean the same).
-#[derive(Debug, Clone, clap::Args)]
-pub struct TokensArgs {
-    /// The input and the model, as for `embed`.
-    #[command(flatten)]
-    pub input: crate::cli::InputArgs,
-    /// Tokenizer threads (0: every core this process may use).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Tokenizer implementation, as for `embed`.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub tokenizer: TokenizerChoice,
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// Write `row_id` (uint64) and `ids` (list<int32>, special tokens included) of every embedded row to
-    /// this Parquet file.
-    #[arg(long)]
-    pub ids_output: Option<PathBuf>,
-}
+use crate::cli::TokensArgs;
+use crate::tokenize::TextTokenizer;
 
 /// Rows read and tokenized at a time.
 const ROWS_PER_READ: u64 = 8192;
@@ -84,11 +64,11 @@ pub fn command(args: &TokensArgs) -> i32 {
             } else {
                 print!("{}", render(&s));
             }
-            crate::EXIT_OK
+            crate::exit::EXIT_OK
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            crate::EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
     }
 }

@@ -427,7 +427,7 @@ impl Router {
                 self.layout.describe_rank(rank),
                 silent.as_secs_f64()
             );
-            self.abort_code = Some(crate::EXIT_FAILED);
+            self.abort_code = Some(crate::exit::EXIT_FAILED);
         }
     }
 

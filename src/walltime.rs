@@ -1,4 +1,5 @@
-//! Walltime awareness: the job's end time (from `--end-time` or Slurm) and when to start draining before it.
+//! Time: the job's end time (from `--end-time` or Slurm) and when to start draining before it; durations as
+//! people read them; a thread's CPU clock.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,25 @@ pub fn should_drain(now: f64, end: f64, stop_before: f64, estimate: &DrainEstima
     end - now <= stop_before + estimate.seconds()
 }
 
+/// Seconds as h:mm:ss.
+pub fn hms(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "?".into();
+    }
+    let s = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// CPU time the calling thread has used, in seconds (0 where the clock is unavailable).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +105,14 @@ mod tests {
         assert!(!should_drain(1000.0, 1040.0, 30.0, &e));
         assert!(should_drain(1000.0, 1035.0, 30.0, &e));
         assert!(should_drain(1000.0, 900.0, 0.0, &e), "past the deadline");
+    }
+
+    #[test]
+    fn eta_is_hours_minutes_seconds() {
+        assert_eq!(hms(0.0), "0:00:00");
+        assert_eq!(hms(59.6), "0:01:00");
+        assert_eq!(hms(3_723.0), "1:02:03");
+        assert_eq!(hms(100.0 * 3600.0), "100:00:00");
+        assert_eq!((hms(f64::NAN), hms(-1.0), hms(f64::INFINITY)), ("?".into(), "?".into(), "?".into()));
     }
 }

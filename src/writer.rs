@@ -105,7 +105,7 @@ pub fn run(mb: &Mailbox) -> RoleResult {
             s.spawn(move || loop {
                 let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                 let Ok(p) = job else {
-                    log::info!("writer {me} shard thread {k}: {:.2}s CPU", crate::roles::thread_cpu_seconds());
+                    log::info!("writer {me} shard thread {k}: {:.2}s CPU", crate::walltime::thread_cpu_seconds());
                     return;
                 };
                 let index = p.spec.index;
@@ -248,7 +248,7 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         values
     };
     for v in values.chunks_exact(dim.max(1)) {
-        let n = crate::kernels::norm(v);
+        let n = crate::encoder::kernels::norm(v);
         entry.min_norm = Some(entry.min_norm.map_or(n, |m| m.min(n)));
         entry.max_norm = Some(entry.max_norm.map_or(n, |m| m.max(n)));
     }

@@ -117,7 +117,7 @@ fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
     assert!(!ok && error_line(&e).contains("--batch-size"), "{e}");
 
     // Devices and dtypes this build or CPU cannot run are refused up front.
-    if !chatspace_mpi::device::CUDA_BUILT {
+    if !chatspace_mpi::encoder::cuda::CUDA_BUILT {
         let (ok, e) = embed(&good, &m, &out, &["--device", "cuda"]);
         assert!(!ok && error_line(&e).contains("--device cuda: this binary was built without CUDA"), "{e}");
         let (ok, e) = embed(&good, &m, &out, &["--dtype", "float16"]);
@@ -125,12 +125,18 @@ fn bad_inputs_give_one_clear_line_and_a_non_zero_exit() {
     }
     let (ok, e) = embed(&good, &m, &out, &["--dtype", "float64"]);
     assert!(!ok && error_line(&e).contains("'float64'") && error_line(&e).contains("--dtype"), "{e}");
-    if !chatspace_mpi::kernels::has_int8_dot() {
+    if !chatspace_mpi::encoder::kernels::has_int8_dot() {
         let (ok, e) = embed(&good, &m, &out, &["--dtype", "int8"]);
         assert!(!ok && error_line(&e).contains("AVX512-VNNI"), "{e}");
     }
     let (ok, e) = embed(&good, &m, &out, &["--dtype", "int8", "--encoder", "candle"]);
-    assert!(!ok && error_line(&e).contains("int8"), "{e}");
+    assert!(!ok && error_line(&e).contains("--dtype int8: on cpu with --encoder candle use float32"), "{e}");
+    // The model's architecture is checked against the encoders' rule table before any rank loads it: Qwen3
+    // runs float32 on the CPU (a CPU without AVX512_BF16 refuses bfloat16 before the model is read).
+    let qwen = root().join("tests/fixtures/tiny-qwen3-embedding");
+    let (ok, e) = embed(&good, &qwen, &out, &["--dtype", "bfloat16", "--device", "cpu"]);
+    let want = if chatspace_mpi::encoder::kernels::has_bf16_dot() { "runs on CUDA GPUs only for qwen3 models" } else { "AVX512_BF16" };
+    assert!(!ok && error_line(&e).contains("--dtype bfloat16") && error_line(&e).contains(want), "{e}");
     assert!(!out.join("indexes").exists(), "refused runs write nothing");
 }
 

@@ -3,8 +3,9 @@
 
 mod common;
 
-use chatspace_mpi::model::{Backend, BackendOptions, Dtype, ModelSpec, Pooling};
-use chatspace_mpi::protocol::TokenBatch;
+use chatspace_mpi::encoder::TokenBatch;
+use chatspace_mpi::encoder::{self, Backend, BackendOptions, Dtype};
+use chatspace_mpi::model::{ModelSpec, Pooling};
 use common::*;
 
 fn batch(tok: &tokenizers::Tokenizer, texts: &[&str], first_id: u64) -> TokenBatch {
@@ -21,9 +22,9 @@ fn batch(tok: &tokenizers::Tokenizer, texts: &[&str], first_id: u64) -> TokenBat
 /// The BERT backends under test: this crate's forward pass with 1 and 2 threads, and candle's.
 fn bert_backends(spec: &ModelSpec) -> Vec<(&'static str, Box<dyn Backend>)> {
     vec![
-        ("cpu, 1 thread", spec.backend(BackendOptions::cpu(1)).unwrap()),
-        ("cpu, 2 threads", spec.backend(BackendOptions::cpu(2)).unwrap()),
-        ("candle", spec.backend(BackendOptions { reference: true, ..BackendOptions::cpu(1) }).unwrap()),
+        ("cpu, 1 thread", encoder::load(spec, BackendOptions::cpu(1)).unwrap()),
+        ("cpu, 2 threads", encoder::load(spec, BackendOptions::cpu(2)).unwrap()),
+        ("candle", encoder::load(spec, BackendOptions { reference: true, ..BackendOptions::cpu(1) }).unwrap()),
     ]
 }
 
@@ -184,31 +185,31 @@ fn worst_cosine_against_reference(backend: &mut dyn Backend, spec: &ModelSpec, m
 fn low_precision_mode_stays_close(dtype: Dtype, available: bool, needs: &str, min_cos: f64, name: &str) {
     let spec = ModelSpec::load(&model(), None).unwrap();
     if !available {
-        let e = spec.backend(BackendOptions { dtype, ..BackendOptions::cpu(1) }).err().expect("refused without the instructions");
+        let e = encoder::load(&spec, BackendOptions { dtype, ..BackendOptions::cpu(1) }).err().expect("refused without the instructions");
         assert!(e.to_string().contains(needs), "{e}");
         eprintln!("{name} parity skipped: this CPU has no {needs}");
         return;
     }
-    let mut backend = spec.backend(BackendOptions { dtype, ..BackendOptions::cpu(2) }).unwrap();
+    let mut backend = encoder::load(&spec, BackendOptions { dtype, ..BackendOptions::cpu(2) }).unwrap();
     let worst = worst_cosine_against_reference(backend.as_mut(), &spec, min_cos, name);
     assert!(worst < 0.999_999_9, "{name} changes numerics");
     let qwen = ModelSpec::load(&root().join("tests/fixtures/tiny-qwen3-embedding"), None).unwrap();
-    assert!(qwen.backend(BackendOptions { dtype, ..BackendOptions::cpu(1) }).is_err());
+    assert!(encoder::load(&qwen, BackendOptions { dtype, ..BackendOptions::cpu(1) }).is_err());
 }
 
 /// The optional bfloat16 mode (AVX512_BF16 CPUs): close to the reference, though not float32-exact.
 #[test]
 fn minilm_bf16_mode_stays_close_to_the_reference() {
-    low_precision_mode_stays_close(Dtype::Bf16, chatspace_mpi::kernels::has_bf16_dot(), "AVX512_BF16", 0.999, "cpu bf16");
+    low_precision_mode_stays_close(Dtype::Bf16, chatspace_mpi::encoder::kernels::has_bf16_dot(), "AVX512_BF16", 0.999, "cpu bf16");
 }
 
 /// The optional int8 mode (AVX512-VNNI CPUs): the linear layers in int8, further from the reference than
 /// bfloat16 but still close (the bound is the one docs/benchmarks.md reports).
 #[test]
 fn minilm_int8_mode_stays_close_to_the_reference() {
-    low_precision_mode_stays_close(Dtype::Int8, chatspace_mpi::kernels::has_int8_dot(), "AVX512-VNNI", 0.995, "cpu int8");
+    low_precision_mode_stays_close(Dtype::Int8, chatspace_mpi::encoder::kernels::has_int8_dot(), "AVX512-VNNI", 0.995, "cpu int8");
     let spec = ModelSpec::load(&model(), None).unwrap();
-    assert!(spec.backend(BackendOptions { dtype: Dtype::Int8, reference: true, ..BackendOptions::cpu(1) }).is_err());
+    assert!(encoder::load(&spec, BackendOptions { dtype: Dtype::Int8, reference: true, ..BackendOptions::cpu(1) }).is_err());
 }
 
 /// The GPU encoder's code (BERT on candle ops, any device) run on the CPU: float32 matches the reference like
@@ -217,7 +218,7 @@ fn minilm_int8_mode_stays_close_to_the_reference() {
 #[test]
 fn candle_ops_bert_matches_the_reference_in_float32_and_float16() {
     use candle_core::{DType, Device};
-    use chatspace_mpi::bert_candle::BertCandleBackend;
+    use chatspace_mpi::encoder::bert_candle::BertCandleBackend;
     let spec = ModelSpec::load(&model(), None).unwrap();
     for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::F16, 0.999)] {
         let mut backend = BertCandleBackend::load(&spec, &Device::Cpu, dtype).unwrap();
@@ -236,7 +237,7 @@ fn bert_rejects_rows_it_cannot_embed() {
         let long = TokenBatch { row_ids: vec![0], lengths: vec![300], ids: vec![101; 300] };
         assert!(backend.embed(&long).is_err(), "{name}: a row longer than max_seq_length");
     }
-    let mut fast = spec.backend(BackendOptions::cpu(2)).unwrap();
+    let mut fast = encoder::load(&spec, BackendOptions::cpu(2)).unwrap();
     let bad_id = TokenBatch { row_ids: vec![0, 1], lengths: vec![2, 2], ids: vec![101, 102, 101, 999_999] };
     let e = fast.embed(&bad_id).unwrap_err().to_string();
     assert!(e.contains("999999"), "{e}");
@@ -250,7 +251,7 @@ fn tiny_qwen3_matches_sentence_transformers_for_documents_and_queries() {
     let spec = ModelSpec::load(&folder, None).unwrap();
     assert_eq!((spec.pooling, spec.normalize, spec.dim), (Pooling::LastToken, true, 64));
     let tok = spec.tokenizer().unwrap();
-    let mut backend = spec.backend(BackendOptions::cpu(1)).unwrap();
+    let mut backend = encoder::load(&spec, BackendOptions::cpu(1)).unwrap();
     let refs: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/tiny-qwen3-embedding-reference.jsonl"))
         .unwrap()
         .lines()

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use prepare::{build_plan, Prepared, Start, MAX_SHARD_EMBEDDING_BYTES};
-pub use report::{hms, signal_name, write_status_file};
+pub use report::{signal_name, write_status_file};
 pub use resume::FOOTER_CHECKS;
 
 use crate::checkpoint::Checkpoint;
@@ -25,8 +25,7 @@ use crate::transport::{Mailbox, TransportError};
 use crate::walltime::now_unix;
 use report::Progress;
 
-/// Exit code of a run that stopped early but left a resumable manifest (EX_TEMPFAIL).
-pub const EXIT_PREEMPTED: i32 = 75;
+pub use crate::exit::EXIT_PREEMPTED;
 
 /// Chunks a loader may have assigned and not yet committed (bounds memory: each chunk's rows, texts and
 /// embeddings are held until its shard is written).
@@ -49,7 +48,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn failed(message: String) -> Outcome {
-        Outcome { code: crate::EXIT_FAILED, abort: false, error: Some(message), manifest: None, said: false }
+        Outcome { code: crate::exit::EXIT_FAILED, abort: false, error: Some(message), manifest: None, said: false }
     }
 }
 
@@ -64,15 +63,15 @@ pub fn run(mb: &Mailbox, args: &EmbedArgs, layout: &Layout) -> Outcome {
         }
         Ok(Start::AlreadyComplete(path)) => {
             eprintln!("done: {} is already complete; nothing to resume", path.display());
-            verdict(args.status_file.as_deref(), crate::EXIT_OK, Some(&path));
-            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_OK });
-            Outcome { code: crate::EXIT_OK, abort: false, error: None, manifest: Some(path), said: true }
+            verdict(args.status_file.as_deref(), crate::exit::EXIT_OK, Some(&path));
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::exit::EXIT_OK });
+            Outcome { code: crate::exit::EXIT_OK, abort: false, error: None, manifest: Some(path), said: true }
         }
         Err(e) => {
             let message = format!("{e:#}");
             eprintln!("error: {message}");
-            verdict(args.status_file.as_deref(), crate::EXIT_FAILED, None);
-            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::EXIT_FAILED });
+            verdict(args.status_file.as_deref(), crate::exit::EXIT_FAILED, None);
+            let _ = broadcast(mb, layout, &Header::Shutdown { code: crate::exit::EXIT_FAILED });
             Outcome { said: true, ..Outcome::failed(message) }
         }
     }
@@ -284,7 +283,7 @@ impl<'a> Run<'a> {
                     self.progress.this_run(),
                     self.checkpoint.path().display()
                 );
-                (Status::Complete, "complete".to_string(), crate::EXIT_OK, false, None)
+                (Status::Complete, "complete".to_string(), crate::exit::EXIT_OK, false, None)
             }
             End::Drained => {
                 let (since, reason) = self.sched.drain().map_or((now_unix(), "drained".to_string()), |(t, r)| (t, r.to_string()));
@@ -312,7 +311,7 @@ impl<'a> Run<'a> {
                 // Roles may be mid-batch, here and on other ranks: every process exits at once.
                 (Status::Preempted, format!("aborted: {why}"), EXIT_PREEMPTED, true, None)
             }
-            End::Failed(message) => (Status::Failed, "failed".to_string(), crate::EXIT_FAILED, multi_rank, Some(message)),
+            End::Failed(message) => (Status::Failed, "failed".to_string(), crate::exit::EXIT_FAILED, multi_rank, Some(message)),
         };
         let secs = self.progress.seconds();
         let m = &mut self.checkpoint.manifest;
@@ -328,8 +327,8 @@ impl<'a> Run<'a> {
         }
         if let Err(e) = self.checkpoint.write_header() {
             // Every commit is in the log; only the header's end record is missing.
-            if code == crate::EXIT_OK {
-                (code, error) = (crate::EXIT_FAILED, Some(format!("writing the manifest: {e}")));
+            if code == crate::exit::EXIT_OK {
+                (code, error) = (crate::exit::EXIT_FAILED, Some(format!("writing the manifest: {e}")));
             } else {
                 eprintln!("warning: writing the manifest: {e}");
             }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::checkpoint::Checkpoint;
-use crate::cli::EmbedArgs;
+use crate::cli::{EmbedArgs, EncoderKind};
 use crate::config::{RunConfig, StartMode};
 use crate::layout::Layout;
 use crate::manifest::{now_rfc3339, Fingerprint, Manifest, Preprocessing, RunRecord, Source, SourceFile, Status, FORMAT_VERSION, TOOL};
@@ -39,13 +39,18 @@ pub enum Start {
 pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let config = RunConfig::from_args(args).map_err(anyhow::Error::msg)?;
     let model = load_model(&config)?;
-    if config.encoder != crate::cli::EncoderKind::Noop {
+    if config.encoder != EncoderKind::Noop {
         // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
         // one error before any rank starts rather than a failure in every loader.
         // `tokenizers` checks the whole file once here, whichever implementation the loaders then run.
         model.tokenizer()?;
         let tok = crate::tokenize::TextTokenizer::load(&model, config.tokenizer)?;
         log::info!("tokenizer: {}", tok.engine_name());
+    }
+    if matches!(config.encoder, EncoderKind::Model | EncoderKind::Candle) {
+        // The model's architecture against the encoder's rule table, before any rank loads it.
+        crate::encoder::select::check(Some(model.architecture), config.device, config.encoder == EncoderKind::Candle, config.dtype)
+            .map_err(|e| anyhow::anyhow!("{e} (model {})", model.name))?;
     }
     if let Some(n) = config.truncate_dim.filter(|&n| n > model.dim) {
         anyhow::bail!("--truncate-dim {n}: the model {} makes embeddings of {} dimensions", model.name, model.dim);
@@ -72,7 +77,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let lock = lock_output(&plan.output)?;
     let resume = plan.config.start == StartMode::Resume || (plan.config.start == StartMode::AutoResume && plan.output.manifest.exists());
     if resume {
-        let m = super::resume::check(&plan)?;
+        let m = super::resume::check(&plan, &fingerprint(&plan))?;
         if m.status == Status::Complete && m.rows_done() == m.rows_total {
             return Ok(Start::AlreadyComplete(plan.output.manifest.clone()));
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::manifest::{Manifest, TOOL};
 use crate::plan::Plan;
+use crate::walltime::hms;
 
 /// Rates and ETA for the progress display.
 pub struct Progress {
@@ -137,15 +138,6 @@ pub enum Display {
     Bar,
 }
 
-/// Seconds as h:mm:ss.
-pub fn hms(seconds: f64) -> String {
-    if !seconds.is_finite() || seconds < 0.0 {
-        return "?".into();
-    }
-    let s = seconds.round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
 /// `run-{S}.json`: the last run in a few keys.
 pub fn write_summary(plan: &Plan, m: &Manifest, secs: f64) {
     let summary = serde_json::json!({
@@ -167,8 +159,8 @@ pub fn write_summary(plan: &Plan, m: &Manifest, secs: f64) {
 /// exit code through).
 pub fn write_status_file(path: &Path, code: i32, manifest: Option<&Path>) {
     let status = match code {
-        crate::EXIT_OK => "complete",
-        super::EXIT_PREEMPTED => "preempted",
+        crate::exit::EXIT_OK => "complete",
+        crate::exit::EXIT_PREEMPTED => "preempted",
         _ => "failed",
     };
     let line = format!("{code} {status} {}\n", manifest.map(|m| m.display().to_string()).unwrap_or_default());
@@ -211,15 +203,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "75 preempted /o/m.json\n");
         write_status_file(&f, 1, None);
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "1 failed \n");
-    }
-
-    #[test]
-    fn eta_is_hours_minutes_seconds() {
-        assert_eq!(hms(0.0), "0:00:00");
-        assert_eq!(hms(59.6), "0:01:00");
-        assert_eq!(hms(3_723.0), "1:02:03");
-        assert_eq!(hms(100.0 * 3600.0), "100:00:00");
-        assert_eq!((hms(f64::NAN), hms(-1.0), hms(f64::INFINITY)), ("?".into(), "?".into(), "?".into()));
     }
 
     #[test]

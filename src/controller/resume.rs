@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 
-use crate::manifest::{Manifest, ShardEntry};
+use crate::manifest::{Fingerprint, Manifest, ShardEntry};
 use crate::output::{normalize_lexically, resolve_shard_path};
 use crate::plan::Plan;
 
@@ -18,14 +18,14 @@ pub const FOOTER_CHECKS: usize = 64;
 
 /// Reads the manifest to resume, refusing anything that would lose or duplicate rows: other settings, a
 /// shard that is missing, of another size or not a regular file, a torn footer, a path outside the output,
-/// overlapping shards. Then removes leftovers (temporaries, shard files the log does not name).
-pub fn check(plan: &Plan) -> anyhow::Result<Manifest> {
+/// overlapping shards. `fingerprint` is this run's. Then removes leftovers (temporaries, shard files the log does not name).
+pub fn check(plan: &Plan, fingerprint: &Fingerprint) -> anyhow::Result<Manifest> {
     let path = &plan.output.manifest;
     if !path.exists() {
         bail!("--resume: no manifest at {} (nothing to resume; run without --resume)", path.display());
     }
     let m = Manifest::read(path).map_err(|e| anyhow!("--resume: {e}"))?;
-    let diffs = m.fingerprint.differences(&super::prepare::fingerprint(plan));
+    let diffs = m.fingerprint.differences(fingerprint);
     if !diffs.is_empty() {
         bail!("--resume: {} was made with other settings: {}", path.display(), diffs.join("; "));
     }

@@ -16,7 +16,8 @@ use std::collections::BinaryHeap;
 use serde_json::Value;
 use unicode_normalization_alignments::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
-use super::{class, str_field, FastMap, Frame, Scratch};
+use super::class;
+use super::frame::{str_field, FastMap, Frame, Scratch};
 
 /// Pieces up to this many bytes are cached (longer ones are rare and would fill the cache).
 pub const CACHED_PIECE_BYTES: usize = 256;

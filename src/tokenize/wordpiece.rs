@@ -12,7 +12,8 @@
 use serde_json::Value;
 use unicode_normalization_alignments::UnicodeNormalization;
 
-use super::{class, str_field, FastMap, Frame, Scratch};
+use super::class;
+use super::frame::{str_field, FastMap, Frame, Scratch};
 
 /// What a byte below 0x80 becomes after normalization and pre-tokenization.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

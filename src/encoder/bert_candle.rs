@@ -10,9 +10,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
-use crate::bert::{read_config, Activation};
-use crate::model::{embed_padded, ModelError, ModelSpec};
-use crate::protocol::TokenBatch;
+use crate::encoder::bert::{read_config, Activation};
+use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
+use crate::encoder::pool::embed_padded;
+use crate::model::ModelSpec;
 
 struct Layer {
     qkv: Linear,
@@ -40,18 +41,18 @@ pub struct BertCandle {
     device: Device,
 }
 
-fn norm(vb: &VarBuilder, h: usize, eps: f64) -> Result<LayerNorm, ModelError> {
+fn norm(vb: &VarBuilder, h: usize, eps: f64) -> Result<LayerNorm, EncoderError> {
     let (w, b) = if vb.contains_tensor("weight") { ("weight", "bias") } else { ("gamma", "beta") };
     Ok(LayerNorm::new(vb.get(h, w)?, vb.get(h, b)?, eps))
 }
 
-fn linear(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+fn linear(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Linear, EncoderError> {
     Ok(Linear::new(vb.get((outputs, inputs), "weight")?, Some(vb.get(outputs, "bias")?)))
 }
 
 impl BertCandle {
     /// Loads a sentence-transformers BERT folder onto `device`, weights converted to `dtype`.
-    pub fn load(folder: &Path, device: &Device, dtype: DType) -> Result<BertCandle, ModelError> {
+    pub fn load(folder: &Path, device: &Device, dtype: DType) -> Result<BertCandle, EncoderError> {
         let (c, act) = read_config(folder)?;
         let weights = folder.join("model.safetensors");
         // SAFETY: the weights file is memory-mapped read-only; we do not modify it while loading.
@@ -97,10 +98,10 @@ impl BertCandle {
 
     /// Last hidden states `(rows, len, hidden)` in float32 of right-padded `ids` `(rows, len)`; `mask` holds
     /// 1 for real tokens and 0 for padding.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError> {
         let (b, l) = ids.dims2()?;
         if l > self.max_positions {
-            return Err(ModelError::Batch(format!("row length {l} outside 1..={}", self.max_positions)));
+            return Err(EncoderError::Batch(format!("row length {l} outside 1..={}", self.max_positions)));
         }
         let (h, d) = (self.hidden, self.hidden / self.heads);
         let x = self.word.forward(ids)?.broadcast_add(&self.position.narrow(0, 0, l)?)?.broadcast_add(&self.token_type)?;
@@ -137,13 +138,13 @@ pub struct BertCandleBackend {
 }
 
 impl BertCandleBackend {
-    pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
         let model = BertCandle::load(Path::new(&spec.path), device, dtype)?;
         Ok(BertCandleBackend { model, spec: spec.clone() })
     }
 }
 
-impl crate::model::Backend for BertCandleBackend {
+impl Backend for BertCandleBackend {
     fn dim(&self) -> usize {
         self.spec.dim
     }
@@ -152,7 +153,7 @@ impl crate::model::Backend for BertCandleBackend {
         true
     }
 
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
         embed_padded(&self.spec, &self.model.device, batch, |ids, mask| self.model.forward(ids, mask))
     }
 }

@@ -13,9 +13,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use crate::kernels;
-use crate::model::{Dtype, ModelError, ModelSpec};
-use crate::protocol::TokenBatch;
+use crate::encoder::contract::{Backend, Dtype, EncoderError, TokenBatch};
+use crate::encoder::kernels;
+use crate::encoder::pool::{check_lengths, pool};
+use crate::model::ModelSpec;
 
 /// The parts of a BERT config.json this forward pass uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -176,11 +177,12 @@ impl Weights {
         self.st.get(&format!("{}{name}", self.prefix)).is_ok()
     }
 
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, EncoderError> {
         let full = format!("{}{name}", self.prefix);
-        let t = self.st.load(&full, &Device::Cpu).map_err(|e| ModelError::BadFile { file: self.file.clone(), message: format!("{full}: {e}") })?;
+        let t =
+            self.st.load(&full, &Device::Cpu).map_err(|e| EncoderError::BadWeights { file: self.file.clone(), message: format!("{full}: {e}") })?;
         if t.dims() != shape {
-            return Err(ModelError::BadFile {
+            return Err(EncoderError::BadWeights {
                 file: self.file.clone(),
                 message: format!("{full} has shape {:?}, config.json implies {shape:?}", t.dims()),
             });
@@ -188,18 +190,18 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EncoderError> {
         Ok(self.get(name, shape)?.flatten_all()?.to_vec1()?)
     }
 
     /// A `Linear` stored as PyTorch does (`out x in`), transposed to `in x out`.
-    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, EncoderError> {
         let wt = self.get(&format!("{name}.weight"), &[outputs, inputs])?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
         Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, low: LowPrecision::None })
     }
 
     /// Q, K and V fused into one `in x 3*out` matrix.
-    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear, ModelError> {
+    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear, EncoderError> {
         let parts = ["query", "key", "value"];
         let mut ws = Vec::new();
         let mut bias = Vec::with_capacity(3 * h);
@@ -213,7 +215,7 @@ impl Weights {
     }
 
     /// LayerNorm parameters, named weight/bias or (older checkpoints) gamma/beta.
-    fn norm(&self, name: &str, h: usize) -> Result<Norm, ModelError> {
+    fn norm(&self, name: &str, h: usize) -> Result<Norm, EncoderError> {
         let (g, b) = if self.has(&format!("{name}.weight")) { ("weight", "bias") } else { ("gamma", "beta") };
         Ok(Norm { gamma: self.vec(&format!("{name}.{g}"), &[h])?, beta: self.vec(&format!("{name}.{b}"), &[h])? })
     }
@@ -221,10 +223,10 @@ impl Weights {
 
 /// A model folder's config.json, checked for what both BERT forward passes (this one and `bert_candle`)
 /// support, with its activation.
-pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), ModelError> {
+pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), EncoderError> {
     let config_path = folder.join("config.json");
     let file = config_path.display().to_string();
-    let bad = |message: String| ModelError::BadFile { file: file.clone(), message };
+    let bad = |message: String| EncoderError::BadWeights { file: file.clone(), message };
     let text = std::fs::read_to_string(&config_path).map_err(|e| bad(e.to_string()))?;
     let c: BertConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let act = match c.hidden_act.as_str() {
@@ -244,25 +246,18 @@ pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), Mod
 
 impl BertCpu {
     /// Loads config.json and model.safetensors from a sentence-transformers model folder.
-    pub fn load(folder: &Path) -> Result<BertCpu, ModelError> {
+    pub fn load(folder: &Path) -> Result<BertCpu, EncoderError> {
         Self::load_with(folder, Dtype::F32)
     }
 
     /// As [`BertCpu::load`], with the linear layers in `dtype`: bfloat16 (AVX512_BF16, float32
     /// accumulation) or int8 (AVX512-VNNI, int32 accumulation) while embeddings, layer norms, attention and
     /// pooling stay float32. Float16 is refused (CUDA only).
-    pub fn load_with(folder: &Path, dtype: Dtype) -> Result<BertCpu, ModelError> {
-        match dtype {
-            Dtype::F32 => {}
-            Dtype::Bf16 if !kernels::has_bf16_dot() => {
-                return Err(ModelError::Setting("--dtype bfloat16 needs a CPU with AVX512_BF16 (this one has none; use float32)".into()))
-            }
-            Dtype::Int8 if !kernels::has_int8_dot() => {
-                return Err(ModelError::Setting("--dtype int8 needs a CPU with AVX512-VNNI (this one has none; use float32)".into()))
-            }
-            Dtype::F16 => return Err(ModelError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32".into())),
-            Dtype::Bf16 | Dtype::Int8 => {}
+    pub fn load_with(folder: &Path, dtype: Dtype) -> Result<BertCpu, EncoderError> {
+        if dtype == Dtype::F16 {
+            return Err(EncoderError::Setting("--dtype float16 runs on CUDA GPUs only (--device cuda); on cpu use float32".into()));
         }
+        dtype.cpu_has_instructions().map_err(EncoderError::Setting)?;
         let mut model = Self::load_f32(folder)?;
         if dtype == Dtype::F32 {
             return Ok(model);
@@ -280,13 +275,13 @@ impl BertCpu {
     /// Runs the float32 model over [`CALIBRATION`] (tokenized with the folder's tokenizer.json) and returns,
     /// per layer, the largest |input| per input channel of its four linear layers (qkv, attention output,
     /// up, down).
-    fn calibrate(&self, folder: &Path) -> Result<Vec<[Vec<f32>; 4]>, ModelError> {
+    fn calibrate(&self, folder: &Path) -> Result<Vec<[Vec<f32>; 4]>, EncoderError> {
         let file = folder.join("tokenizer.json");
-        let tok =
-            tokenizers::Tokenizer::from_file(&file).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
+        let tok = tokenizers::Tokenizer::from_file(&file)
+            .map_err(|e| EncoderError::BadWeights { file: file.display().to_string(), message: e.to_string() })?;
         let (mut ids, mut lengths) = (Vec::new(), Vec::new());
         for text in CALIBRATION {
-            let enc = tok.encode(*text, true).map_err(|e| ModelError::BadFile { file: file.display().to_string(), message: e.to_string() })?;
+            let enc = tok.encode(*text, true).map_err(|e| EncoderError::BadWeights { file: file.display().to_string(), message: e.to_string() })?;
             let row = &enc.get_ids()[..enc.get_ids().len().min(self.max_positions)];
             ids.extend_from_slice(row);
             lengths.push(row.len() as u32);
@@ -304,12 +299,12 @@ impl BertCpu {
         Ok(max)
     }
 
-    fn load_f32(folder: &Path) -> Result<BertCpu, ModelError> {
+    fn load_f32(folder: &Path) -> Result<BertCpu, EncoderError> {
         let (c, act) = read_config(folder)?;
         let weights = folder.join("model.safetensors");
         // SAFETY: the weights file is memory-mapped read-only and only read while loading.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights) }
-            .map_err(|e| ModelError::BadFile { file: weights.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| EncoderError::BadWeights { file: weights.display().to_string(), message: e.to_string() })?;
         let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
         // Checkpoints saved from a task model prefix the encoder with "bert." (or the model type).
         for prefix in ["", "bert."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))) {
@@ -355,13 +350,13 @@ impl BertCpu {
 
     /// Last hidden states of packed rows: `ids` holds the rows back to back, `lengths` their token counts.
     /// Returns `sum(lengths) x hidden`, row-major, on the calling thread.
-    pub fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
         self.forward_observed(ids, lengths, &mut |_, _, _| {})
     }
 
     /// [`BertCpu::forward_rows`], showing `observe(layer, linear, input)` the input of each linear layer
     /// (0 qkv, 1 attention output, 2 up, 3 down).
-    fn forward_observed(&self, ids: &[u32], lengths: &[u32], observe: &mut dyn FnMut(usize, usize, &[f32])) -> Result<Vec<f32>, ModelError> {
+    fn forward_observed(&self, ids: &[u32], lengths: &[u32], observe: &mut dyn FnMut(usize, usize, &[f32])) -> Result<Vec<f32>, EncoderError> {
         let h = self.hidden;
         let m = ids.len();
         let mut x = vec![0f32; m * h];
@@ -369,12 +364,12 @@ impl BertCpu {
         for &n in lengths {
             let n = n as usize;
             if n == 0 || n > self.max_positions {
-                return Err(ModelError::Batch(format!("row length {n} outside 1..={}", self.max_positions)));
+                return Err(EncoderError::Batch(format!("row length {n} outside 1..={}", self.max_positions)));
             }
             for t in 0..n {
                 let id = ids[at + t] as usize;
                 if id >= self.vocab {
-                    return Err(ModelError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
+                    return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
                 }
                 let row = &mut x[(at + t) * h..(at + t + 1) * h];
                 let (word, pos) = (&self.word[id * h..(id + 1) * h], &self.position[t * h..(t + 1) * h]);
@@ -449,23 +444,28 @@ pub struct BertCpuBackend {
 }
 
 impl BertCpuBackend {
-    pub fn load(spec: &ModelSpec, threads: usize, dtype: Dtype) -> Result<Self, ModelError> {
+    pub fn load(spec: &ModelSpec, threads: usize, dtype: Dtype) -> Result<Self, EncoderError> {
         let model = BertCpu::load_with(Path::new(&spec.path), dtype)?;
         if model.hidden() != spec.dim {
-            return Err(ModelError::Setting(format!("{}: hidden size {} differs from the pooled dimension {}", spec.path, model.hidden(), spec.dim)));
+            return Err(EncoderError::Setting(format!(
+                "{}: hidden size {} differs from the pooled dimension {}",
+                spec.path,
+                model.hidden(),
+                spec.dim
+            )));
         }
         Ok(BertCpuBackend { model, spec: spec.clone(), threads: threads.max(1) })
     }
 
     /// Pooled (and, if the model says so, normalized) embeddings of packed rows, on the calling thread.
-    fn embed_group(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, ModelError> {
+    fn embed_group(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
         let hidden = self.model.forward_rows(ids, lengths)?;
         let dim = self.spec.dim;
         let mut out = Vec::with_capacity(lengths.len() * dim);
         let mut at = 0;
         for &n in lengths {
             let n = n as usize;
-            out.extend(crate::model::pool(&hidden[at * dim..(at + n) * dim], &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
+            out.extend(pool(&hidden[at * dim..(at + n) * dim], &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
             at += n;
         }
         Ok(out)
@@ -492,13 +492,13 @@ pub fn split_rows(lengths: &[u32], parts: usize, hidden: usize) -> Vec<usize> {
     ends
 }
 
-impl crate::model::Backend for BertCpuBackend {
+impl Backend for BertCpuBackend {
     fn dim(&self) -> usize {
         self.spec.dim
     }
 
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, ModelError> {
-        crate::model::check_lengths(batch, self.spec.max_seq_length)?;
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
+        check_lengths(batch, self.spec.max_seq_length)?;
         let ends = split_rows(&batch.lengths, self.threads, self.spec.dim);
         // Token offset of each group's first row.
         let mut groups = Vec::with_capacity(ends.len());
@@ -513,10 +513,10 @@ impl crate::model::Backend for BertCpuBackend {
             return self.embed_group(groups[0].0, groups[0].1);
         }
         let this = &*self;
-        let results: Vec<Result<Vec<f32>, ModelError>> = std::thread::scope(|s| {
+        let results: Vec<Result<Vec<f32>, EncoderError>> = std::thread::scope(|s| {
             let handles: Vec<_> = groups[1..].iter().map(|&(ids, lens)| s.spawn(move || this.embed_group(ids, lens))).collect();
             let mut results = vec![this.embed_group(groups[0].0, groups[0].1)];
-            results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(ModelError::Batch("encoder thread panicked".into())))));
+            results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EncoderError::Batch("encoder thread panicked".into())))));
             results
         });
         let mut out = Vec::with_capacity(batch.rows() * self.spec.dim);

@@ -1,0 +1,20 @@
+//! The encoder wing: the contract every encoder meets (`contract`), the rule table that picks and loads one
+//! (`select`), one file per architecture (`bert` on the CPU, `bert_candle` on any candle device, `reference`,
+//! `qwen3`), the placeholder (`noop`), shared pooling and padding (`pool`), the CPU kernels and CUDA.
+//!
+//! It depends on the model folder's declarations (`crate::model`) and nothing else of the pipeline.
+
+pub mod bert;
+pub mod bert_candle;
+pub mod contract;
+pub mod cuda;
+pub mod kernels;
+pub mod noop;
+mod parts;
+pub mod pool;
+pub mod qwen3;
+pub mod reference;
+pub mod select;
+
+pub use contract::{Backend, BackendOptions, DeviceChoice, Dtype, EncoderError, TokenBatch};
+pub use select::load;
