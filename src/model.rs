@@ -73,16 +73,18 @@ impl Pooling {
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Bert,
+    Mpnet,
     Qwen3,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 2] = [Architecture::Bert, Architecture::Qwen3];
+    pub const ALL: [Architecture; 3] = [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3];
 
     /// config.json's `model_type` (also the manifest's name).
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Bert => "bert",
+            Architecture::Mpnet => "mpnet",
             Architecture::Qwen3 => "qwen3",
         }
     }
@@ -120,6 +122,9 @@ pub struct ModelSpec {
     /// The Pooling module's `include_prompt`: false leaves prompt tokens out of pooling.
     #[serde(default = "yes")]
     pub include_prompt: bool,
+    /// Dense modules after pooling, in order (before Normalize).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dense: Vec<DenseSpec>,
 }
 
 fn yes() -> bool {
@@ -131,6 +136,180 @@ struct ModuleEntry {
     path: String,
     #[serde(rename = "type")]
     kind: String,
+}
+
+/// A Dense module: `activation(W x + b)`, plus `x` (or `R x` when the sizes differ) with `use_residual`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenseSpec {
+    /// Its folder inside the model folder (`2_Dense`).
+    pub path: String,
+    /// Its weights file in that folder: model.safetensors, else pytorch_model.bin.
+    pub weights: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub activation: Activation,
+    #[serde(default)]
+    pub residual: bool,
+    pub weights_sha256: String,
+}
+
+/// The activations sentence-transformers writes into a Dense config (`activation_function`, a torch class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Identity,
+    Tanh,
+    Relu,
+    /// Exact (erf) GELU: `torch.nn.GELU()` as sentence-transformers builds it.
+    Gelu,
+    Sigmoid,
+    Silu,
+}
+
+impl Activation {
+    /// The torch class names of each.
+    pub const TORCH: [(&'static str, Activation); 6] = [
+        ("torch.nn.modules.linear.Identity", Activation::Identity),
+        ("torch.nn.modules.activation.Tanh", Activation::Tanh),
+        ("torch.nn.modules.activation.ReLU", Activation::Relu),
+        ("torch.nn.modules.activation.GELU", Activation::Gelu),
+        ("torch.nn.modules.activation.Sigmoid", Activation::Sigmoid),
+        ("torch.nn.modules.activation.SiLU", Activation::Silu),
+    ];
+}
+
+/// What the modules after the Transformer declare.
+struct Modules {
+    pooling: Pooling,
+    include_prompt: bool,
+    dense: Vec<DenseSpec>,
+    normalize: bool,
+}
+
+/// The class of a modules.json entry, whichever package path the saving version used
+/// (`sentence_transformers.models.Pooling`, `sentence_transformers.base.modules.pooling.Pooling`, ...).
+fn class_of(kind: &str) -> &str {
+    kind.rsplit('.').next().unwrap_or(kind)
+}
+
+/// Reads the module sequence sentence-transformers runs: Transformer, Pooling, any Dense modules, and
+/// optionally Normalize, in that order. Anything else is refused by name: it would change the vectors.
+fn read_modules(folder: &Path, modules_path: &Path, modules: &[ModuleEntry], hidden: usize) -> Result<Modules, ModelError> {
+    let bad = |file: &Path, message: String| ModelError::BadFile { file: file.display().to_string(), message };
+    let order = "the supported sequence is Transformer, Pooling, Dense modules, Normalize";
+    let mut pooling: Option<(Pooling, bool)> = None;
+    let mut dense: Vec<DenseSpec> = Vec::new();
+    let mut normalize = false;
+    for (i, m) in modules.iter().enumerate() {
+        let class = class_of(&m.kind);
+        let misplaced = || bad(modules_path, format!("module {i} ({}) is out of place: {order}", m.kind));
+        match class {
+            "Transformer" if i == 0 => {}
+            "Pooling" if i == 1 => {
+                let file = folder.join(&m.path).join("config.json");
+                pooling = Some(read_pooling(&read_json(&require(folder, &format!("{}/config.json", m.path))?)?, &file, hidden)?);
+            }
+            "Dense" if pooling.is_some() && !normalize => {
+                let before = dense.last().map_or(hidden, |d: &DenseSpec| d.out_features);
+                dense.push(read_dense(folder, &m.path, before)?);
+            }
+            "Normalize" if pooling.is_some() && !normalize => normalize = true,
+            "Transformer" | "Pooling" | "Dense" | "Normalize" => return Err(misplaced()),
+            _ => return Err(bad(modules_path, format!("module {i} ({}) is not supported: {order}", m.kind))),
+        }
+    }
+    let Some((pooling, include_prompt)) = pooling else {
+        return Err(bad(modules_path, format!("no Pooling module: {order}")));
+    };
+    Ok(Modules { pooling, include_prompt, dense, normalize })
+}
+
+/// A Pooling config: `pooling_mode` (a name, or a list of one) as sentence-transformers 5.2+ saves it, or the
+/// older `pooling_mode_*` flags; neither is sentence-transformers' default, mean.
+fn read_pooling(cfg: &serde_json::Value, file: &Path, hidden: usize) -> Result<(Pooling, bool), ModelError> {
+    let refuse = |mode: String| ModelError::Pooling { file: file.display().to_string(), mode };
+    let pooling = if let Some(mode) = cfg.get("pooling_mode").filter(|v| !v.is_null()) {
+        let names: Vec<String> = match mode {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a.iter().map(|v| v.as_str().map_or(v.to_string(), String::from)).collect(),
+            other => vec![other.to_string()],
+        };
+        match names.as_slice() {
+            [one] => Pooling::FLAGS.iter().map(|(_, p)| *p).find(|p| p.name() == one).ok_or_else(|| refuse(one.clone()))?,
+            several => return Err(refuse(several.join(" + "))),
+        }
+    } else if Pooling::FLAGS.iter().any(|(k, _)| cfg.get(k).is_some()) {
+        let on = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+        let modes: Vec<&(&str, Pooling)> = Pooling::FLAGS.iter().filter(|(k, _)| on(k)).collect();
+        match modes.as_slice() {
+            [(_, one)] => *one,
+            other => return Err(refuse(other.iter().map(|(f, _)| f.trim_start_matches("pooling_mode_")).collect::<Vec<_>>().join(" + "))),
+        }
+    } else {
+        Pooling::Mean
+    };
+    for key in ["embedding_dimension", "word_embedding_dimension"] {
+        if let Some(v) = cfg.get(key).filter(|v| !v.is_null()) {
+            if v.as_u64() != Some(hidden as u64) {
+                return Err(ModelError::BadFile {
+                    file: file.display().to_string(),
+                    message: format!("{key} {v} differs from the transformer's hidden_size {hidden}"),
+                });
+            }
+        }
+    }
+    Ok((pooling, cfg.get("include_prompt").and_then(|v| v.as_bool()).unwrap_or(true)))
+}
+
+/// A Dense module's config.json and weights file; `before`: the dimensions the module before it makes.
+fn read_dense(folder: &Path, path: &str, before: usize) -> Result<DenseSpec, ModelError> {
+    let file = folder.join(path).join("config.json");
+    let cfg = read_json(&require(folder, &format!("{path}/config.json"))?)?;
+    let bad = |message: String| ModelError::BadFile { file: file.display().to_string(), message };
+    let size = |k: &str| -> Result<usize, ModelError> {
+        cfg.get(k)
+            .and_then(|v| v.as_u64())
+            .filter(|n| (1..=1 << 20).contains(n))
+            .map(|n| n as usize)
+            .ok_or_else(|| bad(format!("{k} must be a whole number from 1 to {} (it is {})", 1 << 20, cfg.get(k).unwrap_or(&serde_json::Value::Null))))
+    };
+    let (in_features, out_features) = (size("in_features")?, size("out_features")?);
+    if in_features != before {
+        return Err(bad(format!("in_features {in_features} does not chain: the module before it makes {before} dimensions")));
+    }
+    let activation = match cfg.get("activation_function").filter(|v| !v.is_null()) {
+        // sentence-transformers' default.
+        None => Activation::Tanh,
+        Some(v) => {
+            let name = v.as_str().unwrap_or_default();
+            Activation::TORCH.iter().find(|(t, _)| *t == name).map(|(_, a)| *a).ok_or_else(|| {
+                let known: Vec<&str> = Activation::TORCH.iter().map(|(t, _)| t.rsplit('.').next().unwrap_or(t)).collect();
+                bad(format!("activation_function {v} is not supported (supported: torch.nn {})", known.join(", ")))
+            })?
+        }
+    };
+    for key in ["module_input_name", "module_output_name"] {
+        if let Some(v) = cfg.get(key).filter(|v| !v.is_null() && v.as_str() != Some("sentence_embedding")) {
+            return Err(bad(format!("{key} {v}: only a Dense on the sentence embedding is supported")));
+        }
+    }
+    let flag = |k: &str, default: bool| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(default);
+    let weights = ["model.safetensors", "pytorch_model.bin"]
+        .into_iter()
+        .find(|w| folder.join(path).join(w).is_file())
+        .ok_or_else(|| ModelError::MissingFile { folder: folder.join(path).display().to_string(), file: "model.safetensors (or pytorch_model.bin)".into() })?;
+    let weights_file = folder.join(path).join(weights);
+    Ok(DenseSpec {
+        path: path.to_string(),
+        weights: weights.to_string(),
+        in_features,
+        out_features,
+        bias: flag("bias", true),
+        activation,
+        residual: flag("use_residual", false),
+        weights_sha256: sha256_file(&weights_file).map_err(|e| ModelError::BadFile { file: weights_file.display().to_string(), message: e.to_string() })?,
+    })
 }
 
 /// The largest JSON file of a model folder read (tokenizer.json files of large vocabularies are tens of MiB).
@@ -220,32 +399,7 @@ impl ModelSpec {
             as usize;
         let max_pos = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
 
-        let mut pooling = Pooling::Cls; // transformers' default when no Pooling module: not used by ST models
-        let mut has_pooling = false;
-        let mut include_prompt = true;
-        let mut normalize = false;
-        for m in &modules {
-            if m.kind.ends_with("models.Pooling") {
-                let file = format!("{}/config.json", m.path);
-                let pcfg = read_json(&require(folder, &file)?)?;
-                let on = |k: &str| pcfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-                let modes: Vec<&(&str, Pooling)> = Pooling::FLAGS.iter().filter(|(k, _)| on(k)).collect();
-                pooling = match modes.as_slice() {
-                    [(_, one)] => *one,
-                    other => {
-                        let names: Vec<&str> = other.iter().map(|(f, _)| f.trim_start_matches("pooling_mode_")).collect();
-                        return Err(ModelError::Pooling { file: folder.join(&file).display().to_string(), mode: names.join(" + ") });
-                    }
-                };
-                include_prompt = pcfg.get("include_prompt").and_then(|v| v.as_bool()).unwrap_or(true);
-                has_pooling = true;
-            } else if m.kind.ends_with("models.Normalize") {
-                normalize = true;
-            }
-        }
-        if !has_pooling {
-            return Err(ModelError::BadFile { file: modules_path.display().to_string(), message: "no Pooling module".into() });
-        }
+        let Modules { pooling, include_prompt, dense, normalize } = read_modules(folder, &modules_path, &modules, dim)?;
         let sbert = folder.join("sentence_bert_config.json");
         let max_seq_length = if sbert.is_file() {
             match read_json(&sbert)?.get("max_seq_length").filter(|v| !v.is_null()) {
@@ -291,7 +445,13 @@ impl ModelSpec {
             default_prompt_name,
             source: None,
             include_prompt,
+            dense,
         })
+    }
+
+    /// The dimensions of the embeddings the model makes: the last Dense module's, else the hidden size.
+    pub fn output_dim(&self) -> usize {
+        self.dense.last().map_or(self.dim, |d| d.out_features)
     }
 
     /// The text put before every input: `--prompt`, else `--prompt-name`, else the model's default prompt.
@@ -413,5 +573,35 @@ mod tests {
         assert_eq!(s.resolve_prompt(Some("x: "), Some("ignored")).unwrap(), "x: ");
         assert!(s.resolve_prompt(None, Some("query")).unwrap_err().contains("--prompt-name query"));
         assert_eq!(s.weights_sha256, "50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326");
+    }
+
+    #[test]
+    fn module_names_and_pooling_configs_of_every_sentence_transformers_version_are_read() {
+        // sentence-transformers 6 names modules by their new packages and writes `pooling_mode`.
+        let modules = r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.base.modules.transformer.Transformer"},
+            {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+            {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.base.modules.normalize.Normalize"}]"#;
+        for (pooling_config, want) in [
+            (r#"{"embedding_dimension": 8, "pooling_mode": "lasttoken"}"#, Ok(Pooling::LastToken)),
+            (r#"{"pooling_mode": ["weightedmean"]}"#, Ok(Pooling::WeightedMean)),
+            (r#"{"word_embedding_dimension": 8, "pooling_mode_max_tokens": true}"#, Ok(Pooling::Max)),
+            ("{}", Ok(Pooling::Mean)),
+            (r#"{"pooling_mode": "median"}"#, Err("pooling modes 'median'")),
+            (r#"{"pooling_mode_mean_tokens": false}"#, Err("pooling modes ''")),
+            (r#"{"embedding_dimension": 16, "pooling_mode": "mean"}"#, Err("embedding_dimension 16 differs from the transformer's hidden_size 8")),
+        ] {
+            let d = folder_with(&[
+                ("modules.json", modules),
+                ("config.json", r#"{"model_type":"bert","hidden_size":8}"#),
+                ("tokenizer.json", "{}"),
+                ("model.safetensors", "w"),
+                ("1_Pooling/config.json", pooling_config),
+            ]);
+            match (ModelSpec::load(d.path(), None), want) {
+                (Ok(s), Ok(p)) => assert_eq!((s.pooling, s.normalize, s.output_dim()), (p, true, 8), "{pooling_config}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w) && e.to_string().contains("1_Pooling/config.json"), "{pooling_config}: {e}"),
+                (got, want) => panic!("{pooling_config}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 }

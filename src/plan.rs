@@ -74,7 +74,7 @@ pub struct Plan {
 impl Plan {
     /// Dimensions of the stored embeddings: the model's, or `--truncate-dim`'s.
     pub fn output_dim(&self) -> usize {
-        self.config.truncate_dim.map_or(self.model.dim, |n| n.min(self.model.dim))
+        self.config.truncate_dim.map_or(self.model.output_dim(), |n| n.min(self.model.output_dim()))
     }
 }
 

@@ -5,7 +5,8 @@ mod common;
 
 use chatspace_mpi::encoder::TokenBatch;
 use chatspace_mpi::encoder::{self, Backend, BackendOptions, Dtype};
-use chatspace_mpi::model::{ModelSpec, Pooling};
+use chatspace_mpi::model::{Architecture, ModelSpec, Pooling};
+use chatspace_mpi::tokenize::{TextTokenizer, TokenizerChoice};
 use common::*;
 
 fn batch(tok: &tokenizers::Tokenizer, texts: &[&str], first_id: u64) -> TokenBatch {
@@ -138,6 +139,84 @@ fn every_pooling_mode_matches_sentence_transformers() {
     std::fs::write(folder.join("1_Pooling/config.json"), r#"{"pooling_mode_max_tokens": true, "pooling_mode_mean_tokens": true}"#).unwrap();
     let e = ModelSpec::load(&folder, None).unwrap_err().to_string();
     assert!(e.contains("1_Pooling/config.json") && e.contains("max") && e.contains("mean"), "{e}");
+}
+
+#[test]
+fn dense_modules_match_sentence_transformers() {
+    // tests/fixtures/minilm-dense (scripts/make-dense-fixtures.py): MiniLM with seeded random Dense modules,
+    // saved by sentence-transformers 6.2 (its module names and `pooling_mode` config). a: mean pooling, Dense
+    // 384->128 Tanh, Dense 128->96 Identity without bias, Normalize (safetensors). b: cls pooling, Dense
+    // 384->64 GELU with a projected residual, 64->64 Sigmoid with the input added, 64->48 ReLU, 48->48 SiLU, no
+    // Normalize (pytorch_model.bin).
+    let dir = tempfile::tempdir().unwrap();
+    for (variant, pooling, dims, normalize) in [("a", Pooling::Mean, vec![128, 96], true), ("b", Pooling::Cls, vec![64, 64, 48, 48], false)] {
+        let spec = ModelSpec::load(&minilm_with_dense(dir.path(), variant), None).unwrap();
+        assert_eq!((spec.pooling, spec.normalize, spec.dim), (pooling, normalize, 384), "{variant}");
+        assert_eq!(spec.dense.iter().map(|d| d.out_features).collect::<Vec<_>>(), dims, "{variant}");
+        let dim = spec.output_dim();
+        let tok = spec.tokenizer().unwrap();
+        let refs = dense_reference(variant);
+        assert_eq!(refs.len(), 16, "{variant}");
+        let texts: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
+        for (name, mut backend) in bert_backends(&spec) {
+            assert_eq!(backend.dim(), dim, "{variant} {name}");
+            let mut worst = (1.0f64, 0.0f32);
+            for (k, group) in texts.chunks(5).enumerate() {
+                let out = backend.embed(&batch(&tok, group, (k * 5) as u64)).unwrap();
+                assert_eq!(out.len(), group.len() * dim);
+                for (i, v) in out.chunks(dim).enumerate() {
+                    let want = &refs[k * 5 + i].1;
+                    let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+                    worst = (worst.0.min(c), worst.1.max(d));
+                    assert!(c >= 0.99999 && d <= 1e-5, "dense {variant}, {name}: text {:?}: cosine {c}, max abs diff {d}", group[i]);
+                }
+            }
+            eprintln!("dense {variant} ({name}): worst cosine {:.9}, worst max abs diff {:.2e}", worst.0, worst.1);
+        }
+    }
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers() {
+    // The real all-mpnet-base-v2 (scripts/fetch-model.sh) against Python sentence-transformers on the 64 parity
+    // texts (tests/fixtures/mpnet-reference.jsonl, scripts/make-reference.py). Its tokenizer.json truncates at
+    // 128 but sentence-transformers at its max_seq_length, 384: that one wins.
+    let spec = ModelSpec::load(&mpnet(), None).unwrap();
+    assert_eq!((spec.architecture, spec.pooling, spec.normalize, spec.max_seq_length, spec.dim), (Architecture::Mpnet, Pooling::Mean, true, 384, 768));
+    let refs = mpnet_reference();
+    assert_eq!(refs.len(), 64);
+    assert!(refs.iter().any(|(_, ids, _)| ids.len() == 384) && refs.iter().filter(|(_, ids, _)| ids.len() > 128).count() >= 3);
+    let texts: Vec<String> = refs.iter().map(|(t, _, _)| t.clone()).collect();
+    // (Its added tokens `<unk>` (normalized) and `<mask>` (lstrip) are outside the fast path: `auto` runs
+    // `tokenizers`.)
+    for choice in [TokenizerChoice::Auto, TokenizerChoice::Reference] {
+        let tok = TextTokenizer::load(&spec, choice).unwrap();
+        let enc = tok.encode_batch(&texts, "", 1).unwrap();
+        for (i, (t, ids, _)) in refs.iter().enumerate() {
+            assert_eq!(enc.row(i), &ids[..], "{choice:?}: ids of {t:?}");
+        }
+    }
+    let mut backend = encoder::load(&spec, BackendOptions::cpu(2)).unwrap();
+    assert_eq!(backend.dim(), 768);
+    let mut worst = (1.0f64, 0.0f32);
+    for (k, group) in refs.chunks(8).enumerate() {
+        let mut b = TokenBatch { row_ids: vec![], lengths: vec![], ids: vec![] };
+        for (i, (_, ids, _)) in group.iter().enumerate() {
+            b.row_ids.push((k * 8 + i) as u64);
+            b.lengths.push(ids.len() as u32);
+            b.ids.extend_from_slice(ids);
+        }
+        let out = backend.embed(&b).unwrap();
+        for (v, (t, _, want)) in out.chunks(768).zip(group) {
+            let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+            worst = (worst.0.min(c), worst.1.max(d));
+            assert!(c >= 0.99999 && d <= 1e-5, "mpnet: text {t:?}: cosine {c}, max abs diff {d}");
+        }
+    }
+    eprintln!("mpnet (cpu float32): worst cosine {:.9}, worst max abs diff {:.2e} over 64 texts", worst.0, worst.1);
+    // Its CPU rule: float32 only.
+    let e = encoder::load(&spec, BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(1) }).err().expect("refused");
+    assert!(e.to_string().contains("mpnet models"), "{e}");
 }
 
 #[test]

@@ -259,6 +259,69 @@ fn truncate_dim_keeps_the_first_dimensions_as_sentence_transformers_does() {
 }
 
 #[test]
+fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
+    // The Dense fixtures (MiniLM + Dense modules saved by sentence-transformers; tests/parity.rs checks the
+    // encoders) through `embed`: a under mpirun -n 4, b as a plain process. Every row equals sentence-transformers'
+    // vector of its text.
+    let d = tempfile::tempdir().unwrap();
+    for (variant, mut cmd, modules) in [("a", mpirun_cmd(4), 2), ("b", embed_cmd(), 4)] {
+        let folder = minilm_with_dense(d.path(), variant);
+        let refs = dense_reference(variant);
+        let data = d.path().join(format!("{variant}.jsonl"));
+        let body: String = refs.iter().map(|(t, _)| serde_json::json!({ "text": t }).to_string() + "\n").collect();
+        std::fs::write(&data, body).unwrap();
+        let out = d.path().join(format!("out-{variant}"));
+        cmd.arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(&out);
+        cmd.args(["--batch-size", "5", "--rows-per-shard", "6", "--no-progress"]);
+        let o = run_limited(&mut cmd, 180);
+        assert!(o.status.success(), "{variant}: {}", stderr(&o));
+        verify_ok(&out);
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        let dim = refs[0].1.len();
+        assert_eq!((m.embedding_dim, m.fingerprint.dim, m.fingerprint.dense.len(), rows.len()), (dim, 384, modules, 16), "{variant}");
+        for (id, v) in &rows {
+            let want = &refs[*id as usize].1;
+            let (c, diff) = (cosine(v, want), max_abs_diff(v, want));
+            assert!(c >= 0.99999 && diff <= 1e-5, "{variant}: row {id}: cosine {c}, max abs diff {diff}");
+        }
+        // Other Dense weights are other vectors: a resume is refused naming the field.
+        let cfg = folder.join("2_Dense/config.json");
+        let changed = std::fs::read_to_string(&cfg).unwrap().replace("\"bias\": true", "\"bias\": false");
+        std::fs::write(&cfg, changed).unwrap();
+        let o = embed_cmd().arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(&out).args(["--resume", "--no-progress"]).output().unwrap();
+        assert!(o.status.code() == Some(1) && stderr(&o).contains("dense"), "{variant}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn mpnet_embeds_through_the_pipeline_as_sentence_transformers_does() {
+    // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process: every row
+    // equals Python sentence-transformers' vector (tests/fixtures/mpnet-reference.jsonl).
+    let d = tempfile::tempdir().unwrap();
+    let refs = mpnet_reference();
+    let data = d.path().join("parity.jsonl");
+    let body: String = refs.iter().map(|(t, _, _)| serde_json::json!({ "text": t }).to_string() + "\n").collect();
+    std::fs::write(&data, body).unwrap();
+    for (name, mut cmd) in [("mpirun", mpirun_cmd(4)), ("plain", embed_cmd())] {
+        let out = d.path().join(name);
+        cmd.arg("--dataset").arg(&data).arg("--model").arg(mpnet()).arg("--output-root").arg(&out);
+        cmd.args(["--batch-size", "8", "--rows-per-shard", "20", "--no-progress"]);
+        let o = run_limited(&mut cmd, 300);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        verify_ok(&out);
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        assert_eq!((m.embedding_dim, rows.len(), m.model_info.architecture), (768, 64, chatspace_mpi::model::Architecture::Mpnet), "{name}");
+        for (id, v) in &rows {
+            let (text, _, want) = &refs[*id as usize];
+            let (c, diff) = (cosine(v, want), max_abs_diff(v, want));
+            assert!(c >= 0.99999 && diff <= 1e-5, "{name}: row {id} ({text:?}): cosine {c}, max abs diff {diff}");
+        }
+    }
+}
+
+#[test]
 fn messages_split_into_parts_arrive_whole() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.jsonl");

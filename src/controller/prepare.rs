@@ -52,10 +52,10 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
         crate::encoder::select::check(Some(model.architecture), config.device, config.encoder == EncoderKind::Candle, config.dtype)
             .map_err(|e| anyhow::anyhow!("{e} (model {})", model.name))?;
     }
-    if let Some(n) = config.truncate_dim.filter(|&n| n > model.dim) {
-        anyhow::bail!("--truncate-dim {n}: the model {} makes embeddings of {} dimensions", model.name, model.dim);
+    if let Some(n) = config.truncate_dim.filter(|&n| n > model.output_dim()) {
+        anyhow::bail!("--truncate-dim {n}: the model {} makes embeddings of {} dimensions", model.name, model.output_dim());
     }
-    check_shard_size(config.rows_per_shard, config.truncate_dim.unwrap_or(model.dim))?;
+    check_shard_size(config.rows_per_shard, config.truncate_dim.unwrap_or(model.output_dim()))?;
     let (files, source) = find_dataset(&config)?;
     if files.iter().any(|(_, f)| *f != files[0].1) {
         anyhow::bail!("--dataset {}: mixes Parquet and JSONL files; use one format", config.dataset);
@@ -233,6 +233,7 @@ pub fn fingerprint(plan: &Plan) -> Fingerprint {
         normalize: plan.model.normalize,
         max_seq_length: plan.model.max_seq_length,
         dim: plan.model.dim,
+        dense: plan.model.dense.clone(),
         truncate_dim: c.truncate_dim,
         dtype: c.dtype.name().to_string(),
         encoder: c.encoder,

@@ -15,13 +15,45 @@ use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
 use crate::encoder::pool::embed_padded;
 use crate::model::ModelSpec;
 
-struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    up: Linear,
-    down: Linear,
-    out_norm: LayerNorm,
+/// A post-norm transformer layer of the BERT family (BERT, MPNet): fused QKV attention, then a GELU/ReLU MLP,
+/// each with a residual and a layer norm.
+pub(crate) struct Layer {
+    pub qkv: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: LayerNorm,
+    pub up: Linear,
+    pub down: Linear,
+    pub out_norm: LayerNorm,
+}
+
+impl Layer {
+    /// `x` `(b, l, h)` through the layer; `bias` is added to the attention scores `(b, heads, l, l)` (padding
+    /// mask, relative position bias) and broadcasts to them.
+    pub fn forward(&self, x: &Tensor, bias: &Tensor, heads: usize, act: Activation) -> Result<Tensor, EncoderError> {
+        let (b, l, h) = x.dims3()?;
+        let d = h / heads;
+        let qkv = self.qkv.forward(x)?; // (b, l, 3h)
+        let split =
+            |i: usize| -> candle_core::Result<Tensor> { qkv.narrow(D::Minus1, i * h, h)?.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous() };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?); // (b, heads, l, d)
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let up = self.up.forward(&a)?;
+        let up = match act {
+            Activation::GeluErf => up.gelu_erf()?,
+            Activation::GeluTanh => up.gelu()?,
+            Activation::Relu => up.relu()?,
+        };
+        Ok(self.out_norm.forward(&(self.down.forward(&up)? + &a)?)?)
+    }
+}
+
+/// 0 where attended, -65504 (finite in every float dtype) on padding: `(mask - 1) * 65504`, `(b, 1, 1, l)`.
+pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor, EncoderError> {
+    let (b, l) = mask.dims2()?;
+    Ok(mask.to_dtype(dtype)?.affine(65504.0, -65504.0)?.reshape((b, 1, 1, l))?)
 }
 
 /// A BERT encoder's weights on a candle device.
@@ -34,19 +66,18 @@ pub struct BertCandle {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: usize,
-    hidden: usize,
     act: Activation,
     max_positions: usize,
     dtype: DType,
     device: Device,
 }
 
-fn norm(vb: &VarBuilder, h: usize, eps: f64) -> Result<LayerNorm, EncoderError> {
+pub(crate) fn norm(vb: &VarBuilder, h: usize, eps: f64) -> Result<LayerNorm, EncoderError> {
     let (w, b) = if vb.contains_tensor("weight") { ("weight", "bias") } else { ("gamma", "beta") };
     Ok(LayerNorm::new(vb.get(h, w)?, vb.get(h, b)?, eps))
 }
 
-fn linear(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Linear, EncoderError> {
+pub(crate) fn linear(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Linear, EncoderError> {
     Ok(Linear::new(vb.get((outputs, inputs), "weight")?, Some(vb.get(outputs, "bias")?)))
 }
 
@@ -88,7 +119,6 @@ impl BertCandle {
             emb_norm: norm(&e.pp("LayerNorm"), h, c.layer_norm_eps)?,
             layers,
             heads: c.num_attention_heads,
-            hidden: h,
             act,
             max_positions: c.max_position_embeddings,
             dtype,
@@ -99,33 +129,15 @@ impl BertCandle {
     /// Last hidden states `(rows, len, hidden)` in float32 of right-padded `ids` `(rows, len)`; `mask` holds
     /// 1 for real tokens and 0 for padding.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError> {
-        let (b, l) = ids.dims2()?;
+        let (_, l) = ids.dims2()?;
         if l > self.max_positions {
             return Err(EncoderError::Batch(format!("row length {l} outside 1..={}", self.max_positions)));
         }
-        let (h, d) = (self.hidden, self.hidden / self.heads);
         let x = self.word.forward(ids)?.broadcast_add(&self.position.narrow(0, 0, l)?)?.broadcast_add(&self.token_type)?;
         let mut x = self.emb_norm.forward(&x)?;
-        // 0 where attended, -65504 (finite in every float dtype) on padding: (mask - 1) * 65504.
-        let additive = mask.to_dtype(self.dtype)?.affine(65504.0, -65504.0)?.reshape((b, 1, 1, l))?;
-        let scale = 1.0 / (d as f64).sqrt();
+        let additive = padding_bias(mask, self.dtype)?;
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?; // (b, l, 3h)
-            let split = |i: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(D::Minus1, i * h, h)?.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous()
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?); // (b, heads, l, d)
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&additive)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-            let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let up = layer.up.forward(&a)?;
-            let up = match self.act {
-                Activation::GeluErf => up.gelu_erf()?,
-                Activation::GeluTanh => up.gelu()?,
-                Activation::Relu => up.relu()?,
-            };
-            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)?;
+            x = layer.forward(&x, &additive, self.heads, self.act)?;
         }
         Ok(x.to_dtype(DType::F32)?)
     }

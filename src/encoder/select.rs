@@ -9,7 +9,8 @@ use candle_core::{DType, Device};
 
 use crate::encoder::contract::{Backend, BackendOptions, DeviceChoice, Dtype, EncoderError};
 use crate::encoder::cuda::{cuda_device, cuda_device_count};
-use crate::encoder::{bert, bert_candle, qwen3, reference};
+use crate::encoder::head::DenseHead;
+use crate::encoder::{bert, bert_candle, mpnet, qwen3, reference};
 use crate::model::{Architecture, ModelSpec};
 
 /// Where an encoder computes.
@@ -44,6 +45,8 @@ pub enum Engine {
     BertReference,
     /// BERT on candle tensor ops, for any candle device and dtype (`bert_candle.rs`).
     BertCandle,
+    /// MPNet on candle tensor ops (`mpnet.rs`).
+    Mpnet,
     /// candle-transformers' Qwen3 (`qwen3.rs`).
     Qwen3,
 }
@@ -65,6 +68,8 @@ const RULES: &[Rule] = &[
     Rule { arch: Architecture::Bert, place: Place::Cpu, reference: Some(false), engine: Engine::BertCpu, dtypes: &[F32, Bf16, Int8] },
     Rule { arch: Architecture::Bert, place: Place::Cpu, reference: Some(true), engine: Engine::BertReference, dtypes: &[F32] },
     Rule { arch: Architecture::Bert, place: Place::Cuda, reference: None, engine: Engine::BertCandle, dtypes: &[F32, F16, Bf16] },
+    Rule { arch: Architecture::Mpnet, place: Place::Cpu, reference: None, engine: Engine::Mpnet, dtypes: &[F32] },
+    Rule { arch: Architecture::Mpnet, place: Place::Cuda, reference: None, engine: Engine::Mpnet, dtypes: &[F32, F16, Bf16] },
     Rule { arch: Architecture::Qwen3, place: Place::Cpu, reference: None, engine: Engine::Qwen3, dtypes: &[F32] },
     Rule { arch: Architecture::Qwen3, place: Place::Cuda, reference: None, engine: Engine::Qwen3, dtypes: &[F32, F16, Bf16] },
 ];
@@ -139,8 +144,18 @@ pub fn check(arch: Option<Architecture>, device: DeviceChoice, reference: bool, 
     choose(arch, place_of(device), reference, dtype).map(|_| ())
 }
 
-/// Builds the encoder for `spec` as the table says.
+/// Builds the encoder for `spec` as the table says, with its Dense modules (and Normalize after them) when it
+/// has any.
 pub fn load(spec: &ModelSpec, opts: BackendOptions) -> Result<Box<dyn Backend>, EncoderError> {
+    if spec.dense.is_empty() {
+        return load_pooled(spec, opts);
+    }
+    let pooled = ModelSpec { dense: Vec::new(), normalize: false, ..spec.clone() };
+    Ok(Box::new(DenseHead::new(spec, load_pooled(&pooled, opts)?)?))
+}
+
+/// The transformer and its pooling (and Normalize, when the spec says so).
+fn load_pooled(spec: &ModelSpec, opts: BackendOptions) -> Result<Box<dyn Backend>, EncoderError> {
     let place = if opts.gpu.is_some() { Place::Cuda } else { Place::Cpu };
     let engine = choose(Some(spec.architecture), place, opts.reference, opts.dtype).map_err(EncoderError::Setting)?;
     let device = match opts.gpu {
@@ -156,6 +171,7 @@ pub fn load(spec: &ModelSpec, opts: BackendOptions) -> Result<Box<dyn Backend>, 
         Engine::BertCpu => Box::new(bert::BertCpuBackend::load(spec, opts.threads, opts.dtype)?),
         Engine::BertReference => Box::new(reference::ReferenceBertBackend::load(spec)?),
         Engine::BertCandle => Box::new(bert_candle::BertCandleBackend::load(spec, &device, dtype)?),
+        Engine::Mpnet => Box::new(mpnet::MpnetBackend::load(spec, &device, dtype)?),
         Engine::Qwen3 => Box::new(qwen3::Qwen3Backend::load_on(spec, &device, dtype)?),
     })
 }

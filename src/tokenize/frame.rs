@@ -148,7 +148,7 @@ pub(crate) fn specials(pp: &Value) -> Result<(Vec<u32>, Vec<u32>), String> {
         None if pp.is_null() => Ok((Vec::new(), Vec::new())),
         // Byte-level post-processing trims offsets only.
         Some("ByteLevel") => Ok((Vec::new(), Vec::new())),
-        Some("BertProcessing") => {
+        Some("BertProcessing") | Some("RobertaProcessing") => {
             let cls = pp["cls"].get(1).and_then(ids_of).ok_or("BertProcessing without a cls id")?;
             let sep = pp["sep"].get(1).and_then(ids_of).ok_or("BertProcessing without a sep id")?;
             Ok((vec![cls], vec![sep]))

@@ -361,7 +361,8 @@ mod tests {
         for (pp, norm, pre, added, why) in [
             (bert, r#"{"type":"Sequence","normalizers":[]}"#, pre, tok, "normalizer Sequence"),
             (bert, norm, r#"{"type":"Whitespace"}"#, tok, "pre_tokenizer Whitespace"),
-            (r#"{"type":"RobertaProcessing"}"#, norm, pre, tok, "post_processor RobertaProcessing"),
+            (r#"{"type":"Sequence"}"#, norm, pre, tok, "post_processor Sequence"),
+            (r#"{"type":"RobertaProcessing","sep":["</s>",2]}"#, norm, pre, tok, "without a cls id"),
             (bert, norm, pre, r#"{"id":1,"content":"[CLS]","special":true,"lstrip":true}"#, "has lstrip"),
             (bert, norm, pre, r#"{"id":1,"content":"x","special":false}"#, "has normalized"),
         ] {

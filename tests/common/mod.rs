@@ -212,3 +212,63 @@ pub fn rows_jsonl(dir: &Path, name: &str, rows: usize) -> PathBuf {
     std::fs::write(&p, body).unwrap();
     p
 }
+
+/// A model folder under `dir` made of the real all-MiniLM-L6-v2 (its files linked) and the modules of
+/// tests/fixtures/minilm-dense/{variant} (scripts/make-dense-fixtures.py): Pooling and Dense modules saved
+/// by sentence-transformers.
+pub fn minilm_with_dense(dir: &Path, variant: &str) -> PathBuf {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let folder = dir.join(format!("minilm-dense-{variant}"));
+    std::fs::create_dir_all(&folder).unwrap();
+    for e in std::fs::read_dir(model()).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "modules.json" {
+            std::os::unix::fs::symlink(e.path(), folder.join(e.file_name())).unwrap();
+        }
+    }
+    copy_tree(&root().join("tests/fixtures/minilm-dense").join(variant), &folder);
+    folder
+}
+
+/// The reference embeddings of tests/fixtures/minilm-dense-reference.jsonl for one variant: (text, vector).
+pub fn dense_reference(variant: &str) -> Vec<(String, Vec<f32>)> {
+    std::fs::read_to_string(root().join("tests/fixtures/minilm-dense-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["model"] == variant)
+        .map(|r| (r["text"].as_str().unwrap().to_string(), r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()))
+        .collect()
+}
+
+/// The real all-mpnet-base-v2 folder (scripts/fetch-model.sh puts it there).
+pub fn mpnet() -> PathBuf {
+    let p = root().join("models/all-mpnet-base-v2");
+    assert!(p.join("model.safetensors").is_file(), "real all-mpnet-base-v2 weights missing at {}: run scripts/fetch-model.sh", p.display());
+    p
+}
+
+/// tests/fixtures/mpnet-reference.jsonl (scripts/make-reference.py): the 64 parity texts with the input ids
+/// and embeddings of Python sentence-transformers' all-mpnet-base-v2.
+pub fn mpnet_reference() -> Vec<(String, Vec<u32>, Vec<f32>)> {
+    std::fs::read_to_string(root().join("tests/fixtures/mpnet-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| {
+            let ids = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let v = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (r["text"].as_str().unwrap().to_string(), ids, v)
+        })
+        .collect()
+}
