@@ -38,7 +38,7 @@ fn main() {
             "cpu1" => ("cpu (1 thread)".to_string(), BackendOptions::cpu(1)),
             "bf16" => (format!("cpu bf16 ({threads} t)"), BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(threads) }),
             "int8" => (format!("cpu int8 ({threads} t)"), BackendOptions { dtype: Dtype::Int8, ..BackendOptions::cpu(threads) }),
-            "candle" => ("candle BertModel".to_string(), BackendOptions { reference: true, ..BackendOptions::cpu(1) }),
+            "candle" => ("candle (reference)".to_string(), BackendOptions { reference: true, ..BackendOptions::cpu(1) }),
             other => panic!("BENCH_BACKENDS: unknown backend {other} (cpu, cpu1, bf16, int8, candle)"),
         };
         // What the encoders' rule table or this CPU refuses (bfloat16 without AVX512_BF16, int8 for MPNet, ...)

@@ -268,11 +268,9 @@ fn read_dense(folder: &Path, path: &str, before: usize) -> Result<DenseSpec, Mod
     let cfg = read_json(&require(folder, &format!("{path}/config.json"))?)?;
     let bad = |message: String| ModelError::BadFile { file: file.display().to_string(), message };
     let size = |k: &str| -> Result<usize, ModelError> {
-        cfg.get(k)
-            .and_then(|v| v.as_u64())
-            .filter(|n| (1..=1 << 20).contains(n))
-            .map(|n| n as usize)
-            .ok_or_else(|| bad(format!("{k} must be a whole number from 1 to {} (it is {})", 1 << 20, cfg.get(k).unwrap_or(&serde_json::Value::Null))))
+        cfg.get(k).and_then(|v| v.as_u64()).filter(|n| (1..=1 << 20).contains(n)).map(|n| n as usize).ok_or_else(|| {
+            bad(format!("{k} must be a whole number from 1 to {} (it is {})", 1 << 20, cfg.get(k).unwrap_or(&serde_json::Value::Null)))
+        })
     };
     let (in_features, out_features) = (size("in_features")?, size("out_features")?);
     if in_features != before {
@@ -295,10 +293,9 @@ fn read_dense(folder: &Path, path: &str, before: usize) -> Result<DenseSpec, Mod
         }
     }
     let flag = |k: &str, default: bool| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(default);
-    let weights = ["model.safetensors", "pytorch_model.bin"]
-        .into_iter()
-        .find(|w| folder.join(path).join(w).is_file())
-        .ok_or_else(|| ModelError::MissingFile { folder: folder.join(path).display().to_string(), file: "model.safetensors (or pytorch_model.bin)".into() })?;
+    let weights = ["model.safetensors", "pytorch_model.bin"].into_iter().find(|w| folder.join(path).join(w).is_file()).ok_or_else(|| {
+        ModelError::MissingFile { folder: folder.join(path).display().to_string(), file: "model.safetensors (or pytorch_model.bin)".into() }
+    })?;
     let weights_file = folder.join(path).join(weights);
     Ok(DenseSpec {
         path: path.to_string(),
@@ -308,7 +305,8 @@ fn read_dense(folder: &Path, path: &str, before: usize) -> Result<DenseSpec, Mod
         bias: flag("bias", true),
         activation,
         residual: flag("use_residual", false),
-        weights_sha256: sha256_file(&weights_file).map_err(|e| ModelError::BadFile { file: weights_file.display().to_string(), message: e.to_string() })?,
+        weights_sha256: sha256_file(&weights_file)
+            .map_err(|e| ModelError::BadFile { file: weights_file.display().to_string(), message: e.to_string() })?,
     })
 }
 

@@ -93,7 +93,9 @@ pub fn test_delay(point: &str) {
 pub fn encoder(mb: &Mailbox) -> RoleResult {
     let Some(plan) = wait_for_plan(mb)? else { return Ok(()) };
     let mut backend: Box<dyn crate::encoder::Backend> = match plan.config.encoder {
-        crate::cli::EncoderKind::Noop | crate::cli::EncoderKind::NoopTokenized => Box::new(crate::encoder::noop::NoopBackend { dim: plan.model.output_dim() }),
+        crate::cli::EncoderKind::Noop | crate::cli::EncoderKind::NoopTokenized => {
+            Box::new(crate::encoder::noop::NoopBackend { dim: plan.model.output_dim() })
+        }
         kind => {
             let threads = crate::layout::encoder_threads(plan.config.encoder_threads, &plan.layout);
             let gpu = crate::device::resolve(plan.config.device.as_str(), &plan.layout, mb.me).map_err(RoleError::new)?;

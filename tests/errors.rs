@@ -224,20 +224,31 @@ fn bad_dense_modules_are_refused_by_name() {
         folder
     };
     let cases: Vec<(std::path::PathBuf, Vec<&str>)> = vec![
-        (edit("chain", "3_Dense/config.json", &|v| v["in_features"] = 100.into()), vec!["3_Dense/config.json", "in_features 100 does not chain", "128"]),
+        (
+            edit("chain", "3_Dense/config.json", &|v| v["in_features"] = 100.into()),
+            vec!["3_Dense/config.json", "in_features 100 does not chain", "128"],
+        ),
         (
             edit("act", "2_Dense/config.json", &|v| v["activation_function"] = "torch.nn.modules.activation.Softplus".into()),
             vec!["2_Dense/config.json", "activation_function", "Softplus", "not supported"],
         ),
         (
             edit("unknown", "modules.json", &|v| {
-                v.as_array_mut().unwrap().insert(2, serde_json::json!({"idx": 2, "name": "x", "path": "x", "type": "sentence_transformers.models.LayerNorm"}))
+                v.as_array_mut()
+                    .unwrap()
+                    .insert(2, serde_json::json!({"idx": 2, "name": "x", "path": "x", "type": "sentence_transformers.models.LayerNorm"}))
             }),
             vec!["modules.json", "module 2 (sentence_transformers.models.LayerNorm) is not supported"],
         ),
         (edit("order", "modules.json", &|v| v.as_array_mut().unwrap().swap(3, 4)), vec!["modules.json", "module 4", "out of place"]),
-        (edit("pool", "1_Pooling/config.json", &|v| v["pooling_mode"] = serde_json::json!(["mean", "max"])), vec!["1_Pooling/config.json", "mean + max"]),
-        (edit("pooldim", "1_Pooling/config.json", &|v| v["embedding_dimension"] = 768.into()), vec!["1_Pooling/config.json", "embedding_dimension 768"]),
+        (
+            edit("pool", "1_Pooling/config.json", &|v| v["pooling_mode"] = serde_json::json!(["mean", "max"])),
+            vec!["1_Pooling/config.json", "mean + max"],
+        ),
+        (
+            edit("pooldim", "1_Pooling/config.json", &|v| v["embedding_dimension"] = 768.into()),
+            vec!["1_Pooling/config.json", "embedding_dimension 768"],
+        ),
     ];
     for (folder, wanted) in cases {
         let (ok, e) = embed(&good, &folder, &out, &[]);
@@ -249,7 +260,8 @@ fn bad_dense_modules_are_refused_by_name() {
     assert!(!ok && error_line(&e).contains("2_Dense is missing model.safetensors (or pytorch_model.bin)"), "{e}");
     // Weights of another shape than config.json says: the encoder names the file and the tensor, the run fails.
     let shape = edit("shape", "2_Dense/config.json", &|v| v["out_features"] = 127.into());
-    std::fs::write(shape.join("3_Dense/config.json"), std::fs::read_to_string(shape.join("3_Dense/config.json")).unwrap().replace("128", "127")).unwrap();
+    std::fs::write(shape.join("3_Dense/config.json"), std::fs::read_to_string(shape.join("3_Dense/config.json")).unwrap().replace("128", "127"))
+        .unwrap();
     let (ok, e) = embed(&good, &shape, &out, &[]);
     assert!(!ok && error_line(&e).contains("2_Dense/model.safetensors") && error_line(&e).contains("linear.weight has shape [128, 384]"), "{e}");
     assert!(!e.contains("panicked"), "{e}");

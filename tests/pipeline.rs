@@ -289,7 +289,16 @@ fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
         let cfg = folder.join("2_Dense/config.json");
         let changed = std::fs::read_to_string(&cfg).unwrap().replace("\"bias\": true", "\"bias\": false");
         std::fs::write(&cfg, changed).unwrap();
-        let o = embed_cmd().arg("--dataset").arg(&data).arg("--model").arg(&folder).arg("--output-root").arg(&out).args(["--resume", "--no-progress"]).output().unwrap();
+        let o = embed_cmd()
+            .arg("--dataset")
+            .arg(&data)
+            .arg("--model")
+            .arg(&folder)
+            .arg("--output-root")
+            .arg(&out)
+            .args(["--resume", "--no-progress"])
+            .output()
+            .unwrap();
         assert!(o.status.code() == Some(1) && stderr(&o).contains("dense"), "{variant}: {}", stderr(&o));
     }
 }

@@ -35,6 +35,11 @@ pub struct BertConfig {
     pub position_embedding_type: Option<String>,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// MPNet: the relative position buckets of its attention bias.
+    #[serde(default)]
+    pub relative_attention_num_buckets: Option<usize>,
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
 }
 
 fn default_act() -> String {
@@ -159,10 +164,14 @@ pub struct BertCpu {
     vocab: usize,
     word: Vec<f32>,
     position: Vec<f32>,
-    /// Token type 0's embedding (single-segment input).
+    /// Token type 0's embedding (single-segment input; zeros for MPNet, which has none).
     token_type: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
+    /// The position of a row's first token: 0 for BERT, after the padding index for MPNet (RoBERTa-style).
+    position_offset: usize,
+    /// MPNet's relative position bias: `buckets x heads` and the bucket count.
+    relative: Option<(Vec<f32>, usize)>,
 }
 
 /// Reads tensors by name from a safetensors file, whatever their float dtype.
@@ -200,9 +209,8 @@ impl Weights {
         Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, low: LowPrecision::None })
     }
 
-    /// Q, K and V fused into one `in x 3*out` matrix.
-    fn fused_qkv(&self, name: &str, h: usize) -> Result<Linear, EncoderError> {
-        let parts = ["query", "key", "value"];
+    /// Q, K and V (named `parts`) fused into one `in x 3*out` matrix.
+    fn fused_qkv(&self, name: &str, parts: [&str; 3], h: usize) -> Result<Linear, EncoderError> {
         let mut ws = Vec::new();
         let mut bias = Vec::with_capacity(3 * h);
         for p in parts {
@@ -314,27 +322,56 @@ impl BertCpu {
             }
         }
         let h = c.hidden_size;
+        // MPNet: the same layers under other names, positions after the padding index, no token types, and a
+        // relative position bias in attention.
+        let mpnet = c.model_type.as_deref() == Some("mpnet");
+        let (attention, parts, attn_out, attn_norm) = if mpnet {
+            ("attention.attn", ["q", "k", "v"], "attention.attn.o", "attention.LayerNorm")
+        } else {
+            ("attention.self", ["query", "key", "value"], "attention.output.dense", "attention.output.LayerNorm")
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
-                qkv: w.fused_qkv(&format!("{p}.attention.self"), h)?,
-                attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                qkv: w.fused_qkv(&format!("{p}.{attention}"), parts, h)?,
+                attn_out: w.linear(&format!("{p}.{attn_out}"), h, h)?,
+                attn_norm: w.norm(&format!("{p}.{attn_norm}"), h)?,
                 up: w.linear(&format!("{p}.intermediate.dense"), h, c.intermediate_size)?,
                 down: w.linear(&format!("{p}.output.dense"), c.intermediate_size, h)?,
                 out_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
         let type_name = "embeddings.token_type_embeddings.weight";
-        let token_types = w.st.get(&format!("{}{type_name}", w.prefix)).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
-        let token_type: Vec<f32> = w.vec(type_name, &[token_types.max(1), h])?[..h].to_vec();
+        let token_type: Vec<f32> = if mpnet {
+            vec![0.0; h]
+        } else {
+            let token_types = w.st.get(&format!("{}{type_name}", w.prefix)).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+            w.vec(type_name, &[token_types.max(1), h])?[..h].to_vec()
+        };
+        let (position_offset, relative) = if mpnet {
+            let buckets = c.relative_attention_num_buckets.unwrap_or(32);
+            let offset = c.pad_token_id.unwrap_or(1) + 1;
+            if buckets < 4 || offset >= c.max_position_embeddings {
+                return Err(EncoderError::BadWeights {
+                    file: folder.join("config.json").display().to_string(),
+                    message: format!(
+                        "relative_attention_num_buckets {buckets} (at least 4) or pad_token_id (below max_position_embeddings - 1) out of range"
+                    ),
+                });
+            }
+            (offset, Some((w.vec("encoder.relative_attention_bias.weight", &[buckets, c.num_attention_heads])?, buckets)))
+        } else {
+            (0, None)
+        };
         Ok(BertCpu {
+            position_offset,
+            relative,
             hidden: h,
             heads: c.num_attention_heads,
             eps: c.layer_norm_eps as f32,
             act,
-            max_positions: c.max_position_embeddings,
+            max_positions: c.max_position_embeddings - position_offset,
             vocab: c.vocab_size,
             word: w.vec("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
             position: w.vec("embeddings.position_embeddings.weight", &[c.max_position_embeddings, h])?,
@@ -372,7 +409,8 @@ impl BertCpu {
                     return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
                 }
                 let row = &mut x[(at + t) * h..(at + t + 1) * h];
-                let (word, pos) = (&self.word[id * h..(id + 1) * h], &self.position[t * h..(t + 1) * h]);
+                let p = t + self.position_offset;
+                let (word, pos) = (&self.word[id * h..(id + 1) * h], &self.position[p * h..(p + 1) * h]);
                 for (((o, w), p), ty) in row.iter_mut().zip(word).zip(pos).zip(&self.token_type) {
                     *o = w + p + ty;
                 }
@@ -383,10 +421,11 @@ impl BertCpu {
         let (mut qkv, mut ctx, mut y, mut inter) = (Vec::new(), vec![0f32; m * h], Vec::new(), Vec::new());
         let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
         let mut scores = vec![0f32; longest * longest];
+        let relative = self.relative_bias(longest);
         for (i, layer) in self.layers.iter().enumerate() {
             observe(i, 0, &x);
             layer.qkv.forward(&x, &mut qkv, m);
-            self.attention(&qkv, lengths, &mut ctx, &mut scores);
+            self.attention(&qkv, lengths, &mut ctx, &mut scores, &relative);
             observe(i, 1, &ctx);
             layer.attn_out.forward(&ctx, &mut y, m);
             kernels::add_layer_norm(&mut y, &x, &layer.attn_norm.gamma, &layer.attn_norm.beta, self.eps);
@@ -405,8 +444,23 @@ impl BertCpu {
         Ok(x)
     }
 
-    /// Scaled dot-product attention of each row and head over that row's own tokens.
-    fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32]) {
+    /// MPNet's relative position bias for rows of up to `longest` tokens, per head: entry `longest - 1 + k - q`
+    /// is the bias of key `k` for query `q` (so a query's row of biases is one contiguous slice). Empty for BERT.
+    fn relative_bias(&self, longest: usize) -> Vec<Vec<f32>> {
+        let Some((table, buckets)) = &self.relative else { return Vec::new() };
+        let span = (2 * longest).saturating_sub(1);
+        (0..self.heads)
+            .map(|head| {
+                (0..span)
+                    .map(|i| table[crate::encoder::mpnet::relative_bucket(i as i64 - (longest as i64 - 1), *buckets) * self.heads + head])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Scaled dot-product attention of each row and head over that row's own tokens (plus `relative`, the
+    /// relative position bias per head, when the model has one).
+    fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32], relative: &[Vec<f32>]) {
         let (h, d) = (self.hidden, self.hidden / self.heads);
         let scale = 1.0 / (d as f32).sqrt();
         let stride = 3 * h as isize;
@@ -423,6 +477,13 @@ impl BertCpu {
                 unsafe {
                     // s = scale * q k^T: k^T as a (d x n) matrix is k with row stride 1 and column stride 3h.
                     kernels::gemm_raw(n, n, d, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
+                }
+                if let Some(bias) = relative.get(head) {
+                    // Query row `r`'s biases for keys 0..n: entries centre - r .. centre - r + n.
+                    let centre = bias.len().div_ceil(2) - 1;
+                    for (r, row) in s.chunks_exact_mut(n).enumerate() {
+                        kernels::add_assign(row, &bias[centre - r..centre - r + n]);
+                    }
                 }
                 kernels::softmax_rows(s, n);
                 let out = ctx[at * h + head * d..].as_mut_ptr();
