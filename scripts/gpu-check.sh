@@ -4,7 +4,8 @@
 #   scripts/gpu-check.sh --prepare   Here (no GPU): builds the CUDA binary (scripts/build-cuda.sh --build) and
 #       packs what travels to the lent machine into target/gpu (< 64 MiB): the binary (xz), all-MiniLM-L6-v2
 #       with float16 weights (its f32 compute still reaches cosine 0.9999990 to the reference), the shared
-#       reference and a real-text timing input. Then, with the device tool:
+#       reference, a small random-weight MPNet (the CUDA MPNet against the CPU one) and a real-text timing
+#       input. Then, with the device tool:
 #       run(command="scripts/gpu-check.sh", carry=["target/gpu"], timeout_s=...)
 #
 #   scripts/gpu-check.sh             On the GPU machine, in one call: driver and GPU, CUDA libraries found,
@@ -49,6 +50,46 @@ with open(dst, "wb") as f:
     for c in chunks: f.write(c)
 PY
   cp ../shared/fixtures/minilm-l6-v2-reference.jsonl "$pack/reference.jsonl"
+  # A small MPNet with seeded random float16 weights (hidden 128, 2 layers) and the real all-mpnet-base-v2
+  # tokenizer and modules: the real weights do not fit the pack; the CUDA MPNet is checked against the CPU one.
+  mkdir -p "$pack/mpnet/1_Pooling"
+  cp models/all-mpnet-base-v2/{tokenizer.json,modules.json,sentence_bert_config.json} "$pack/mpnet/"
+  python3 - "$pack/mpnet" <<'PY'
+import json, random, struct, sys
+d = sys.argv[1]
+h, layers, heads, inter, vocab, pos, buckets = 128, 2, 4, 512, 30527, 514, 32
+config = {"model_type": "mpnet", "hidden_size": h, "num_hidden_layers": layers, "num_attention_heads": heads,
+          "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": pos, "layer_norm_eps": 1e-5,
+          "relative_attention_num_buckets": buckets, "pad_token_id": 1, "hidden_act": "gelu"}
+json.dump(config, open(f"{d}/config.json", "w"))
+json.dump({"word_embedding_dimension": h, "pooling_mode_mean_tokens": True}, open(f"{d}/1_Pooling/config.json", "w"))
+rng = random.Random(20261206)
+shapes = {"embeddings.word_embeddings.weight": [vocab, h], "embeddings.position_embeddings.weight": [pos, h],
+          "embeddings.LayerNorm.weight": [h], "embeddings.LayerNorm.bias": [h],
+          "encoder.relative_attention_bias.weight": [buckets, heads]}
+for i in range(layers):
+    p = f"encoder.layer.{i}."
+    for n in "qkvo":
+        shapes[p + f"attention.attn.{n}.weight"] = [h, h]; shapes[p + f"attention.attn.{n}.bias"] = [h]
+    shapes.update({p + "attention.LayerNorm.weight": [h], p + "attention.LayerNorm.bias": [h],
+                   p + "intermediate.dense.weight": [inter, h], p + "intermediate.dense.bias": [inter],
+                   p + "output.dense.weight": [h, inter], p + "output.dense.bias": [h],
+                   p + "output.LayerNorm.weight": [h], p + "output.LayerNorm.bias": [h]})
+header, chunks, at = {}, [], 0
+for name, shape in shapes.items():
+    count = 1
+    for s in shape: count *= s
+    if name.endswith("LayerNorm.weight"): vals = [1.0 + rng.gauss(0, 0.02) for _ in range(count)]
+    elif name.endswith("relative_attention_bias.weight"): vals = [rng.gauss(0, 0.5) for _ in range(count)]
+    else: vals = [rng.gauss(0, 0.05) for _ in range(count)]
+    buf = struct.pack(f"<{count}e", *vals)
+    header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [at, at + len(buf)]}
+    chunks.append(buf); at += len(buf)
+hb = json.dumps(header).encode(); hb += b" " * (-len(hb) % 8)
+with open(f"{d}/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(hb))); f.write(hb)
+    for c in chunks: f.write(c)
+PY
   python3 - "$pack/texts.jsonl" <<'PY'
 # Timing input: real text of data/sample.jsonl, consecutive texts joined 1..4 at a time (~115 tokens a row), x8.
 import json, sys
@@ -115,6 +156,26 @@ for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
         print(f"cuda {dt:<11} {'missing':>14}"); continue
     r, c = worst(got, ref), (worst(got, cpu) if cpu else float("nan"))
     print(f"cuda {dt:<11} {r:>14.7f} {c:>10.7f} {goal:>8}  {'ok' if r >= goal else 'FAIL'}")
+PY
+
+echo "== MPNet (small, seeded random weights, real tokenizer): CUDA against this crate's CPU forward pass"
+"$bin" encode --model "$pack/mpnet" --input "$pack/reference.jsonl" --device cpu --batch-sizes 16 --out "$OUT/mpnet-cpu.jsonl" > /dev/null || echo "FAIL: mpnet cpu encode"
+for dt in float32 float16 bfloat16; do
+  "$bin" encode --model "$pack/mpnet" --input "$pack/reference.jsonl" --device cuda --dtype "$dt" --batch-sizes 16 --out "$OUT/mpnet-cuda-$dt.jsonl" > /dev/null || echo "FAIL: mpnet cuda $dt encode"
+done
+python3 - "$OUT" <<'PY'
+import json, math, os, sys
+out = sys.argv[1]
+load = lambda p: [json.loads(l)["embedding"] for l in open(p)] if os.path.exists(p) else None
+def worst(a, b):
+    return min(sum(x * y for x, y in zip(u, v)) / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v)) for u, v in zip(a, b))
+cpu = load(os.path.join(out, "mpnet-cpu.jsonl"))
+for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
+    got = load(os.path.join(out, f"mpnet-cuda-{dt}.jsonl"))
+    if got is None or cpu is None or len(got) != len(cpu):
+        print(f"mpnet cuda {dt:<9} missing"); continue
+    c = worst(got, cpu)
+    print(f"mpnet cuda {dt:<9} vs cpu {c:.7f} (goal {goal})  {'ok' if c >= goal else 'FAIL'}")
 PY
 
 echo "== encoder tokens/s (chatspace-mpi encode: sorted by length, warm-up pass first)"
