@@ -53,7 +53,7 @@ pub fn entries(root: &Path) -> Vec<Entry> {
                 },
                 rows: man.rows_embedded,
                 dim: man.embedding_dim,
-                dtype: man.fingerprint.dtype.clone(),
+                dtype: man.fingerprint.precision.name().to_string(),
                 status: crate::inspect::status_name(man.status),
             }),
             Err(e) => log::warn!("dataset card: {} left out: {e}", path.display()),
@@ -85,7 +85,8 @@ pub fn render(root_name: &str, entries: &[Entry]) -> String {
     o += &format!("\n\n# {root_name}: sentence embeddings\n\n");
     o += &format!(
         "Made by {} from the datasets below: Parquet shards with `row_id` (the \
-           row's position in the input), `text` (what was embedded), `embedding` (float32) and the source columns. \
+           row's position in the input), `text` (what was embedded), `embedding` (a fixed-size list in the table's precision: float32 or float16; int8/uint8 buckets between \
+           the calibration ranges the shards' metadata holds; binary/ubinary bits packed 8 to a byte) and the source columns. \
            Each model and dataset is a config of its own; splits are the input's.\n\n",
         crate::manifest::TOOL
     );

@@ -62,6 +62,8 @@ pub enum Command {
 pub const DEVICES: [&str; 3] = ["cpu", "cuda", "auto"];
 /// The values of `--dtype` (the names `encoder::Dtype` records).
 pub const DTYPES: [&str; 4] = ["float32", "float16", "bfloat16", "int8"];
+/// The values of `--precision` (the names `quantize::Precision` records).
+pub const PRECISIONS: [&str; 6] = ["float32", "float16", "int8", "uint8", "binary", "ubinary"];
 
 /// How a text field holding a conversation (a list of {role, content}) becomes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -207,6 +209,18 @@ pub struct EmbedArgs {
     /// `truncate_dim`): cut after the model's own modules, Normalize included, and not normalized again.
     #[arg(long, env = "CHATSPACE_TRUNCATE_DIM")]
     pub truncate_dim: Option<usize>,
+    /// How embeddings are stored, as sentence-transformers' `quantize_embeddings`: float32; float16; int8 or
+    /// uint8 (per-dimension buckets between a calibration sample's minimum and maximum, recorded in the
+    /// manifest and the shards); binary or ubinary (one bit per dimension, x > 0, 8 to a byte).
+    #[arg(long, env = "CHATSPACE_PRECISION", default_value = "float32", value_parser = PRECISIONS)]
+    pub precision: String,
+    /// int8/uint8: rows embedded first to calibrate the ranges (eight blocks spread over the dataset).
+    #[arg(long, env = "CHATSPACE_CALIBRATION_ROWS", default_value_t = 1000)]
+    pub calibration_rows: usize,
+    /// int8/uint8: take the ranges from this file instead (a manifest of another int8/uint8 run, or JSON
+    /// `{"min": [...], "max": [...]}`), so that several outputs, or later queries, share one scale.
+    #[arg(long, env = "CHATSPACE_CALIBRATION_RANGES")]
+    pub calibration_ranges: Option<PathBuf>,
     /// Run id recorded in the manifest (default: from the start time).
     #[arg(long)]
     pub run_id: Option<String>,

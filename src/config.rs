@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ChatFormat, EmbedArgs, EncoderKind};
 use crate::encoder::{DeviceChoice, Dtype};
+use crate::quantize::Precision;
 
 /// What to do with an output that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,13 @@ pub struct RunConfig {
     /// `--truncate-dim` (checked against the model's dim when the model is loaded).
     #[serde(default)]
     pub truncate_dim: Option<usize>,
+    /// `--precision` and, for int8/uint8, where the ranges come from.
+    #[serde(default)]
+    pub precision: Precision,
+    #[serde(default)]
+    pub calibration_rows: usize,
+    #[serde(default)]
+    pub calibration_ranges: Option<PathBuf>,
     pub model: PathBuf,
     pub model_name: Option<String>,
     pub output_root: PathBuf,
@@ -137,6 +145,13 @@ impl RunConfig {
         if a.truncate_dim == Some(0) {
             return Err("--truncate-dim must be at least 1".into());
         }
+        let precision =
+            Precision::parse(&a.precision).ok_or_else(|| format!("--precision {}: one of {}", a.precision, crate::cli::PRECISIONS.join(", ")))?;
+        if precision.scalar() {
+            within("--calibration-rows", a.calibration_rows, 2, 1 << 24)?;
+        } else if a.calibration_ranges.is_some() {
+            return Err(format!("--calibration-ranges: only with --precision int8 or uint8 (not {})", precision.name()));
+        }
         let device = match a.device.as_str() {
             "cpu" => DeviceChoice::Cpu,
             "auto" => DeviceChoice::Auto,
@@ -177,6 +192,9 @@ impl RunConfig {
             prompt_name: a.input.prompt_name.clone(),
             max_rows: a.input.max_rows,
             truncate_dim: a.truncate_dim,
+            precision,
+            calibration_rows: a.calibration_rows,
+            calibration_ranges: a.calibration_ranges.clone(),
             model: a.input.model.clone(),
             model_name: a.model_name.clone(),
             output_root: a.output_root.clone(),

@@ -57,7 +57,7 @@ fn check_shard(manifest: &Path, m: &Manifest, s: &ShardEntry, hashed: &AtomicU64
         bad(format!("embedding_dim {} differs from the manifest's {}", s.embedding_dim, m.embedding_dim));
     }
     entry_problems(s).into_iter().for_each(&mut bad);
-    match open().and_then(|f| check_rows(f, m.embedding_dim, s)) {
+    match open().and_then(|f| check_rows(f, m.fingerprint.precision, m.embedding_dim, s)) {
         Ok(()) => {}
         Err(e) => bad(e),
     }
@@ -97,14 +97,15 @@ impl std::io::Write for HashCounter<'_> {
 }
 
 /// The shard's schema and row ids: strictly increasing, inside its ranges, as many as the entry says.
-fn check_rows(file: File, dim: usize, s: &ShardEntry) -> Result<(), String> {
+fn check_rows(file: File, precision: crate::quantize::Precision, dim: usize, s: &ShardEntry) -> Result<(), String> {
     let reader =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("not a valid Parquet file: {e}"))?;
     let schema = reader.schema().clone();
-    let want_emb = |t: &DataType| matches!(t, DataType::FixedSizeList(f, n) if f.data_type() == &DataType::Float32 && *n as usize == dim);
+    let (item, stored) = (precision.value_type(), precision.stored_dim(dim));
+    let want_emb = |t: &DataType| matches!(t, DataType::FixedSizeList(f, n) if f.data_type() == &item && *n as usize == stored);
     match (schema.field_with_name("row_id"), schema.field_with_name("text"), schema.field_with_name("embedding")) {
         (Ok(r), Ok(t), Ok(e)) if r.data_type() == &DataType::UInt64 && t.data_type() == &DataType::Utf8 && want_emb(e.data_type()) => {}
-        _ => return Err(format!("schema is not row_id uint64, text utf8, embedding fixed_size_list<float32, {dim}>")),
+        _ => return Err(format!("schema is not row_id uint64, text utf8, embedding fixed_size_list<{}, {stored}>", item.to_string().to_lowercase())),
     }
     let mask = parquet::arrow::ProjectionMask::columns(reader.parquet_schema(), ["row_id"]);
     let reader = reader.with_projection(mask).build().map_err(|e| format!("cannot read rows: {e}"))?;

@@ -23,6 +23,7 @@ pub mod model;
 pub mod output;
 pub mod plan;
 pub mod protocol;
+pub mod quantize;
 pub mod ranges;
 pub mod roles;
 pub mod scheduler;

@@ -236,6 +236,11 @@ pub struct Fingerprint {
     /// The model's Dense modules (shapes, activations, weights' sha256).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dense: Vec<crate::model::DenseSpec>,
+    /// `--precision` (absent: float32) and the int8/uint8 ranges the shards were quantized with.
+    #[serde(default, skip_serializing_if = "crate::quantize::Precision::is_float32")]
+    pub precision: crate::quantize::Precision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_ranges: Option<crate::quantize::Ranges>,
     /// `--truncate-dim` (absent: the model's dim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate_dim: Option<usize>,
@@ -997,6 +1002,8 @@ pub(crate) mod tests_support {
                 max_seq_length: 8,
                 dim: 4,
                 dense: Vec::new(),
+                precision: Default::default(),
+                quantization_ranges: None,
                 truncate_dim: None,
                 dtype: "float32".into(),
                 encoder: crate::cli::EncoderKind::Model,

@@ -69,6 +69,9 @@ pub struct Plan {
     pub prompt: String,
     /// Where the dataset came from.
     pub source: DatasetSource,
+    /// `--precision int8|uint8`: the per-dimension ranges every writer quantizes with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_ranges: Option<crate::quantize::Ranges>,
 }
 
 impl Plan {

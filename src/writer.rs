@@ -181,10 +181,15 @@ fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, String> {
     arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())
 }
 
-/// Columns in a shard: `row_id`, `text`, `embedding`, then the source columns.
+/// Columns in a shard: `row_id`, `text`, `embedding` (float32), then the source columns.
 pub fn shard_batch(ids: &[u64], columns: &RecordBatch, dim: usize, values: Vec<f32>) -> Result<RecordBatch, String> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let emb = FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None).map_err(|e| e.to_string())?;
+    shard_batch_of(ids, columns, dim, Arc::new(Float32Array::from(values)))
+}
+
+/// As [`shard_batch`] with the embeddings' stored values (`rows x dim` of any type: see `quantize`).
+pub fn shard_batch_of(ids: &[u64], columns: &RecordBatch, dim: usize, values: ArrayRef) -> Result<RecordBatch, String> {
+    let item = Arc::new(Field::new("item", values.data_type().clone(), false));
+    let emb = FixedSizeListArray::try_new(item, dim as i32, values, None).map_err(|e| e.to_string())?;
     let mut fields = vec![Field::new("row_id", DataType::UInt64, false)];
     let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(ids.to_vec()))];
     let schema = columns.schema();
@@ -252,7 +257,9 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         entry.min_norm = Some(entry.min_norm.map_or(n, |m| m.min(n)));
         entry.max_norm = Some(entry.max_norm.map_or(n, |m| m.max(n)));
     }
-    let batch = shard_batch(&ids, &columns, dim, values).map_err(RoleError::new)?;
+    let precision = plan.config.precision;
+    let stored = crate::quantize::quantize(values, dim, precision, plan.quantization_ranges.as_ref()).map_err(RoleError::new)?;
+    let batch = shard_batch_of(&ids, &columns, precision.stored_dim(dim), stored).map_err(RoleError::new)?;
     let meta = [
         ("chatspace.model", plan.model.name.clone()),
         ("chatspace.model_sha256", plan.model.weights_sha256.clone()),
@@ -262,6 +269,12 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
         ("chatspace.pooling", plan.model.pooling.name().to_string()),
         ("chatspace.truncate_dim", plan.config.truncate_dim.map_or(String::new(), |n| n.to_string())),
         ("chatspace.normalize", plan.model.normalize.to_string()),
+        ("chatspace.precision", precision.name().to_string()),
+        ("chatspace.embedding_dim", dim.to_string()),
+        (
+            "chatspace.quantization_ranges",
+            plan.quantization_ranges.as_ref().map_or(String::new(), |r| serde_json::to_string(r).expect("ranges serialize")),
+        ),
         ("chatspace.chunk", p.spec.index.to_string()),
         ("chatspace.row_ranges", serde_json::to_string(&entry.row_ranges).expect("ranges serialize")),
         ("chatspace.tool", TOOL.to_string()),
@@ -287,14 +300,15 @@ fn write_shard(plan: &Plan, p: Pending) -> Result<Option<ShardEntry>, RoleError>
 /// cost time and save little. The embedding column gets no dictionary (floats do not repeat), no min/max
 /// statistics (384 floats per row; they would cost a third of the writer's time and serve no query) and
 /// byte-stream-split encoding, which lets zstd shrink MiniLM embeddings by 15% instead of 7%.
-fn shard_properties() -> WriterProperties {
+/// Quantized embeddings (`--precision`) keep the plain encoding every reader knows.
+fn shard_properties(embedding_floats: bool) -> WriterProperties {
     let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")));
     for leaf in ["list.item", "list.element"] {
         let path = ColumnPath::from(format!("embedding.{leaf}").split('.').map(String::from).collect::<Vec<_>>());
-        props = props
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
-            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        props = props.set_column_dictionary_enabled(path.clone(), false).set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+        if embedding_floats {
+            props = props.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        }
     }
     props.build()
 }
@@ -340,7 +354,11 @@ fn encode_parquet_with(batch: &RecordBatch, max_row_group_bytes: usize) -> Resul
     use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
     use parquet::file::writer::SerializedFileWriter;
     let schema = batch.schema();
-    let mut props = shard_properties();
+    let floats = batch
+        .schema()
+        .field_with_name("embedding")
+        .is_ok_and(|f| matches!(f.data_type(), DataType::FixedSizeList(i, _) if i.data_type() == &DataType::Float32));
+    let mut props = shard_properties(floats);
     parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut props);
     let props = Arc::new(props);
     let parquet_schema = parquet::arrow::ArrowSchemaConverter::new().with_coerce_types(props.coerce_types()).convert(&schema)?;

@@ -485,3 +485,87 @@ fn the_readme_snippets_for_reading_the_output_run() {
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{}", stderr(&o));
 }
+
+#[test]
+fn precision_stores_embeddings_as_sentence_transformers_quantizes_them() {
+    use chatspace_mpi::quantize::{quantize, Precision, Ranges};
+    // A float32 run is the reference; each precision's stored values equal sentence-transformers'
+    // quantize_embeddings of those vectors (its formulas are checked against its own outputs in
+    // src/quantize.rs), int8 under mpirun -n 4 with ranges calibrated on 40 rows by rank 0.
+    let d = tempfile::tempdir().unwrap();
+    let data = rows_jsonl(d.path(), "d.jsonl", 60);
+    let full = d.path().join("full");
+    let o = embed_on(&data, &full).args(["--batch-size", "8"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, want) = read_output(&full);
+    let stored = |precision: Precision, v: &[f32], ranges: Option<&Ranges>| -> Vec<f32> {
+        stored_values(quantize(v.to_vec(), v.len(), precision, ranges).unwrap().as_ref())
+    };
+    let int8 = d.path().join("int8");
+    let mut c = mpirun_cmd(4);
+    io_args(&mut c, &data, &int8).args(["--batch-size", "8", "--precision", "int8", "--calibration-rows", "40", "--no-progress"]);
+    let o = run_limited(&mut c, 120);
+    assert!(o.status.success(), "{}", stderr(&o));
+    verify_ok(&int8);
+    let (m, rows) = read_output(&int8);
+    check_complete(&m, &rows);
+    assert_eq!((m.fingerprint.precision, m.embedding_dim), (Precision::Int8, 384));
+    // The ranges are the calibration rows' minimum and maximum per dimension.
+    let ranges = m.fingerprint.quantization_ranges.clone().expect("ranges in the manifest");
+    let calibration: Vec<f32> = chatspace_mpi::controller::calibrate::calibration_ranges(60, 40)
+        .into_iter()
+        .flat_map(|(a, b)| a..b)
+        .flat_map(|id| want[&id].clone())
+        .collect();
+    let expected = Ranges::of(&calibration, 384).unwrap();
+    assert!(ranges.min.iter().zip(&expected.min).chain(ranges.max.iter().zip(&expected.max)).all(|(a, b)| (a - b).abs() <= 1e-6));
+    let (mut values, mut off) = (0, 0);
+    for (id, v) in &rows {
+        let e = stored(Precision::Int8, &want[id], Some(&ranges));
+        assert_eq!(v.len(), 384);
+        for (a, b) in v.iter().zip(&e) {
+            values += 1;
+            // Vectors equal within 1e-6 can straddle a bucket boundary: one step at most, rarely.
+            assert!((a - b).abs() <= 1.0, "row {id}: {a} vs {b}");
+            off += usize::from(a != b);
+        }
+    }
+    assert!(off * 1000 <= values, "{off} of {values} values one bucket off");
+    // The same ranges reused from that manifest for uint8; float16 and binary without ranges.
+    for (name, extra) in [
+        ("uint8", vec!["--precision".to_string(), "uint8".into(), "--calibration-ranges".into(), manifest_path(&int8).display().to_string()]),
+        ("float16", vec!["--precision".into(), "float16".into()]),
+        ("ubinary", vec!["--precision".into(), "ubinary".into()]),
+    ] {
+        let out = d.path().join(name);
+        let o = embed_on(&data, &out).args(["--batch-size", "8"]).args(&extra).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        verify_ok(&out);
+        let (m, rows) = read_output(&out);
+        check_complete(&m, &rows);
+        let precision = Precision::parse(name).unwrap();
+        assert_eq!(m.fingerprint.precision, precision);
+        assert_eq!(m.fingerprint.quantization_ranges.as_ref(), (name == "uint8").then_some(&ranges), "{name}");
+        for (id, v) in &rows {
+            let e = stored(precision, &want[id], m.fingerprint.quantization_ranges.as_ref());
+            assert_eq!(v.len(), precision.stored_dim(384), "{name}");
+            let worst = v.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            // float16: one rounding step of values under 1; ubinary: bytes equal (no value sits within 1e-6 of 0).
+            let bound = match precision {
+                Precision::Float16 => 1e-3,
+                Precision::Uint8 => 1.0,
+                _ => 0.0,
+            };
+            assert!(worst <= bound, "{name}: row {id} differs by {worst}");
+        }
+    }
+    // Another precision on resume is refused by name; ranges of another dimension are refused naming the flag.
+    let o = embed_on(&data, &int8).args(["--resume", "--precision", "uint8"]).output().unwrap();
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("precision"), "{}", stderr(&o));
+    let bad = d.path().join("ranges.json");
+    std::fs::write(&bad, r#"{"min": [0.0, 0.0], "max": [1.0, 1.0]}"#).unwrap();
+    let o = embed_on(&data, &d.path().join("bad")).args(["--precision", "int8", "--calibration-ranges"]).arg(&bad).output().unwrap();
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("--calibration-ranges") && stderr(&o).contains("384 dimensions"), "{}", stderr(&o));
+    let o = embed_on(&data, &d.path().join("bad2")).args(["--calibration-ranges"]).arg(&bad).output().unwrap();
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("--calibration-ranges: only with --precision int8 or uint8"), "{}", stderr(&o));
+}

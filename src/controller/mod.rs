@@ -2,6 +2,7 @@
 //! [`Scheduler`] and carries out its actions (assignments, commits to the [`Checkpoint`], drains), and ends the
 //! run with an [`Outcome`] that says how the process must exit.
 
+pub mod calibrate;
 pub(crate) mod prepare;
 mod report;
 mod resume;

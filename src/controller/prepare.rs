@@ -70,12 +70,16 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let created_at = now_rfc3339();
     let run_id = config.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
     let prompt = model.resolve_prompt(config.prompt.as_deref(), config.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
-    let plan = Plan { config, layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source };
+    let mut plan =
+        Plan { config, layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source, quantization_ranges: None };
     for d in [plan.output.manifest.parent().expect("a manifest path has a folder"), &plan.output.shard_dir] {
         crate::output::check_inside_root(&plan.config.output_root, d).map_err(|e| anyhow::anyhow!("--output-root: {e}"))?;
     }
     let lock = lock_output(&plan.output)?;
     let resume = plan.config.start == StartMode::Resume || (plan.config.start == StartMode::AutoResume && plan.output.manifest.exists());
+    if plan.config.precision.scalar() {
+        plan.quantization_ranges = Some(quantization_ranges(&plan, resume)?);
+    }
     if resume {
         let m = super::resume::check(&plan, &fingerprint(&plan))?;
         if m.status == Status::Complete && m.rows_done() == m.rows_total {
@@ -101,6 +105,35 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let work = WorkList::new(plan.rows_total, plan.config.rows_per_shard, Vec::new());
     let checkpoint = Checkpoint::create(&plan.output.manifest, new_manifest(&plan)).context("--output-root: cannot write the manifest")?;
     Ok(Start::Run(Box::new(Prepared { lock, checkpoint, work, first_shard: 0, plan })))
+}
+
+/// The int8/uint8 ranges: a resumed output's own (so every shard shares one scale), `--calibration-ranges`,
+/// or calibrated here on `--calibration-rows` rows.
+fn quantization_ranges(plan: &Plan, resume: bool) -> anyhow::Result<crate::quantize::Ranges> {
+    let dim = plan.output_dim();
+    if resume && plan.output.manifest.exists() {
+        let m = Manifest::read(&plan.output.manifest).map_err(|e| anyhow::anyhow!("--resume: {e}"))?;
+        if let Some(r) = m.fingerprint.quantization_ranges {
+            return Ok(r);
+        }
+        // A manifest without ranges was made with another precision: the fingerprint check names it.
+    }
+    let ranges = match &plan.config.calibration_ranges {
+        Some(path) => {
+            let v = crate::model::read_json(path).map_err(|e| anyhow::anyhow!("--calibration-ranges {}: {e}", path.display()))?;
+            let ranges = v.pointer("/fingerprint/quantization_ranges").unwrap_or(&v);
+            serde_json::from_value::<crate::quantize::Ranges>(ranges.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "--calibration-ranges {}: neither a manifest with quantization ranges nor {{\"min\": [...], \"max\": [...]}}: {e}",
+                    path.display()
+                )
+            })?
+        }
+        None => super::calibrate::calibrate(plan)?,
+    };
+    let what = plan.config.calibration_ranges.as_ref().map_or("calibration".to_string(), |p| format!("--calibration-ranges {}", p.display()));
+    ranges.check(dim).map_err(|e| anyhow::anyhow!("{what}: {e} (the output has {dim} dimensions)"))?;
+    Ok(ranges)
 }
 
 /// Refuses `--rows-per-shard` values whose shards would not fit in memory or in one row group.
@@ -234,6 +267,8 @@ pub fn fingerprint(plan: &Plan) -> Fingerprint {
         max_seq_length: plan.model.max_seq_length,
         dim: plan.model.dim,
         dense: plan.model.dense.clone(),
+        precision: c.precision,
+        quantization_ranges: plan.quantization_ranges.clone(),
         truncate_dim: c.truncate_dim,
         dtype: c.dtype.name().to_string(),
         encoder: c.encoder,

@@ -154,6 +154,25 @@ const CALIBRATION: &[&str] = &[
     "To configure the server, set the PORT environment variable, run `make install`, and restart the service with systemctl.",
 ];
 
+/// The bucket of a key at `relative` positions from its query (key minus query), as transformers'
+/// `MPNetEncoder.relative_position_bucket` (MPNet's attention bias) with `max_distance` 128: half the buckets for keys before the
+/// query, half for keys after; within each, exact distances below a quarter of the buckets, then
+/// logarithmic up to 128.
+pub fn relative_bucket(relative: i64, buckets: usize) -> usize {
+    let half = (buckets / 2) as i64;
+    let n = -relative;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let exact = half / 2;
+    bucket += if n < exact {
+        n
+    } else {
+        let log = ((n as f64 / exact as f64).ln() / (128.0 / exact as f64).ln() * (half - exact) as f64) as i64;
+        (exact + log).min(half - 1)
+    };
+    bucket as usize
+}
+
 /// The weights of a BERT encoder, ready for [`BertCpu::forward_rows`].
 pub struct BertCpu {
     hidden: usize,
@@ -450,11 +469,7 @@ impl BertCpu {
         let Some((table, buckets)) = &self.relative else { return Vec::new() };
         let span = (2 * longest).saturating_sub(1);
         (0..self.heads)
-            .map(|head| {
-                (0..span)
-                    .map(|i| table[crate::encoder::mpnet::relative_bucket(i as i64 - (longest as i64 - 1), *buckets) * self.heads + head])
-                    .collect()
-            })
+            .map(|head| (0..span).map(|i| table[relative_bucket(i as i64 - (longest as i64 - 1), *buckets) * self.heads + head]).collect())
             .collect()
     }
 
@@ -591,6 +606,36 @@ impl Backend for BertCpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_buckets_are_transformers() {
+        // Values of transformers' MPNetEncoder.relative_position_bucket (num_buckets 32, max_distance 128).
+        let cases = [
+            (0, 0),
+            (-1, 1),
+            (-7, 7),
+            (-8, 8),
+            (-11, 8),
+            (-12, 9),
+            (-16, 10),
+            (-31, 11),
+            (-32, 12),
+            (-64, 14),
+            (-90, 14),
+            (-91, 15),
+            (-128, 15),
+            (-500, 15),
+            (1, 17),
+            (7, 23),
+            (8, 24),
+            (16, 26),
+            (128, 31),
+            (600, 31),
+        ];
+        for (relative, want) in cases {
+            assert_eq!(relative_bucket(relative, 32), want, "relative position {relative}");
+        }
+    }
 
     #[test]
     fn split_rows_balances_tokens_and_keeps_order() {

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::encoder::bert::Activation;
+use crate::encoder::bert::{relative_bucket, Activation};
 use crate::encoder::bert_candle::{linear, norm, padding_bias, Layer};
 use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
 use crate::encoder::pool::embed_padded;
@@ -51,25 +51,6 @@ fn default_buckets() -> usize {
 
 fn default_pad() -> usize {
     1
-}
-
-/// The bucket of a key at `relative` positions from its query (key minus query), as transformers'
-/// `MPNetEncoder.relative_position_bucket` with `max_distance` 128: half the buckets for keys before the
-/// query, half for keys after; within each, exact distances below a quarter of the buckets, then
-/// logarithmic up to 128.
-pub fn relative_bucket(relative: i64, buckets: usize) -> usize {
-    let half = (buckets / 2) as i64;
-    let n = -relative;
-    let mut bucket = if n < 0 { half } else { 0 };
-    let n = n.abs();
-    let exact = half / 2;
-    bucket += if n < exact {
-        n
-    } else {
-        let log = ((n as f64 / exact as f64).ln() / (128.0 / exact as f64).ln() * (half - exact) as f64) as i64;
-        (exact + log).min(half - 1)
-    };
-    bucket as usize
 }
 
 /// An MPNet encoder's weights on a candle device.
@@ -202,40 +183,5 @@ impl Backend for MpnetBackend {
 
     fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
         embed_padded(&self.spec, &self.model.device, batch, |ids, mask| self.model.forward(ids, mask))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_buckets_are_transformers() {
-        // Values of transformers' MPNetEncoder.relative_position_bucket (num_buckets 32, max_distance 128).
-        let cases = [
-            (0, 0),
-            (-1, 1),
-            (-7, 7),
-            (-8, 8),
-            (-11, 8),
-            (-12, 9),
-            (-16, 10),
-            (-31, 11),
-            (-32, 12),
-            (-64, 14),
-            (-90, 14),
-            (-91, 15),
-            (-128, 15),
-            (-500, 15),
-            (1, 17),
-            (7, 23),
-            (8, 24),
-            (16, 26),
-            (128, 31),
-            (600, 31),
-        ];
-        for (relative, want) in cases {
-            assert_eq!(relative_bucket(relative, 32), want, "relative position {relative}");
-        }
     }
 }

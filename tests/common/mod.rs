@@ -109,7 +109,26 @@ pub fn manifest_path(out: &Path) -> PathBuf {
     found.pop().unwrap()
 }
 
-/// row_id -> embedding from every shard the manifest names; also checks sizes and hashes.
+/// The stored values of one embedding as f32, whatever `--precision` stored (float16, int8/uint8 values,
+/// binary bytes).
+pub fn stored_values(v: &dyn Array) -> Vec<f32> {
+    use arrow_array::{Float16Array, Int8Array, UInt8Array};
+    let any = v.as_any();
+    if let Some(a) = any.downcast_ref::<Float32Array>() {
+        a.values().to_vec()
+    } else if let Some(a) = any.downcast_ref::<Float16Array>() {
+        a.values().iter().map(|h| h.to_f32()).collect()
+    } else if let Some(a) = any.downcast_ref::<Int8Array>() {
+        a.values().iter().map(|&x| x as f32).collect()
+    } else if let Some(a) = any.downcast_ref::<UInt8Array>() {
+        a.values().iter().map(|&x| x as f32).collect()
+    } else {
+        panic!("embedding values of type {}", v.data_type())
+    }
+}
+
+/// row_id -> embedding from every shard the manifest names (as f32: see [`stored_values`]); also checks
+/// sizes and hashes.
 pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use sha2::Digest;
@@ -137,8 +156,7 @@ pub fn read_output(out: &Path) -> (Manifest, BTreeMap<u64, Vec<f32>>) {
                 assert!(ranges::contains(&s.row_ranges, id), "row {id} outside {:?}", s.row_ranges);
                 assert!(last.is_none_or(|l| l < id), "rows not sorted by row_id in {}", s.path);
                 last = Some(id);
-                let v = emb.value(i);
-                let v = v.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
+                let v = stored_values(emb.value(i).as_ref());
                 assert!(rows.insert(id, v).is_none(), "row {id} appears twice");
                 n += 1;
             }
