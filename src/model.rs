@@ -75,10 +75,14 @@ pub enum Architecture {
     Bert,
     Mpnet,
     Qwen3,
+    /// XLM-RoBERTa (multilingual-e5, bge-m3, paraphrase-multilingual-mpnet): BERT with positions after the
+    /// padding index.
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 3] = [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3];
+    pub const ALL: [Architecture; 4] = [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3, Architecture::XlmRoberta];
 
     /// config.json's `model_type` (also the manifest's name).
     pub fn name(self) -> &'static str {
@@ -86,6 +90,7 @@ impl Architecture {
             Architecture::Bert => "bert",
             Architecture::Mpnet => "mpnet",
             Architecture::Qwen3 => "qwen3",
+            Architecture::XlmRoberta => "xlm-roberta",
         }
     }
 
@@ -395,22 +400,41 @@ impl ModelSpec {
             .and_then(|v| v.as_u64())
             .ok_or_else(|| ModelError::BadFile { file: config_path.display().to_string(), message: "no hidden_size".into() })?
             as usize;
-        let max_pos = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
+        let positions = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
+        // RoBERTa-style positions start after the padding index: that many fewer tokens fit.
+        let max_pos = match architecture {
+            Architecture::Mpnet | Architecture::XlmRoberta => {
+                let pad = config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+                positions.saturating_sub(pad + 1).max(1)
+            }
+            Architecture::Bert | Architecture::Qwen3 => positions,
+        };
 
         let Modules { pooling, include_prompt, dense, normalize } = read_modules(folder, &modules_path, &modules, dim)?;
+        // sentence-transformers' order: sentence_bert_config.json's max_seq_length (up to version 5), else the
+        // tokenizer's model_max_length (where version 6 saves it), else the model's positions.
         let sbert = folder.join("sentence_bert_config.json");
-        let max_seq_length = if sbert.is_file() {
-            match read_json(&sbert)?.get("max_seq_length").filter(|v| !v.is_null()) {
-                None => max_pos,
-                Some(v) => v.as_u64().filter(|&n| n >= 1).ok_or_else(|| ModelError::BadFile {
+        let from_sbert = match sbert.is_file() {
+            true => match read_json(&sbert)?.get("max_seq_length").filter(|v| !v.is_null()) {
+                None => None,
+                Some(v) => Some(v.as_u64().filter(|&n| n >= 1).ok_or_else(|| ModelError::BadFile {
                     file: sbert.display().to_string(),
                     message: format!("max_seq_length must be a whole number of at least 1 (it is {v})"),
-                })? as usize,
-            }
-        } else {
-            max_pos
-        }
-        .min(max_pos);
+                })? as usize),
+            },
+            false => None,
+        };
+        let tokenizer_config = folder.join("tokenizer_config.json");
+        let from_tokenizer = match (from_sbert, tokenizer_config.is_file()) {
+            (None, true) => read_json(&tokenizer_config)?
+                .get("model_max_length")
+                .and_then(|v| v.as_u64())
+                // transformers writes a huge number (1e30) for "no limit".
+                .filter(|&n| n >= 1 && n < 1 << 40)
+                .map(|n| n as usize),
+            _ => None,
+        };
+        let max_seq_length = from_sbert.or(from_tokenizer).unwrap_or(max_pos).min(max_pos);
         let st_config = folder.join("config_sentence_transformers.json");
         let (prompts, default_prompt_name) = if st_config.is_file() {
             let c = read_json(&st_config)?;

@@ -257,6 +257,54 @@ fn mpnet_matches_sentence_transformers() {
 }
 
 #[test]
+fn multilingual_models_with_unigram_tokenizers_match_sentence_transformers() {
+    // tests/fixtures/tiny-xlm-roberta and tiny-bert-unigram (scripts/make-multilingual-fixtures.py): seeded random
+    // models with a trained SentencePiece Unigram tokenizer, saved and run by sentence-transformers 6.2. The
+    // Unigram tokenizer runs on `tokenizers` (`auto` falls back to it); ids must equal Python's, embeddings the
+    // reference on this crate's CPU forward pass (1 and 2 threads) and on candle (the GPU code).
+    for (folder, arch, pooling) in
+        [("tiny-xlm-roberta", Architecture::XlmRoberta, Pooling::Mean), ("tiny-bert-unigram", Architecture::Bert, Pooling::Cls)]
+    {
+        let spec = ModelSpec::load(&root().join("tests/fixtures").join(folder), None).unwrap();
+        assert_eq!((spec.architecture, spec.pooling, spec.normalize, spec.max_seq_length, spec.dim), (arch, pooling, true, 128, 64), "{folder}");
+        let refs = fixture_reference(&format!("{folder}-reference.jsonl"));
+        assert_eq!(refs.len(), 64);
+        assert!(refs.iter().any(|(_, ids, _)| ids.len() == 128), "{folder}: texts past the max length");
+        let texts: Vec<String> = refs.iter().map(|(t, _, _)| t.clone()).collect();
+        for choice in [TokenizerChoice::Auto, TokenizerChoice::Reference] {
+            let tok = TextTokenizer::load(&spec, choice).unwrap();
+            assert_eq!(tok.engine_name(), "tokenizers", "{folder}: Unigram is outside the fast paths");
+            let enc = tok.encode_batch(&texts, "", 1).unwrap();
+            for (i, (t, ids, _)) in refs.iter().enumerate() {
+                assert_eq!(enc.row(i), &ids[..], "{folder} {choice:?}: ids of {t:?}");
+            }
+        }
+        let reference = if arch == Architecture::Bert { "candle BertModel" } else { "candle BERT ops" };
+        for (name, opts) in [
+            ("cpu, 1 thread", BackendOptions::cpu(1)),
+            ("cpu, 2 threads", BackendOptions::cpu(2)),
+            (reference, BackendOptions { reference: true, ..BackendOptions::cpu(1) }),
+        ] {
+            let mut backend = encoder::load(&spec, opts).unwrap();
+            let mut worst = (1.0f64, 0.0f32);
+            for (k, group) in refs.chunks(7).enumerate() {
+                let b = TokenBatch {
+                    row_ids: (0..group.len() as u64).map(|i| k as u64 * 7 + i).collect(),
+                    lengths: group.iter().map(|(_, ids, _)| ids.len() as u32).collect(),
+                    ids: group.iter().flat_map(|(_, ids, _)| ids.iter().copied()).collect(),
+                };
+                for (v, (t, _, want)) in backend.embed(&b).unwrap().chunks(64).zip(group) {
+                    let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+                    worst = (worst.0.min(c), worst.1.max(d));
+                    assert!(c >= 0.99999 && d <= 1e-5, "{folder} ({name}): text {t:?}: cosine {c}, max abs diff {d}");
+                }
+            }
+            eprintln!("{folder} ({name}): worst cosine {:.9}, worst max abs diff {:.2e} over 64 texts", worst.0, worst.1);
+        }
+    }
+}
+
+#[test]
 fn embedding_does_not_depend_on_batch_composition() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     let tok = spec.tokenizer().unwrap();

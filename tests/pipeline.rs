@@ -304,24 +304,30 @@ fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
 }
 
 #[test]
-fn mpnet_embeds_through_the_pipeline_as_sentence_transformers_does() {
-    // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process: every row
-    // equals Python sentence-transformers' vector (tests/fixtures/mpnet-reference.jsonl).
+fn mpnet_and_xlm_roberta_embed_through_the_pipeline_as_sentence_transformers_does() {
+    // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process, and the tiny
+    // XLM-RoBERTa fixture (Unigram tokenizer) under mpirun -n 4: every row equals Python sentence-transformers'
+    // vector (tests/fixtures/mpnet-reference.jsonl, tiny-xlm-roberta-reference.jsonl).
     let d = tempfile::tempdir().unwrap();
     let refs = mpnet_reference();
     let data = d.path().join("parity.jsonl");
     let body: String = refs.iter().map(|(t, _, _)| serde_json::json!({ "text": t }).to_string() + "\n").collect();
     std::fs::write(&data, body).unwrap();
-    for (name, mut cmd) in [("mpirun", mpirun_cmd(4)), ("plain", embed_cmd())] {
+    let xlmr = root().join("tests/fixtures/tiny-xlm-roberta");
+    for (name, mut cmd, model) in [("mpirun", mpirun_cmd(4), mpnet()), ("plain", embed_cmd(), mpnet()), ("xlm-roberta", mpirun_cmd(4), xlmr.clone())]
+    {
+        let refs = if model == xlmr { xlmr_reference() } else { refs.clone() };
         let out = d.path().join(name);
-        cmd.arg("--dataset").arg(&data).arg("--model").arg(mpnet()).arg("--output-root").arg(&out);
+        cmd.arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--output-root").arg(&out);
         cmd.args(["--batch-size", "8", "--rows-per-shard", "20", "--no-progress"]);
         let o = run_limited(&mut cmd, 300);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         verify_ok(&out);
         let (m, rows) = read_output(&out);
         check_complete(&m, &rows);
-        assert_eq!((m.embedding_dim, rows.len(), m.model_info.architecture), (768, 64, chatspace_mpi::model::Architecture::Mpnet), "{name}");
+        let (dim, arch) =
+            if model == xlmr { (64, chatspace_mpi::model::Architecture::XlmRoberta) } else { (768, chatspace_mpi::model::Architecture::Mpnet) };
+        assert_eq!((m.embedding_dim, rows.len(), m.model_info.architecture), (dim, 64, arch), "{name}");
         for (id, v) in &rows {
             let (text, _, want) = &refs[*id as usize];
             let (c, diff) = (cosine(v, want), max_abs_diff(v, want));

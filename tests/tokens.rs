@@ -181,7 +181,12 @@ fn tokens_ids_match_python_tokenizers_on_a_fresh_corpus() {
     let data = dir.path().join("corpus.jsonl");
     let lines: Vec<String> = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-    for (model, engine) in [(model(), "fast-wordpiece"), (mpnet(), "tokenizers"), (qwen_model(dir.path()), "fast-bpe")] {
+    for (model, engine) in [
+        (model(), "fast-wordpiece"),
+        (mpnet(), "tokenizers"),
+        (root().join("tests/fixtures/tiny-xlm-roberta"), "tokenizers"),
+        (qwen_model(dir.path()), "fast-bpe"),
+    ] {
         let ids = dir.path().join(format!("ids-{}.parquet", model.file_name().unwrap().to_string_lossy()));
         let o = run_limited(tokens_with(&data, &model).args(["--threads", "2", "--json", "--ids-output"]).arg(&ids), 300);
         assert!(o.status.success(), "{}", stderr(&o));

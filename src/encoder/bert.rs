@@ -187,8 +187,10 @@ pub struct BertCpu {
     token_type: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
-    /// The position of a row's first token: 0 for BERT, after the padding index for MPNet (RoBERTa-style).
-    position_offset: usize,
+    /// RoBERTa-style positions (MPNet, XLM-RoBERTa): the padding index. Token `t` is then at position
+    /// `pad + (tokens other than pad up to t)`, and a pad token at `pad` (transformers'
+    /// `create_position_ids_from_input_ids`); BERT's positions are `0, 1, 2, ...`.
+    padding_idx: Option<usize>,
     /// MPNet's relative position bias: `buckets x heads` and the bucket count.
     relative: Option<(Vec<f32>, usize)>,
 }
@@ -334,7 +336,7 @@ impl BertCpu {
             .map_err(|e| EncoderError::BadWeights { file: weights.display().to_string(), message: e.to_string() })?;
         let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
         // Checkpoints saved from a task model prefix the encoder with "bert." (or the model type).
-        for prefix in ["", "bert."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))) {
+        for prefix in ["", "bert.", "roberta."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))) {
             w.prefix = prefix;
             if w.has("embeddings.word_embeddings.weight") {
                 break;
@@ -368,23 +370,24 @@ impl BertCpu {
             let token_types = w.st.get(&format!("{}{type_name}", w.prefix)).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
             w.vec(type_name, &[token_types.max(1), h])?[..h].to_vec()
         };
-        let (position_offset, relative) = if mpnet {
-            let buckets = c.relative_attention_num_buckets.unwrap_or(32);
-            let offset = c.pad_token_id.unwrap_or(1) + 1;
-            if buckets < 4 || offset >= c.max_position_embeddings {
-                return Err(EncoderError::BadWeights {
-                    file: folder.join("config.json").display().to_string(),
-                    message: format!(
-                        "relative_attention_num_buckets {buckets} (at least 4) or pad_token_id (below max_position_embeddings - 1) out of range"
-                    ),
-                });
-            }
-            (offset, Some((w.vec("encoder.relative_attention_bias.weight", &[buckets, c.num_attention_heads])?, buckets)))
-        } else {
-            (0, None)
-        };
+        let roberta_positions = mpnet || c.model_type.as_deref() == Some("xlm-roberta");
+        let padding_idx = roberta_positions.then(|| c.pad_token_id.unwrap_or(1));
+        let position_offset = padding_idx.map_or(0, |p| p + 1);
+        let buckets = c.relative_attention_num_buckets.unwrap_or(32);
+        if position_offset >= c.max_position_embeddings || (mpnet && buckets < 4) {
+            return Err(EncoderError::BadWeights {
+                file: folder.join("config.json").display().to_string(),
+                message: format!(
+                    "pad_token_id {} (below max_position_embeddings {} - 1) or relative_attention_num_buckets {buckets} (at least 4) out of range",
+                    c.pad_token_id.unwrap_or(1),
+                    c.max_position_embeddings
+                ),
+            });
+        }
+        let relative =
+            if mpnet { Some((w.vec("encoder.relative_attention_bias.weight", &[buckets, c.num_attention_heads])?, buckets)) } else { None };
         Ok(BertCpu {
-            position_offset,
+            padding_idx,
             relative,
             hidden: h,
             heads: c.num_attention_heads,
@@ -422,13 +425,21 @@ impl BertCpu {
             if n == 0 || n > self.max_positions {
                 return Err(EncoderError::Batch(format!("row length {n} outside 1..={}", self.max_positions)));
             }
+            let mut counted = 0;
             for t in 0..n {
                 let id = ids[at + t] as usize;
                 if id >= self.vocab {
                     return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
                 }
                 let row = &mut x[(at + t) * h..(at + t + 1) * h];
-                let p = t + self.position_offset;
+                let p = match self.padding_idx {
+                    None => t,
+                    Some(pad) if id == pad => pad,
+                    Some(pad) => {
+                        counted += 1;
+                        pad + counted
+                    }
+                };
                 let (word, pos) = (&self.word[id * h..(id + 1) * h], &self.position[p * h..(p + 1) * h]);
                 for (((o, w), p), ty) in row.iter_mut().zip(word).zip(pos).zip(&self.token_type) {
                     *o = w + p + ty;

@@ -50,6 +50,29 @@ impl Layer {
     }
 }
 
+/// Position embeddings of right-padded `ids` `(b, l)`: BERT's `0..l` (`(l, h)`, broadcast over rows), or with
+/// `padding_idx` RoBERTa-style positions `(b, l, h)` as transformers' `create_position_ids_from_input_ids`: a
+/// token other than the padding id is at `padding_idx + (such tokens up to it)`, the padding id at
+/// `padding_idx`. Computed on the host (a few bytes per token).
+pub(crate) fn position_embeddings(position: &Tensor, ids: &Tensor, padding_idx: Option<usize>) -> Result<Tensor, EncoderError> {
+    let (b, l) = ids.dims2()?;
+    let Some(pad) = padding_idx else { return Ok(position.narrow(0, 0, l)?) };
+    let mut at = Vec::with_capacity(b * l);
+    for row in ids.to_vec2::<u32>()? {
+        let mut counted = 0;
+        for id in row {
+            at.push(if id as usize == pad {
+                pad as u32
+            } else {
+                counted += 1;
+                (pad + counted) as u32
+            });
+        }
+    }
+    let at = Tensor::from_vec(at, b * l, position.device())?;
+    Ok(position.index_select(&at, 0)?.reshape((b, l, ()))?)
+}
+
 /// 0 where attended, -65504 (finite in every float dtype) on padding: `(mask - 1) * 65504`, `(b, 1, 1, l)`.
 pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor, EncoderError> {
     let (b, l) = mask.dims2()?;
@@ -68,6 +91,8 @@ pub struct BertCandle {
     heads: usize,
     act: Activation,
     max_positions: usize,
+    /// RoBERTa-style positions (XLM-RoBERTa): the padding index (see [`position_embeddings`]).
+    padding_idx: Option<usize>,
     dtype: DType,
     device: Device,
 }
@@ -88,12 +113,19 @@ impl BertCandle {
         let weights = folder.join("model.safetensors");
         // SAFETY: the weights file is memory-mapped read-only; we do not modify it while loading.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
-        let vb = ["bert", c.model_type.as_deref().unwrap_or("bert")]
+        let vb = ["bert", "roberta", c.model_type.as_deref().unwrap_or("bert")]
             .iter()
             .map(|p| root.pp(*p))
             .find(|vb| vb.contains_tensor("embeddings.word_embeddings.weight"))
             .unwrap_or(root);
         let h = c.hidden_size;
+        let padding_idx = (c.model_type.as_deref() == Some("xlm-roberta")).then(|| c.pad_token_id.unwrap_or(1));
+        if padding_idx.is_some_and(|p| p + 1 >= c.max_position_embeddings) {
+            return Err(EncoderError::BadWeights {
+                file: folder.join("config.json").display().to_string(),
+                message: format!("pad_token_id {:?} must be below max_position_embeddings {} - 1", c.pad_token_id, c.max_position_embeddings),
+            });
+        }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
@@ -120,7 +152,8 @@ impl BertCandle {
             layers,
             heads: c.num_attention_heads,
             act,
-            max_positions: c.max_position_embeddings,
+            max_positions: c.max_position_embeddings - padding_idx.map_or(0, |p| p + 1),
+            padding_idx,
             dtype,
             device: device.clone(),
         })
@@ -133,7 +166,8 @@ impl BertCandle {
         if l > self.max_positions {
             return Err(EncoderError::Batch(format!("row length {l} outside 1..={}", self.max_positions)));
         }
-        let x = self.word.forward(ids)?.broadcast_add(&self.position.narrow(0, 0, l)?)?.broadcast_add(&self.token_type)?;
+        let x =
+            self.word.forward(ids)?.broadcast_add(&position_embeddings(&self.position, ids, self.padding_idx)?)?.broadcast_add(&self.token_type)?;
         let mut x = self.emb_norm.forward(&x)?;
         let additive = padding_bias(mask, self.dtype)?;
         for layer in &self.layers {

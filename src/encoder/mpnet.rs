@@ -13,7 +13,7 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::encoder::bert::{relative_bucket, Activation};
-use crate::encoder::bert_candle::{linear, norm, padding_bias, Layer};
+use crate::encoder::bert_candle::{linear, norm, padding_bias, position_embeddings, Layer};
 use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
 use crate::encoder::pool::embed_padded;
 use crate::model::ModelSpec;
@@ -67,8 +67,8 @@ pub struct MpnetCandle {
     act: Activation,
     /// Rows longest with positions after the padding index.
     max_len: usize,
-    /// The first token's position (`pad_token_id + 1`).
-    first_position: usize,
+    /// The padding index, after which positions start (see `bert_candle::position_embeddings`).
+    padding_idx: usize,
     dtype: DType,
     device: Device,
 }
@@ -126,7 +126,7 @@ impl MpnetCandle {
             heads: c.num_attention_heads,
             act,
             max_len: c.max_position_embeddings - c.pad_token_id - 1,
-            first_position: c.pad_token_id + 1,
+            padding_idx: c.pad_token_id,
             dtype,
             device: device.clone(),
         })
@@ -148,8 +148,7 @@ impl MpnetCandle {
         if l > self.max_len {
             return Err(EncoderError::Batch(format!("row length {l} outside 1..={}", self.max_len)));
         }
-        // Right padding: every row's tokens sit at positions first_position.. (padding is masked out).
-        let x = self.word.forward(ids)?.broadcast_add(&self.position.narrow(0, self.first_position, l)?)?;
+        let x = self.word.forward(ids)?.broadcast_add(&position_embeddings(&self.position, ids, Some(self.padding_idx))?)?;
         let mut x = self.emb_norm.forward(&x)?;
         let bias = padding_bias(mask, self.dtype)?.broadcast_add(&self.position_bias(l)?)?;
         for layer in &self.layers {

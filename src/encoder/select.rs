@@ -43,7 +43,7 @@ pub enum Engine {
     BertCpu,
     /// candle-transformers' `BertModel`, the reference (`--encoder candle`, `reference.rs`).
     BertReference,
-    /// BERT on candle tensor ops, for any candle device and dtype (`bert_candle.rs`).
+    /// BERT (and XLM-RoBERTa) on candle tensor ops, for any candle device and dtype (`bert_candle.rs`).
     BertCandle,
     /// MPNet on candle tensor ops (`mpnet.rs`): on GPUs, and the CPU reference (`--encoder candle`).
     Mpnet,
@@ -72,6 +72,11 @@ const RULES: &[Rule] = &[
     Rule { arch: Architecture::Mpnet, place: Place::Cpu, reference: Some(false), engine: Engine::BertCpu, dtypes: &[F32, Bf16] },
     Rule { arch: Architecture::Mpnet, place: Place::Cpu, reference: Some(true), engine: Engine::Mpnet, dtypes: &[F32] },
     Rule { arch: Architecture::Mpnet, place: Place::Cuda, reference: None, engine: Engine::Mpnet, dtypes: &[F32, F16, Bf16] },
+    // XLM-RoBERTa is BERT with RoBERTa positions; the reference on the CPU is the candle BERT (candle-transformers'
+    // BertModel has no position offset). int8 is left out until checked on real weights.
+    Rule { arch: Architecture::XlmRoberta, place: Place::Cpu, reference: Some(false), engine: Engine::BertCpu, dtypes: &[F32, Bf16] },
+    Rule { arch: Architecture::XlmRoberta, place: Place::Cpu, reference: Some(true), engine: Engine::BertCandle, dtypes: &[F32] },
+    Rule { arch: Architecture::XlmRoberta, place: Place::Cuda, reference: None, engine: Engine::BertCandle, dtypes: &[F32, F16, Bf16] },
     Rule { arch: Architecture::Qwen3, place: Place::Cpu, reference: None, engine: Engine::Qwen3, dtypes: &[F32] },
     Rule { arch: Architecture::Qwen3, place: Place::Cuda, reference: None, engine: Engine::Qwen3, dtypes: &[F32, F16, Bf16] },
 ];

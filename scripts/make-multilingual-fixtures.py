@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Tiny random multilingual models with a SentencePiece Unigram tokenizer, saved as sentence-transformers
+folders with their reference outputs, for tests/parity.rs and tests/pipeline.rs.
+
+No XLM-RoBERTa weights or tokenizer are on the package registry, so this trains a small Unigram tokenizer
+(`tokenizers`, vocabulary 2,000, NFKC + Metaspace as SentencePiece, `<s> $A </s>`) on data/sample.jsonl and
+the parity texts, and builds two seeded random models with it (hidden 64, 2 layers, 4 heads):
+
+  tests/fixtures/tiny-xlm-roberta:   model_type xlm-roberta (positions after the padding index), mean
+                                     pooling, Normalize, max_seq_length 128
+  tests/fixtures/tiny-bert-unigram:  model_type bert with the same Unigram tokenizer (as
+                                     paraphrase-multilingual-MiniLM), cls pooling, max_seq_length 128
+
+and writes tests/fixtures/{name}-reference.jsonl: the 64 parity texts with their input ids and embeddings.
+
+    scripts/bench --setup-python     # target/stvenv: torch 2.15.0 + sentence-transformers 6.2.0 from PyPI
+    target/stvenv/bin/python scripts/make-multilingual-fixtures.py
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import sentence_transformers
+import tokenizers
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+parity = [json.loads(line)["text"] for line in open(os.path.join(root, "tests/fixtures/minilm-l6-v2-reference.jsonl"))]
+corpus = [t for t in (json.loads(line).get("text") for line in open(os.path.join(root, "data/sample.jsonl"))) if t] + parity
+torch.set_num_threads(2)
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {sentence_transformers.__version__}, "
+      f"tokenizers {tokenizers.__version__}", file=sys.stderr)
+
+specials = ["<s>", "<pad>", "</s>", "<unk>"]
+tok = Tokenizer(models.Unigram())
+tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(tokenizers.Regex(" {2,}"), " ")])
+tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>"))
+tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                   special_tokens=[("<s>", 0), ("</s>", 2)])
+assert [tok.token_to_id(s) for s in specials] == [0, 1, 2, 3]
+fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                            pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<unk>")
+vocab = tok.get_vocab_size()
+
+common = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+variants = {
+    "tiny-xlm-roberta": (transformers.XLMRobertaConfig(max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5, **common),
+                         transformers.XLMRobertaModel, "mean"),
+    "tiny-bert-unigram": (transformers.BertConfig(max_position_embeddings=512, type_vocab_size=2, **common), transformers.BertModel, "cls"),
+}
+for name, (config, cls, pooling) in variants.items():
+    torch.manual_seed(20261206)
+    model = cls(config, add_pooling_layer=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=128), Pooling(64, pooling_mode=pooling), Normalize()], device="cpu")
+        out = os.path.join(root, "tests/fixtures", name)
+        shutil.rmtree(out, ignore_errors=True)
+        st.save(out)
+    st = SentenceTransformer(out, device="cpu")
+    vectors = st.encode(parity, batch_size=8, convert_to_numpy=True)
+    with open(os.path.join(root, "tests/fixtures", f"{name}-reference.jsonl"), "w") as f:
+        for text, v in zip(parity, vectors):
+            ids = st.tokenizer(text, truncation=True, max_length=st.max_seq_length)["input_ids"]
+            f.write(json.dumps({"text": text, "input_ids": ids, "embedding": [float(f"{x:.8g}") for x in v]}) + "\n")
+    for dirpath, _, files in os.walk(out):
+        for fn in files:
+            if fn == "README.md":
+                os.remove(os.path.join(dirpath, fn))
+            else:
+                os.chmod(os.path.join(dirpath, fn), 0o644)
+    print(f"{name}: vocab {vocab}, dim {vectors.shape[1]}, max_seq_length {st.max_seq_length}", file=sys.stderr)
