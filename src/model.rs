@@ -430,7 +430,7 @@ impl ModelSpec {
                 .get("model_max_length")
                 .and_then(|v| v.as_u64())
                 // transformers writes a huge number (1e30) for "no limit".
-                .filter(|&n| n >= 1 && n < 1 << 40)
+                .filter(|n| (1..1 << 40).contains(n))
                 .map(|n| n as usize),
             _ => None,
         };
