@@ -211,13 +211,7 @@ fn mpnet_matches_sentence_transformers() {
         assert_eq!(backend.dim(), 768);
         let mut worst = (1.0f64, 0.0f32);
         for (k, group) in refs.chunks(8).enumerate() {
-            let mut b = TokenBatch { row_ids: vec![], lengths: vec![], ids: vec![] };
-            for (i, (_, ids, _)) in group.iter().enumerate() {
-                b.row_ids.push((k * 8 + i) as u64);
-                b.lengths.push(ids.len() as u32);
-                b.ids.extend_from_slice(ids);
-            }
-            let out = backend.embed(&b).unwrap();
+            let out = backend.embed(&fixture_batch(group, k as u64 * 8)).unwrap();
             for (v, (t, _, want)) in out.chunks(768).zip(group) {
                 let (c, d) = (cosine(v, want), max_abs_diff(v, want));
                 worst = (worst.0.min(c), worst.1.max(d));
@@ -238,12 +232,7 @@ fn mpnet_matches_sentence_transformers() {
         let mut backend = encoder::load(&spec, BackendOptions { dtype, ..BackendOptions::cpu(2) }).unwrap();
         let mut worst = 1.0f64;
         for (k, group) in refs.chunks(8).enumerate() {
-            let b = TokenBatch {
-                row_ids: (0..group.len() as u64).map(|i| k as u64 * 8 + i).collect(),
-                lengths: group.iter().map(|(_, ids, _)| ids.len() as u32).collect(),
-                ids: group.iter().flat_map(|(_, ids, _)| ids.iter().copied()).collect(),
-            };
-            for (v, (t, _, want)) in backend.embed(&b).unwrap().chunks(768).zip(group) {
+            for (v, (t, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 8)).unwrap().chunks(768).zip(group) {
                 let c = cosine(v, want);
                 worst = worst.min(c);
                 assert!(c >= min_cos, "mpnet {}: text {t:?}: cosine {c}", dtype.name());
@@ -288,12 +277,7 @@ fn multilingual_models_with_unigram_tokenizers_match_sentence_transformers() {
             let mut backend = encoder::load(&spec, opts).unwrap();
             let mut worst = (1.0f64, 0.0f32);
             for (k, group) in refs.chunks(7).enumerate() {
-                let b = TokenBatch {
-                    row_ids: (0..group.len() as u64).map(|i| k as u64 * 7 + i).collect(),
-                    lengths: group.iter().map(|(_, ids, _)| ids.len() as u32).collect(),
-                    ids: group.iter().flat_map(|(_, ids, _)| ids.iter().copied()).collect(),
-                };
-                for (v, (t, _, want)) in backend.embed(&b).unwrap().chunks(64).zip(group) {
+                for (v, (t, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 7)).unwrap().chunks(64).zip(group) {
                     let (c, d) = (cosine(v, want), max_abs_diff(v, want));
                     worst = (worst.0.min(c), worst.1.max(d));
                     assert!(c >= 0.99999 && d <= 1e-5, "{folder} ({name}): text {t:?}: cosine {c}, max abs diff {d}");

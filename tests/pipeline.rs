@@ -219,18 +219,13 @@ fn noop_encoder_runs_the_pipeline_and_is_fingerprinted() {
     assert!(!o.status.success() && stderr(&o).contains("encoder (manifest \"noop\", now \"model\")"), "{}", stderr(&o));
 }
 
-/// Every message over MPI split into parts of at most 1,000 bytes (the plan, chunks of text, token batches,
-/// embeddings) arrives whole: the output equals a plain run's, bit for bit.
 #[test]
 fn truncate_dim_keeps_the_first_dimensions_as_sentence_transformers_does() {
     // Matryoshka truncation: the first N of each embedding, after Normalize and not normalized again (the
     // `truncate_dim` of sentence-transformers), under mpirun -n 4; a plain run without it is the reference.
     let d = tempfile::tempdir().unwrap();
     let data = rows_jsonl(d.path(), "d.jsonl", 60);
-    let full = d.path().join("full");
-    let o = embed_on(&data, &full).args(["--batch-size", "8"]).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_, want) = read_output(&full);
+    let want = reference_run(d.path(), &data);
     let cut = d.path().join("cut");
     let mut c = mpirun_cmd(4);
     io_args(&mut c, &data, &cut).args(["--batch-size", "8", "--truncate-dim", "128", "--no-progress"]);
@@ -336,6 +331,8 @@ fn mpnet_and_xlm_roberta_embed_through_the_pipeline_as_sentence_transformers_doe
     }
 }
 
+/// Every message over MPI split into parts of at most 1,000 bytes (the plan, chunks of text, token batches,
+/// embeddings) arrives whole: the output equals a plain run's, bit for bit.
 #[test]
 fn messages_split_into_parts_arrive_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,10 +497,7 @@ fn precision_stores_embeddings_as_sentence_transformers_quantizes_them() {
     // src/quantize.rs), int8 under mpirun -n 4 with ranges calibrated on 40 rows by rank 0.
     let d = tempfile::tempdir().unwrap();
     let data = rows_jsonl(d.path(), "d.jsonl", 60);
-    let full = d.path().join("full");
-    let o = embed_on(&data, &full).args(["--batch-size", "8"]).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_, want) = read_output(&full);
+    let want = reference_run(d.path(), &data);
     let stored = |precision: Precision, v: &[f32], ranges: Option<&Ranges>| -> Vec<f32> {
         stored_values(quantize(v.to_vec(), v.len(), precision, ranges).unwrap().as_ref())
     };

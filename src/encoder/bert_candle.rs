@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
 use crate::encoder::bert::{read_config, Activation};
-use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
-use crate::encoder::pool::embed_padded;
+use crate::encoder::contract::EncoderError;
+use crate::encoder::pool::{Padded, PaddedModel};
 use crate::model::ModelSpec;
 
 /// A post-norm transformer layer of the BERT family (BERT, MPNet): fused QKV attention, then a GELU/ReLU MLP,
@@ -177,29 +177,21 @@ impl BertCandle {
     }
 }
 
-/// The GPU BERT backend: [`BertCandle`] plus pooling (on the host, in float32).
-pub struct BertCandleBackend {
-    model: BertCandle,
-    spec: ModelSpec,
+impl PaddedModel for BertCandle {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError> {
+        BertCandle::forward(self, ids, mask)
+    }
 }
+
+/// The GPU BERT backend: [`BertCandle`] plus pooling (on the host, in float32).
+pub type BertCandleBackend = Padded<BertCandle>;
 
 impl BertCandleBackend {
     pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
-        let model = BertCandle::load(Path::new(&spec.path), device, dtype)?;
-        Ok(BertCandleBackend { model, spec: spec.clone() })
-    }
-}
-
-impl Backend for BertCandleBackend {
-    fn dim(&self) -> usize {
-        self.spec.dim
-    }
-
-    fn pads(&self) -> bool {
-        true
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
-        embed_padded(&self.spec, &self.model.device, batch, |ids, mask| self.model.forward(ids, mask))
+        Ok(Padded { model: BertCandle::load(Path::new(&spec.path), device, dtype)?, spec: spec.clone() })
     }
 }

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::encoder::bert::{relative_bucket, Activation};
 use crate::encoder::bert_candle::{linear, norm, padding_bias, position_embeddings, Layer};
-use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
-use crate::encoder::pool::embed_padded;
+use crate::encoder::contract::EncoderError;
+use crate::encoder::pool::{Padded, PaddedModel};
 use crate::model::ModelSpec;
 
 /// The parts of an MPNet config.json this forward pass uses.
@@ -158,29 +158,21 @@ impl MpnetCandle {
     }
 }
 
-/// The MPNet backend: [`MpnetCandle`] plus pooling (on the host, in float32).
-pub struct MpnetBackend {
-    model: MpnetCandle,
-    spec: ModelSpec,
+impl PaddedModel for MpnetCandle {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError> {
+        MpnetCandle::forward(self, ids, mask)
+    }
 }
+
+/// The MPNet backend: [`MpnetCandle`] plus pooling (on the host, in float32).
+pub type MpnetBackend = Padded<MpnetCandle>;
 
 impl MpnetBackend {
     pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
-        let model = MpnetCandle::load(Path::new(&spec.path), device, dtype)?;
-        Ok(MpnetBackend { model, spec: spec.clone() })
-    }
-}
-
-impl Backend for MpnetBackend {
-    fn dim(&self) -> usize {
-        self.spec.dim
-    }
-
-    fn pads(&self) -> bool {
-        true
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
-        embed_padded(&self.spec, &self.model.device, batch, |ids, mask| self.model.forward(ids, mask))
+        Ok(Padded { model: MpnetCandle::load(Path::new(&spec.path), device, dtype)?, spec: spec.clone() })
     }
 }

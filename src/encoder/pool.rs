@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::encoder::contract::{EncoderError, TokenBatch};
+use crate::encoder::contract::{Backend, EncoderError, TokenBatch};
 use crate::model::{ModelSpec, Pooling};
 
 /// Rejects rows a model cannot take: empty ones (every row has at least its special tokens) and ones longer
@@ -32,6 +32,33 @@ pub fn embed_padded(
     let (ids, mask) = (Tensor::from_vec(ids, (b, l), device)?, Tensor::from_vec(mask, (b, l), device)?);
     let hidden: Vec<f32> = forward(&ids, &mask)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     Ok(pool(&hidden, &batch.lengths, l, spec.dim, spec.pooling, spec.normalize))
+}
+
+/// A model that takes a batch right-padded to a rectangle: `(ids, mask)` tensors `(rows, len)` on its device,
+/// hidden states `(rows, len, dim)` back.
+pub trait PaddedModel: Send {
+    fn device(&self) -> &Device;
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError>;
+}
+
+/// Any [`PaddedModel`] as a [`Backend`]: each batch padded to its longest row, pooled on the host.
+pub struct Padded<M> {
+    pub model: M,
+    pub spec: ModelSpec,
+}
+
+impl<M: PaddedModel> Backend for Padded<M> {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn pads(&self) -> bool {
+        true
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
+        embed_padded(&self.spec, self.model.device(), batch, |ids, mask| self.model.forward(ids, mask))
+    }
 }
 
 /// Right-pads a flat token batch to `len` columns; returns ids and the attention mask.

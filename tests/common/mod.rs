@@ -300,3 +300,21 @@ pub fn fixture_reference(file: &str) -> Vec<(String, Vec<u32>, Vec<f32>)> {
         })
         .collect()
 }
+
+/// A token batch of fixture rows (text, ids, embedding), row ids from `first`.
+pub fn fixture_batch(rows: &[(String, Vec<u32>, Vec<f32>)], first: u64) -> chatspace_mpi::encoder::TokenBatch {
+    chatspace_mpi::encoder::TokenBatch {
+        row_ids: (first..first + rows.len() as u64).collect(),
+        lengths: rows.iter().map(|(_, ids, _)| ids.len() as u32).collect(),
+        ids: rows.iter().flat_map(|(_, ids, _)| ids.iter().copied()).collect(),
+    }
+}
+
+/// A plain float32 run of `data` into `dir/full` (batches of 8): row id -> embedding, the reference other
+/// runs are compared with.
+pub fn reference_run(dir: &Path, data: &Path) -> BTreeMap<u64, Vec<f32>> {
+    let full = dir.join("full");
+    let o = embed_on(data, &full).args(["--batch-size", "8"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    read_output(&full).1
+}
