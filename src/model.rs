@@ -626,4 +626,30 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn max_seq_length_is_taken_where_each_sentence_transformers_version_saves_it() {
+        // (sentence_bert_config.json, tokenizer_config.json, model_type and positions) -> max_seq_length.
+        for (sbert, tokenizer, config, want) in [
+            (Some(r#"{"max_seq_length": 64}"#), Some(r#"{"model_max_length": 100}"#), r#"{"model_type":"bert","hidden_size":8}"#, 64),
+            (None, Some(r#"{"model_max_length": 100}"#), r#"{"model_type":"bert","hidden_size":8}"#, 100),
+            (Some("{}"), Some(r#"{"model_max_length": 1000000000000000019884624838656}"#), r#"{"model_type":"bert","hidden_size":8}"#, 512),
+            (None, None, r#"{"model_type":"bert","hidden_size":8,"max_position_embeddings":300}"#, 300),
+            (None, Some(r#"{"model_max_length": 512}"#), r#"{"model_type":"xlm-roberta","hidden_size":8,"max_position_embeddings":514}"#, 512),
+            (None, None, r#"{"model_type":"xlm-roberta","hidden_size":8,"max_position_embeddings":130,"pad_token_id":1}"#, 128),
+            (None, None, r#"{"model_type":"mpnet","hidden_size":8,"max_position_embeddings":514}"#, 512),
+        ] {
+            let mut files = vec![
+                ("modules.json", MODULES),
+                ("config.json", config),
+                ("tokenizer.json", "{}"),
+                ("model.safetensors", "w"),
+                ("1_Pooling/config.json", r#"{"pooling_mode": "mean"}"#),
+            ];
+            files.extend(sbert.map(|b| ("sentence_bert_config.json", b)));
+            files.extend(tokenizer.map(|b| ("tokenizer_config.json", b)));
+            let d = folder_with(&files);
+            assert_eq!(ModelSpec::load(d.path(), None).unwrap().max_seq_length, want, "{sbert:?} {tokenizer:?} {config}");
+        }
+    }
 }
