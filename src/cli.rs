@@ -202,7 +202,7 @@ pub struct EmbedArgs {
     /// Compute dtype: float32; float16 (cuda); bfloat16 (cuda, or on the CPU the linear layers of BERT models
     /// with AVX512_BF16: faster, embeddings differ slightly); int8 (CPU only, the linear layers of BERT models
     /// with AVX512-VNNI: fastest, embeddings differ more). See docs/benchmarks.md for speed and accuracy.
-    /// Embeddings are written as float32 either way.
+    /// Storage is `--precision`'s whatever the compute dtype (float32 by default).
     #[arg(long, env = "CHATSPACE_DTYPE", default_value = "float32", value_parser = DTYPES)]
     pub dtype: String,
     /// Keep the first N dimensions of each embedding (Matryoshka models; sentence-transformers'

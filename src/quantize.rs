@@ -180,6 +180,13 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_value_is_a_precision_of_that_name() {
+        for name in crate::cli::PRECISIONS {
+            assert_eq!(Precision::parse(name).map(Precision::name), Some(name));
+        }
+    }
+
+    #[test]
     fn ranges_are_per_dimension_and_checked() {
         let r = Ranges::of(&[1.0, -2.0, 3.0, 0.5, -1.0, 4.0], 2).unwrap();
         assert_eq!(r, Ranges { min: vec![-1.0, -2.0], max: vec![3.0, 4.0] });

@@ -12,6 +12,7 @@ use crate::encoder::select::{place_of, Place};
 use crate::encoder::{Backend, BackendOptions, TokenBatch};
 use crate::plan::Plan;
 use crate::quantize::Ranges;
+use crate::tokenize::TextTokenizer;
 
 /// Blocks the calibration rows are read in.
 const BLOCKS: u64 = 8;
@@ -37,8 +38,8 @@ pub fn calibration_ranges(total: u64, rows: u64) -> Vec<(u64, u64)> {
 }
 
 /// Embeds the calibration rows with the run's model (on a GPU when `--device` gives this process one, else
-/// the CPU) and returns their ranges over the stored dimensions.
-pub fn calibrate(plan: &Plan) -> anyhow::Result<Ranges> {
+/// the CPU) and returns their ranges over the stored dimensions. `tokenizer`: the model's, when already loaded.
+pub fn calibrate(plan: &Plan, tokenizer: Option<&TextTokenizer>) -> anyhow::Result<Ranges> {
     let c = &plan.config;
     let started = Instant::now();
     let what = format!("--precision {}: calibration", c.precision.name());
@@ -47,7 +48,14 @@ pub fn calibrate(plan: &Plan) -> anyhow::Result<Ranges> {
         .with_context(|| what.clone())?;
     let rows = reader.read(&ranges).with_context(|| what.clone())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let tokenizer = crate::tokenize::TextTokenizer::load(&plan.model, c.tokenizer)?;
+    let loaded;
+    let tokenizer = match tokenizer {
+        Some(t) => t,
+        None => {
+            loaded = TextTokenizer::load(&plan.model, c.tokenizer)?;
+            &loaded
+        }
+    };
     let enc = tokenizer.encode_batch(&rows.texts, &plan.prompt, cores).map_err(|e| anyhow::anyhow!("{what}: tokenizing: {e}"))?;
     if enc.rows() < 2 {
         anyhow::bail!("{what}: needs at least 2 rows with text, found {}", enc.rows());

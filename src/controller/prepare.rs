@@ -39,14 +39,17 @@ pub enum Start {
 pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let config = RunConfig::from_args(args).map_err(anyhow::Error::msg)?;
     let model = load_model(&config)?;
-    if config.encoder != EncoderKind::Noop {
-        // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
-        // one error before any rank starts rather than a failure in every loader.
+    // Loaded once here so that a tokenizer.json that does not load, or a max_seq_length it cannot use, is
+    // one error before any rank starts rather than a failure in every loader (calibration uses it too).
+    let tokenizer = if config.encoder != EncoderKind::Noop {
         // `tokenizers` checks the whole file once here, whichever implementation the loaders then run.
         model.tokenizer()?;
         let tok = crate::tokenize::TextTokenizer::load(&model, config.tokenizer)?;
         log::info!("tokenizer: {}", tok.engine_name());
-    }
+        Some(tok)
+    } else {
+        None
+    };
     if matches!(config.encoder, EncoderKind::Model | EncoderKind::Candle) {
         // The model's architecture against the encoder's rule table, before any rank loads it.
         crate::encoder::select::check(Some(model.architecture), config.device, config.encoder == EncoderKind::Candle, config.dtype)
@@ -78,7 +81,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let lock = lock_output(&plan.output)?;
     let resume = plan.config.start == StartMode::Resume || (plan.config.start == StartMode::AutoResume && plan.output.manifest.exists());
     if plan.config.precision.scalar() {
-        plan.quantization_ranges = Some(quantization_ranges(&plan, resume)?);
+        plan.quantization_ranges = Some(quantization_ranges(&plan, resume, tokenizer.as_ref())?);
     }
     if resume {
         let m = super::resume::check(&plan, &fingerprint(&plan))?;
@@ -109,7 +112,7 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
 
 /// The int8/uint8 ranges: a resumed output's own (so every shard shares one scale), `--calibration-ranges`,
 /// or calibrated here on `--calibration-rows` rows.
-fn quantization_ranges(plan: &Plan, resume: bool) -> anyhow::Result<crate::quantize::Ranges> {
+fn quantization_ranges(plan: &Plan, resume: bool, tokenizer: Option<&crate::tokenize::TextTokenizer>) -> anyhow::Result<crate::quantize::Ranges> {
     let dim = plan.output_dim();
     if resume && plan.output.manifest.exists() {
         let m = Manifest::read(&plan.output.manifest).map_err(|e| anyhow::anyhow!("--resume: {e}"))?;
@@ -129,7 +132,7 @@ fn quantization_ranges(plan: &Plan, resume: bool) -> anyhow::Result<crate::quant
                 )
             })?
         }
-        None => super::calibrate::calibrate(plan)?,
+        None => super::calibrate::calibrate(plan, tokenizer)?,
     };
     let what = plan.config.calibration_ranges.as_ref().map_or("calibration".to_string(), |p| format!("--calibration-ranges {}", p.display()));
     ranges.check(dim).map_err(|e| anyhow::anyhow!("{what}: {e} (the output has {dim} dimensions)"))?;

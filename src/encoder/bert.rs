@@ -173,6 +173,13 @@ pub fn relative_bucket(relative: i64, buckets: usize) -> usize {
     bucket as usize
 }
 
+/// The bucket of every key-minus-query distance within rows of up to `longest` tokens: entry
+/// `distance + longest - 1` for distances `1 - longest ..= longest - 1`.
+pub fn relative_buckets(longest: usize, buckets: usize) -> Vec<usize> {
+    let span = (2 * longest).saturating_sub(1) as i64;
+    (0..span).map(|i| relative_bucket(i - (longest as i64 - 1), buckets)).collect()
+}
+
 /// The weights of a BERT encoder, ready for [`BertCpu::forward_rows`].
 pub struct BertCpu {
     hidden: usize,
@@ -478,10 +485,8 @@ impl BertCpu {
     /// is the bias of key `k` for query `q` (so a query's row of biases is one contiguous slice). Empty for BERT.
     fn relative_bias(&self, longest: usize) -> Vec<Vec<f32>> {
         let Some((table, buckets)) = &self.relative else { return Vec::new() };
-        let span = (2 * longest).saturating_sub(1);
-        (0..self.heads)
-            .map(|head| (0..span).map(|i| table[relative_bucket(i as i64 - (longest as i64 - 1), *buckets) * self.heads + head]).collect())
-            .collect()
+        let by_distance = relative_buckets(longest, *buckets);
+        (0..self.heads).map(|head| by_distance.iter().map(|&b| table[b * self.heads + head]).collect()).collect()
     }
 
     /// Scaled dot-product attention of each row and head over that row's own tokens (plus `relative`, the

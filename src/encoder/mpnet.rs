@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::encoder::bert::{relative_bucket, Activation};
+use crate::encoder::bert::{relative_buckets, Activation};
 use crate::encoder::bert_candle::{linear, norm, padding_bias, position_embeddings, Layer};
 use crate::encoder::contract::EncoderError;
 use crate::encoder::pool::{Padded, PaddedModel};
@@ -134,7 +134,9 @@ impl MpnetCandle {
 
     /// The relative position bias `(1, heads, l, l)` of a sequence of `l` tokens.
     fn position_bias(&self, l: usize) -> Result<Tensor, EncoderError> {
-        let buckets: Vec<u32> = (0..l).flat_map(|q| (0..l).map(move |k| relative_bucket(k as i64 - q as i64, self.buckets) as u32)).collect();
+        // The bucket of each distance once, then the (query, key) grid by lookup.
+        let by_distance = relative_buckets(l, self.buckets);
+        let buckets: Vec<u32> = (0..l).flat_map(|q| (0..l).map(|k| by_distance[k + l - 1 - q] as u32).collect::<Vec<_>>()).collect();
         let buckets = Tensor::from_vec(buckets, l * l, &self.device)?;
         // (l * l, heads) -> (heads, l, l)
         let bias = self.relative.index_select(&buckets, 0)?.t()?.reshape((1, self.heads, l, l))?;
