@@ -28,6 +28,9 @@ dir=$(cd "$dir" && pwd)
 conf=$dir/etc/slurm.conf
 sock=$dir/munge/munge.socket
 export SLURM_CONF=$conf
+# Marks every process this folder starts (daemons, node holders), so a later start can find the ones a folder
+# deleted before its `down` left running.
+export CHATSPACE_MULTINODE=$dir
 
 # A process that exists and is not a zombie (daemons are reparented to PID 1, which may reap late).
 running() {
@@ -42,8 +45,30 @@ alive() { # alive PIDFILE [COMM]
   running "$p" && { [ -z "${2:-}" ] || [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$2" ]; }
 }
 
-# The instance number of this folder: claimed in /run/chatspace-multinode (atomically: noclobber) until `down`;
-# a claim whose folder no longer names it is stale and taken over.
+# Everything on this machine under instance I's names: the processes in its node namespaces, the namespaces,
+# the veths and the bridge; with OWNER, also every process marked as started for folder OWNER.
+clear_instance() { # I [OWNER]
+  local i=$1 owner=${2:-} ns p l
+  if [ -n "$owner" ]; then
+    for p in /proc/[0-9]*; do
+      if tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -qxF "CHATSPACE_MULTINODE=$owner"; then
+        kill -9 "${p#/proc/}" 2>/dev/null || true
+      fi
+    done
+  fi
+  for ns in $(ip netns list | awk -v pre="csmn$i-" 'index($1, pre) == 1 { print $1 }'); do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  for l in $(ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep -E "^csmn${i}(v[0-9]+)?$"); do
+    ip link del "$l" 2>/dev/null || true
+  done
+}
+
+# The instance number of this folder: claimed in /run/chatspace-multinode until `down`; a claim whose folder no
+# longer names it is stale and taken over. Claims are made under an flock of $claims/.lock: a claimer writes
+# the claim and then the folder's instance file, so without the lock a second `start` in between would see a
+# claim whose folder does not name it yet, take it as stale, and both folders would share one bridge.
 claims=/run/chatspace-multinode
 instance() {
   if [ -s "$dir/instance" ] && [ "$(cat "$claims/$(cat "$dir/instance")" 2>/dev/null)" = "$dir" ]; then
@@ -52,17 +77,23 @@ instance() {
   fi
   mkdir -p "$claims"
   local i owner
-  for i in $(seq 0 99); do
-    owner=$(cat "$claims/$i" 2>/dev/null || true)
-    if [ -n "$owner" ] && [ "$(cat "$owner/instance" 2>/dev/null)" != "$i" ]; then
-      rm -f "$claims/$i"
-    fi
-    if (set -o noclobber; echo "$dir" > "$claims/$i") 2>/dev/null; then
-      echo "$i" > "$dir/instance"
-      echo "$i"
-      return
-    fi
-  done
+  {
+    flock 9
+    for i in $(seq 0 99); do
+      owner=$(cat "$claims/$i" 2>/dev/null || true)
+      if [ -n "$owner" ] && [ "$(cat "$owner/instance" 2>/dev/null)" != "$i" ]; then
+        rm -f "$claims/$i"
+      fi
+      # Its processes are killed only when the folder is gone (one still there may run another instance now).
+      [ -n "$owner" ] && [ ! -e "$owner" ] || owner=""
+      if (set -o noclobber; echo "$dir" > "$claims/$i") 2>/dev/null; then
+        clear_instance "$i" "$owner" # what a stale claim's cluster left (a folder deleted before its `down`)
+        echo "$i" > "$dir/instance"
+        echo "$i"
+        return
+      fi
+    done
+  } 9> "$claims/.lock"
   echo "multinode-cluster: no free instance number in $claims" >&2
   exit 1
 }
@@ -191,22 +222,16 @@ stop_pids() { # PIDFILE:COMM...: TERM together, wait up to 10 s, then KILL
 }
 
 down() {
-  local i n l=() p
+  local i n l=() owner
   i=$(cat "$dir/instance" 2>/dev/null || { grep -lsx "$dir" "$claims"/* 2>/dev/null || true; } | head -n 1 | xargs -r basename)
   [ -n "$i" ] || return 0
   for n in $(nodes); do l+=("$dir/run/slurmd-$n.pid:slurmd"); done
   stop_pids "${l[@]}" "$dir/run/slurmctld.pid:slurmctld" "$dir/munge/munged.pid:munged"
-  for n in $(nodes); do
-    if [ -e "/run/netns/csmn$i-$n" ]; then
-      # Job steps left on the node: everything in its network namespace.
-      for p in $(ip netns pids "csmn$i-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    fi
-    rm -f "$dir/run/holder-$n.pid"
-    ip link del "csmn${i}v${n#node}" 2>/dev/null || true
-    ip netns del "csmn$i-$n" 2>/dev/null || true
-  done
+  # Job steps left on the nodes (everything in their network namespaces), the node holders, the network; not
+  # when another folder has since claimed the number (this one's claim went stale).
+  owner=$(cat "$claims/$i" 2>/dev/null || true)
+  [ -n "$owner" ] && [ "$owner" != "$dir" ] || clear_instance "$i"
   stop_pids "$dir/run/holder-head.pid:sleep"
-  ip link del "csmn$i" 2>/dev/null || true
   rm -rf "$dir/state" "$dir/spool" "$dir/run" "$dir/nodes" "$dir/etc/nodes" "$conf"
   [ "$(cat "$claims/$i" 2>/dev/null)" = "$dir" ] && rm -f "$claims/$i"
   rm -f "$dir/instance"
@@ -215,7 +240,7 @@ down() {
 up() { # N
   local n=$1 i k node t0
   case "$n" in [1-9]) ;; *) echo "multinode-cluster: 1 to 9 nodes, not '$n'" >&2; exit 2 ;; esac
-  for b in ip nsenter unshare setsid slurmctld slurmd scontrol sinfo munged mungekey python3; do
+  for b in ip nsenter unshare setsid flock slurmctld slurmd scontrol sinfo munged mungekey python3; do
     command -v "$b" >/dev/null || { echo "multinode-cluster: $b is missing (scripts/setup-debian.sh installs it)" >&2; exit 1; }
   done
   [ "$(id -u)" = 0 ] || { echo "multinode-cluster: needs root (network namespaces)" >&2; exit 1; }

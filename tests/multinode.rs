@@ -300,15 +300,27 @@ fn jobs_span_nodes_survive_preemption_and_end_on_node_faults() {
 fn the_cluster_script_is_idempotent_and_leaves_nothing_behind() {
     let a = root().join("target/multinode-tests").join(format!("script-a-{}", std::process::id()));
     let b = root().join("target/multinode-tests").join(format!("script-b-{}", std::process::id()));
+    // Both brought down however the test ends (a failed one left namespaces behind).
+    struct Down<'a>(&'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = script(self.0).arg("down").status();
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _down = (Down(&a), Down(&b));
     let start = |dir: &Path| {
         let o = script(dir).args(["start", "2"]).output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read_to_string(dir.join("instance")).unwrap().trim().to_string()
     };
-    let ia = start(&a);
-    assert_eq!(start(&a), ia, "a second start of a running cluster keeps it");
-    let ib = start(&b);
+    // Two folders started at once (as the test beside this one does) claim two instances.
+    let (ia, ib) = std::thread::scope(|s| {
+        let b = s.spawn(|| start(&b));
+        (start(&a), b.join().unwrap())
+    });
     assert_ne!(ia, ib, "a second copy in another folder is another instance");
+    assert_eq!(start(&a), ia, "a second start of a running cluster keeps it");
     for (dir, i) in [(&a, &ia), (&b, &ib)] {
         let conf = dir.join("etc/slurm.conf");
         let nodes = Command::new("sinfo").args(["-h", "-N", "-o", "%N %T"]).env("SLURM_CONF", &conf).output().unwrap();
@@ -317,6 +329,18 @@ fn the_cluster_script_is_idempotent_and_leaves_nothing_behind() {
         let o = script(dir).args(["exec", "node2", "hostname"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "node2");
     }
+    // A folder deleted before its `down` leaves a stale claim and its namespaces; the next start takes the
+    // number over (a, b and the test beside this one hold the lower ones) and clears what was left.
+    let c = root().join("target/multinode-tests").join(format!("script-c-{}", std::process::id()));
+    let d = root().join("target/multinode-tests").join(format!("script-d-{}", std::process::id()));
+    let _down_cd = (Down(&c), Down(&d));
+    let ic = start(&c);
+    let stale_holder = std::fs::read_to_string(c.join("run/holder-node1.pid")).unwrap();
+    std::fs::remove_dir_all(&c).unwrap();
+    assert_eq!(start(&d), ic, "the stale claim is taken over");
+    let st = std::fs::read_to_string(format!("/proc/{}/stat", stale_holder.trim())).unwrap_or_default();
+    assert!(st.is_empty() || st.contains(") Z "), "the stale cluster's node is still running: {st}");
+    assert!(script(&d).arg("down").status().unwrap().success());
     let netns = || String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     let links = || String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
     for (dir, i) in [(&a, &ia), (&b, &ib)] {
@@ -328,6 +352,4 @@ fn the_cluster_script_is_idempotent_and_leaves_nothing_behind() {
         let st = std::fs::read_to_string(format!("/proc/{}/stat", holder.trim())).unwrap_or_default();
         assert!(st.is_empty() || st.contains(") Z "), "node holder still running: {st}");
     }
-    let _ = std::fs::remove_dir_all(&a);
-    let _ = std::fs::remove_dir_all(&b);
 }
