@@ -4,7 +4,8 @@
 #   scripts/gpu-check.sh --prepare   Here (no GPU): builds the CUDA binary (scripts/build-cuda.sh --build) and
 #       packs what travels to the lent machine into target/gpu (< 64 MiB): the binary (xz), all-MiniLM-L6-v2
 #       with float16 weights (its f32 compute still reaches cosine 0.9999990 to the reference), the shared
-#       reference, a small random-weight MPNet (the CUDA MPNet against the CPU one) and a real-text timing
+#       reference, a small random-weight MPNet and the tiny XLM-RoBERTa and ModernBERT fixtures (each on CUDA
+#       against the CPU) and a real-text timing
 #       input. Then, with the device tool:
 #       run(command="scripts/gpu-check.sh", carry=["target/gpu"], timeout_s=...)
 #
@@ -90,6 +91,8 @@ with open(f"{d}/model.safetensors", "wb") as f:
     f.write(struct.pack("<Q", len(hb))); f.write(hb)
     for c in chunks: f.write(c)
 PY
+  # The tiny XLM-RoBERTa (Unigram tokenizer) and ModernBERT (sliding-window layers) fixtures, as they are.
+  cp -r tests/fixtures/tiny-xlm-roberta tests/fixtures/tiny-modernbert "$pack/"
   python3 - "$pack/texts.jsonl" <<'PY'
 # Timing input: real text of data/sample.jsonl, consecutive texts joined 1..4 at a time (~115 tokens a row), x8.
 import json, sys
@@ -158,10 +161,13 @@ for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
     print(f"cuda {dt:<11} {r:>14.7f} {c:>10.7f} {goal:>8}  {'ok' if r >= goal else 'FAIL'}")
 PY
 
-echo "== MPNet (small, seeded random weights, real tokenizer): CUDA against this crate's CPU forward pass"
-"$bin" encode --model "$pack/mpnet" --input "$pack/reference.jsonl" --device cpu --batch-sizes 16 --out "$OUT/mpnet-cpu.jsonl" > /dev/null || echo "FAIL: mpnet cpu encode"
-for dt in float32 float16 bfloat16; do
-  "$bin" encode --model "$pack/mpnet" --input "$pack/reference.jsonl" --device cuda --dtype "$dt" --batch-sizes 16 --out "$OUT/mpnet-cuda-$dt.jsonl" > /dev/null || echo "FAIL: mpnet cuda $dt encode"
+echo "== Other architectures on CUDA against this crate's CPU forward pass: MPNet (small, seeded random weights,"
+echo "   real tokenizer), the tiny XLM-RoBERTa and ModernBERT fixtures of tests/fixtures"
+for m in mpnet tiny-xlm-roberta tiny-modernbert; do
+  "$bin" encode --model "$pack/$m" --input "$pack/reference.jsonl" --device cpu --batch-sizes 16 --out "$OUT/$m-cpu.jsonl" > /dev/null || echo "FAIL: $m cpu encode"
+  for dt in float32 float16 bfloat16; do
+    "$bin" encode --model "$pack/$m" --input "$pack/reference.jsonl" --device cuda --dtype "$dt" --batch-sizes 16 --out "$OUT/$m-cuda-$dt.jsonl" > /dev/null || echo "FAIL: $m cuda $dt encode"
+  done
 done
 python3 - "$OUT" <<'PY'
 import json, math, os, sys
@@ -169,13 +175,14 @@ out = sys.argv[1]
 load = lambda p: [json.loads(l)["embedding"] for l in open(p)] if os.path.exists(p) else None
 def worst(a, b):
     return min(sum(x * y for x, y in zip(u, v)) / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v)) for u, v in zip(a, b))
-cpu = load(os.path.join(out, "mpnet-cpu.jsonl"))
-for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
-    got = load(os.path.join(out, f"mpnet-cuda-{dt}.jsonl"))
-    if got is None or cpu is None or len(got) != len(cpu):
-        print(f"mpnet cuda {dt:<9} missing"); continue
-    c = worst(got, cpu)
-    print(f"mpnet cuda {dt:<9} vs cpu {c:.7f} (goal {goal})  {'ok' if c >= goal else 'FAIL'}")
+for m in ["mpnet", "tiny-xlm-roberta", "tiny-modernbert"]:
+    cpu = load(os.path.join(out, f"{m}-cpu.jsonl"))
+    for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.99)]:
+        got = load(os.path.join(out, f"{m}-cuda-{dt}.jsonl"))
+        if got is None or cpu is None or len(got) != len(cpu):
+            print(f"{m:<16} cuda {dt:<9} missing"); continue
+        c = worst(got, cpu)
+        print(f"{m:<16} cuda {dt:<9} vs cpu {c:.7f} (goal {goal})  {'ok' if c >= goal else 'FAIL'}")
 PY
 
 echo "== encoder tokens/s (chatspace-mpi encode: sorted by length, warm-up pass first)"

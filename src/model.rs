@@ -79,10 +79,14 @@ pub enum Architecture {
     /// padding index.
     #[serde(rename = "xlm-roberta")]
     XlmRoberta,
+    /// ModernBERT (gte-modernbert, modernbert-embed): rotary positions, GeGLU, global and sliding-window layers.
+    #[serde(rename = "modernbert")]
+    ModernBert,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 4] = [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3, Architecture::XlmRoberta];
+    pub const ALL: [Architecture; 5] =
+        [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3, Architecture::XlmRoberta, Architecture::ModernBert];
 
     /// config.json's `model_type` (also the manifest's name).
     pub fn name(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Architecture {
             Architecture::Mpnet => "mpnet",
             Architecture::Qwen3 => "qwen3",
             Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::ModernBert => "modernbert",
         }
     }
 
@@ -407,7 +412,7 @@ impl ModelSpec {
                 let pad = config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
                 positions.saturating_sub(pad + 1).max(1)
             }
-            Architecture::Bert | Architecture::Qwen3 => positions,
+            Architecture::Bert | Architecture::Qwen3 | Architecture::ModernBert => positions,
         };
 
         let Modules { pooling, include_prompt, dense, normalize } = read_modules(folder, &modules_path, &modules, dim)?;

@@ -289,6 +289,80 @@ fn multilingual_models_with_unigram_tokenizers_match_sentence_transformers() {
 }
 
 #[test]
+fn modernbert_matches_sentence_transformers() {
+    // tests/fixtures/tiny-modernbert (scripts/make-modernbert-fixtures.py): a seeded random ModernBERT with a
+    // trained byte-level BPE tokenizer, 4 layers (global, sliding, sliding, global; window 16 tokens), RoPE,
+    // GeGLU, no biases, mean pooling, saved and run by sentence-transformers 6.2. Texts of up to 128 tokens
+    // cross the window, so a wrong window, theta or layer pattern moves them.
+    let spec = ModelSpec::load(&root().join("tests/fixtures/tiny-modernbert"), None).unwrap();
+    assert_eq!(
+        (spec.architecture, spec.pooling, spec.normalize, spec.max_seq_length, spec.dim),
+        (Architecture::ModernBert, Pooling::Mean, true, 128, 64)
+    );
+    let refs = fixture_reference("tiny-modernbert-reference.jsonl");
+    assert_eq!(refs.len(), 64);
+    assert!(refs.iter().filter(|(_, ids, _)| ids.len() > 17).count() >= 20, "texts past the window");
+    assert!(refs.iter().any(|(_, ids, _)| ids.len() == 128), "texts past the max length");
+    let texts: Vec<String> = refs.iter().map(|(t, _, _)| t.clone()).collect();
+    for choice in [TokenizerChoice::Auto, TokenizerChoice::Reference] {
+        let tok = TextTokenizer::load(&spec, choice).unwrap();
+        let enc = tok.encode_batch(&texts, "", 1).unwrap();
+        for (i, (t, ids, _)) in refs.iter().enumerate() {
+            assert_eq!(enc.row(i), &ids[..], "{choice:?} ({}): ids of {t:?}", tok.engine_name());
+        }
+    }
+    // The packed CPU pass (1 and 2 threads) and the candle ops (the GPU code; --encoder candle on the CPU).
+    for (name, opts) in [
+        ("cpu, 1 thread", BackendOptions::cpu(1)),
+        ("cpu, 2 threads", BackendOptions::cpu(2)),
+        ("--encoder candle", BackendOptions { reference: true, ..BackendOptions::cpu(1) }),
+    ] {
+        let mut backend = encoder::load(&spec, opts).unwrap();
+        assert_eq!(backend.pads(), opts.reference, "{name}");
+        let mut worst = (1.0f64, 0.0f32);
+        for (k, group) in refs.chunks(7).enumerate() {
+            for (v, (t, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 7)).unwrap().chunks(64).zip(group) {
+                let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+                worst = (worst.0.min(c), worst.1.max(d));
+                assert!(c >= 0.99999 && d <= 1e-5, "modernbert ({name}): text {t:?}: cosine {c}, max abs diff {d}");
+            }
+        }
+        eprintln!("tiny-modernbert ({name}): worst cosine {:.9}, worst max abs diff {:.2e} over 64 texts", worst.0, worst.1);
+    }
+    // Float16 as CUDA takes it, on the same code run on the CPU (candle's CPU has no bfloat16 matmul): finite
+    // (padding queries of sliding layers see only padding: their scores must not sum to -inf) and close.
+    use candle_core::{DType, Device};
+    use chatspace_mpi::encoder::modernbert::ModernBertBackend;
+    for dtype in [DType::F16] {
+        let mut backend = ModernBertBackend::load(&spec, &Device::Cpu, dtype).unwrap();
+        let mut worst = 1.0f64;
+        for (k, group) in refs.chunks(7).enumerate() {
+            for (v, (t, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 7)).unwrap().chunks(64).zip(group) {
+                assert!(v.iter().all(|x| x.is_finite()), "{dtype:?}: non-finite values for {t:?}");
+                worst = worst.min(cosine(v, want));
+            }
+        }
+        assert!(worst >= 0.99, "{dtype:?}: worst cosine {worst}");
+        eprintln!("tiny-modernbert ({dtype:?} on candle ops, cpu): worst cosine {worst:.6}");
+    }
+    // The CPU pass's bfloat16 mode (AVX512_BF16 CPUs): close, not float32-exact; refused elsewhere.
+    let bf16 = encoder::load(&spec, BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(2) });
+    if !chatspace_mpi::encoder::kernels::has_bf16_dot() {
+        assert!(bf16.err().expect("refused without AVX512_BF16").to_string().contains("AVX512_BF16"));
+        return;
+    }
+    let mut backend = bf16.unwrap();
+    let mut worst = 1.0f64;
+    for (k, group) in refs.chunks(7).enumerate() {
+        for (v, (_, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 7)).unwrap().chunks(64).zip(group) {
+            worst = worst.min(cosine(v, want));
+        }
+    }
+    assert!((0.99..0.999_999_9).contains(&worst), "cpu bfloat16: worst cosine {worst}");
+    eprintln!("tiny-modernbert (cpu bfloat16): worst cosine {worst:.6}");
+}
+
+#[test]
 fn embedding_does_not_depend_on_batch_composition() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     let tok = spec.tokenizer().unwrap();

@@ -299,19 +299,26 @@ fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
 }
 
 #[test]
-fn mpnet_and_xlm_roberta_embed_through_the_pipeline_as_sentence_transformers_does() {
-    // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process, and the tiny
-    // XLM-RoBERTa fixture (Unigram tokenizer) under mpirun -n 4: every row equals Python sentence-transformers'
-    // vector (tests/fixtures/mpnet-reference.jsonl, tiny-xlm-roberta-reference.jsonl).
+fn mpnet_xlm_roberta_and_modernbert_embed_through_the_pipeline_as_sentence_transformers_does() {
+    // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process, the tiny
+    // XLM-RoBERTa fixture (Unigram tokenizer) under mpirun -n 4, and the tiny ModernBERT (byte-level BPE,
+    // sliding-window layers) both ways: every row equals Python sentence-transformers' vector
+    // (tests/fixtures/{mpnet,tiny-xlm-roberta,tiny-modernbert}-reference.jsonl).
+    use chatspace_mpi::model::Architecture;
     let d = tempfile::tempdir().unwrap();
-    let refs = mpnet_reference();
     let data = d.path().join("parity.jsonl");
-    let body: String = refs.iter().map(|(t, _, _)| serde_json::json!({ "text": t }).to_string() + "\n").collect();
+    let body: String = mpnet_reference().iter().map(|(t, _, _)| serde_json::json!({ "text": t }).to_string() + "\n").collect();
     std::fs::write(&data, body).unwrap();
-    let xlmr = root().join("tests/fixtures/tiny-xlm-roberta");
-    for (name, mut cmd, model) in [("mpirun", mpirun_cmd(4), mpnet()), ("plain", embed_cmd(), mpnet()), ("xlm-roberta", mpirun_cmd(4), xlmr.clone())]
-    {
-        let refs = if model == xlmr { xlmr_reference() } else { refs.clone() };
+    let fixture = |name: &str| root().join("tests/fixtures").join(name);
+    let runs = [
+        ("mpirun", mpirun_cmd(4), mpnet(), "mpnet-reference.jsonl", 768, Architecture::Mpnet),
+        ("plain", embed_cmd(), mpnet(), "mpnet-reference.jsonl", 768, Architecture::Mpnet),
+        ("xlm-roberta", mpirun_cmd(4), fixture("tiny-xlm-roberta"), "tiny-xlm-roberta-reference.jsonl", 64, Architecture::XlmRoberta),
+        ("modernbert", mpirun_cmd(4), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
+        ("modernbert-plain", embed_cmd(), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
+    ];
+    for (name, mut cmd, model, reference, dim, arch) in runs {
+        let refs = fixture_reference(reference);
         let out = d.path().join(name);
         cmd.arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--output-root").arg(&out);
         cmd.args(["--batch-size", "8", "--rows-per-shard", "20", "--no-progress"]);
@@ -320,8 +327,6 @@ fn mpnet_and_xlm_roberta_embed_through_the_pipeline_as_sentence_transformers_doe
         verify_ok(&out);
         let (m, rows) = read_output(&out);
         check_complete(&m, &rows);
-        let (dim, arch) =
-            if model == xlmr { (64, chatspace_mpi::model::Architecture::XlmRoberta) } else { (768, chatspace_mpi::model::Architecture::Mpnet) };
         assert_eq!((m.embedding_dim, rows.len(), m.model_info.architecture), (dim, 64, arch), "{name}");
         for (id, v) in &rows {
             let (text, _, want) = &refs[*id as usize];

@@ -13,9 +13,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use crate::encoder::contract::{Backend, Dtype, EncoderError, TokenBatch};
+use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
-use crate::encoder::pool::{check_lengths, pool};
+use crate::encoder::pool::{Packed, PackedModel};
 use crate::model::ModelSpec;
 
 /// The parts of a BERT config.json this forward pass uses.
@@ -59,7 +59,19 @@ pub(crate) enum Activation {
     Relu,
 }
 
-struct Linear {
+impl Activation {
+    /// The activation of every element of `x`, in place.
+    pub(crate) fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::GeluErf => kernels::gelu_erf(x),
+            Activation::GeluTanh => x.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + (0.797_884_6 * (*v + 0.044_715 * *v * *v * *v)).tanh())),
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+    }
+}
+
+/// A linear layer for the CPU passes: float32 weights, and optionally the same in bfloat16 or int8.
+pub(crate) struct Linear {
     /// `in x out`, row-major.
     wt: Vec<f32>,
     bias: Vec<f32>,
@@ -78,7 +90,7 @@ enum LowPrecision {
 
 impl Linear {
     /// `out (m x outputs) = x (m x inputs) * W^T + b`.
-    fn forward(&self, x: &[f32], out: &mut Vec<f32>, m: usize) {
+    pub(crate) fn forward(&self, x: &[f32], out: &mut Vec<f32>, m: usize) {
         out.resize(m * self.outputs, 0.0);
         match &self.low {
             LowPrecision::Bf16(w) => w.matmul_bias(x, &self.bias, out, m),
@@ -92,7 +104,7 @@ impl Linear {
     /// channel's range into the weights (SmoothQuant, alpha 1/2): channel c of the input is divided by
     /// `s_c = sqrt(input_max_c / weight_max_c)` and row c of the weights multiplied by it, which leaves the
     /// product unchanged and keeps a few large channels from taking the whole int8 range of every row.
-    fn use_dtype(&mut self, dtype: Dtype, input_max: Option<&[f32]>) {
+    pub(crate) fn use_dtype(&mut self, dtype: Dtype, input_max: Option<&[f32]>) {
         let (k, n) = (self.inputs, self.outputs);
         self.low = match dtype {
             Dtype::Bf16 => kernels::Bf16Weights::pack(&self.wt, k, n).map_or(LowPrecision::None, LowPrecision::Bf16),
@@ -203,13 +215,30 @@ pub struct BertCpu {
 }
 
 /// Reads tensors by name from a safetensors file, whatever their float dtype.
-struct Weights {
+pub(crate) struct Weights {
     st: candle_core::safetensors::MmapedSafetensors,
     prefix: String,
     file: String,
 }
 
 impl Weights {
+    /// The folder's model.safetensors, memory-mapped; names are looked up under the first of `prefixes` that
+    /// holds `probe`.
+    pub(crate) fn open(folder: &Path, probe: &str, prefixes: &[String]) -> Result<Weights, EncoderError> {
+        let weights = folder.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only and only read while loading.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights) }
+            .map_err(|e| EncoderError::BadWeights { file: weights.display().to_string(), message: e.to_string() })?;
+        let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
+        for prefix in prefixes {
+            w.prefix = prefix.clone();
+            if w.has(probe) {
+                break;
+            }
+        }
+        Ok(w)
+    }
+
     fn has(&self, name: &str) -> bool {
         self.st.get(&format!("{}{name}", self.prefix)).is_ok()
     }
@@ -227,14 +256,20 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
-    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EncoderError> {
+    pub(crate) fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EncoderError> {
         Ok(self.get(name, shape)?.flatten_all()?.to_vec1()?)
     }
 
     /// A `Linear` stored as PyTorch does (`out x in`), transposed to `in x out`.
     fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, EncoderError> {
+        self.linear_with(name, inputs, outputs, true)
+    }
+
+    /// [`Weights::linear`]; without `bias` the layer has none (zeros).
+    pub(crate) fn linear_with(&self, name: &str, inputs: usize, outputs: usize, bias: bool) -> Result<Linear, EncoderError> {
         let wt = self.get(&format!("{name}.weight"), &[outputs, inputs])?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Linear { wt, bias: self.vec(&format!("{name}.bias"), &[outputs])?, inputs, outputs, low: LowPrecision::None })
+        let bias = if bias { self.vec(&format!("{name}.bias"), &[outputs])? } else { vec![0.0; outputs] };
+        Ok(Linear { wt, bias, inputs, outputs, low: LowPrecision::None })
     }
 
     /// Q, K and V (named `parts`) fused into one `in x 3*out` matrix.
@@ -337,18 +372,10 @@ impl BertCpu {
 
     fn load_f32(folder: &Path) -> Result<BertCpu, EncoderError> {
         let (c, act) = read_config(folder)?;
-        let weights = folder.join("model.safetensors");
-        // SAFETY: the weights file is memory-mapped read-only and only read while loading.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights) }
-            .map_err(|e| EncoderError::BadWeights { file: weights.display().to_string(), message: e.to_string() })?;
-        let mut w = Weights { st, prefix: String::new(), file: weights.display().to_string() };
         // Checkpoints saved from a task model prefix the encoder with "bert." (or the model type).
-        for prefix in ["", "bert.", "roberta."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))) {
-            w.prefix = prefix;
-            if w.has("embeddings.word_embeddings.weight") {
-                break;
-            }
-        }
+        let prefixes: Vec<String> =
+            ["", "bert.", "roberta."].into_iter().map(String::from).chain(c.model_type.as_ref().map(|t| format!("{t}."))).collect();
+        let w = Weights::open(folder, "embeddings.word_embeddings.weight", &prefixes)?;
         let h = c.hidden_size;
         // MPNet: the same layers under other names, positions after the padding index, no token types, and a
         // relative position bias in attention.
@@ -469,11 +496,7 @@ impl BertCpu {
             // y is the attention block's output; the feed-forward block reads it and writes x.
             observe(i, 2, &y);
             layer.up.forward(&y, &mut inter, m);
-            match self.act {
-                Activation::GeluErf => kernels::gelu_erf(&mut inter),
-                Activation::GeluTanh => inter.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + (0.797_884_6 * (*v + 0.044_715 * *v * *v * *v)).tanh())),
-                Activation::Relu => inter.iter_mut().for_each(|v| *v = v.max(0.0)),
-            }
+            self.act.apply(&mut inter);
             observe(i, 3, &inter);
             layer.down.forward(&inter, &mut x, m);
             kernels::add_layer_norm(&mut x, &y, &layer.out_norm.gamma, &layer.out_norm.beta, self.eps);
@@ -528,94 +551,22 @@ impl BertCpu {
     }
 }
 
-/// The BERT backend: [`BertCpu`] plus pooling, with each batch split over `threads` threads.
-pub struct BertCpuBackend {
-    model: BertCpu,
-    spec: ModelSpec,
-    threads: usize,
+impl PackedModel for BertCpu {
+    fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
+        BertCpu::forward_rows(self, ids, lengths)
+    }
 }
+
+/// The BERT backend: [`BertCpu`] plus pooling, with each batch split over threads.
+pub type BertCpuBackend = Packed<BertCpu>;
 
 impl BertCpuBackend {
     pub fn load(spec: &ModelSpec, threads: usize, dtype: Dtype) -> Result<Self, EncoderError> {
-        let model = BertCpu::load_with(Path::new(&spec.path), dtype)?;
-        if model.hidden() != spec.dim {
-            return Err(EncoderError::Setting(format!(
-                "{}: hidden size {} differs from the pooled dimension {}",
-                spec.path,
-                model.hidden(),
-                spec.dim
-            )));
-        }
-        Ok(BertCpuBackend { model, spec: spec.clone(), threads: threads.max(1) })
-    }
-
-    /// Pooled (and, if the model says so, normalized) embeddings of packed rows, on the calling thread.
-    fn embed_group(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
-        let hidden = self.model.forward_rows(ids, lengths)?;
-        let dim = self.spec.dim;
-        let mut out = Vec::with_capacity(lengths.len() * dim);
-        let mut at = 0;
-        for &n in lengths {
-            let n = n as usize;
-            out.extend(pool(&hidden[at * dim..(at + n) * dim], &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
-            at += n;
-        }
-        Ok(out)
-    }
-}
-
-/// Splits rows into at most `parts` contiguous groups of about equal cost (tokens plus attention's n^2 term).
-/// Returns the row index where each group ends.
-pub fn split_rows(lengths: &[u32], parts: usize, hidden: usize) -> Vec<usize> {
-    let cost = |n: u32| n as f64 * (1.0 + n as f64 / (12.0 * hidden.max(1) as f64));
-    let total: f64 = lengths.iter().map(|&n| cost(n)).sum();
-    let parts = parts.clamp(1, lengths.len().max(1));
-    let mut ends = Vec::with_capacity(parts);
-    let mut acc = 0.0;
-    for (i, &n) in lengths.iter().enumerate() {
-        acc += cost(n);
-        let group = ends.len() + 1;
-        if acc >= total * group as f64 / parts as f64 && ends.len() + 1 < parts {
-            ends.push(i + 1);
-        }
-    }
-    ends.push(lengths.len());
-    ends.dedup();
-    ends
-}
-
-impl Backend for BertCpuBackend {
-    fn dim(&self) -> usize {
-        self.spec.dim
-    }
-
-    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
-        check_lengths(batch, self.spec.max_seq_length)?;
-        let ends = split_rows(&batch.lengths, self.threads, self.spec.dim);
-        // Token offset of each group's first row.
-        let mut groups = Vec::with_capacity(ends.len());
-        let (mut row, mut tok) = (0, 0);
-        for &end in &ends {
-            let n: usize = batch.lengths[row..end].iter().map(|&l| l as usize).sum();
-            groups.push((&batch.ids[tok..tok + n], &batch.lengths[row..end]));
-            row = end;
-            tok += n;
-        }
-        if groups.len() == 1 {
-            return self.embed_group(groups[0].0, groups[0].1);
-        }
-        let this = &*self;
-        let results: Vec<Result<Vec<f32>, EncoderError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = groups[1..].iter().map(|&(ids, lens)| s.spawn(move || this.embed_group(ids, lens))).collect();
-            let mut results = vec![this.embed_group(groups[0].0, groups[0].1)];
-            results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EncoderError::Batch("encoder thread panicked".into())))));
-            results
-        });
-        let mut out = Vec::with_capacity(batch.rows() * self.spec.dim);
-        for r in results {
-            out.extend(r?);
-        }
-        Ok(out)
+        Packed::new(BertCpu::load_with(Path::new(&spec.path), dtype)?, spec, threads)
     }
 }
 
@@ -651,16 +602,5 @@ mod tests {
         for (relative, want) in cases {
             assert_eq!(relative_bucket(relative, 32), want, "relative position {relative}");
         }
-    }
-
-    #[test]
-    fn split_rows_balances_tokens_and_keeps_order() {
-        assert_eq!(split_rows(&[10, 10, 10, 10], 2, 384), vec![2, 4]);
-        assert_eq!(split_rows(&[100, 1, 1, 1, 1, 96], 2, 384), vec![1, 6]);
-        assert_eq!(split_rows(&[5], 4, 384), vec![1]);
-        assert_eq!(split_rows(&[5, 5], 1, 384), vec![2]);
-        assert_eq!(split_rows(&[], 2, 384), vec![0]);
-        let ends = split_rows(&[7; 30], 3, 384);
-        assert_eq!(ends, vec![10, 20, 30]);
     }
 }

@@ -1,6 +1,6 @@
 //! The encoder wing: the contract every encoder meets (`contract`), the rule table that picks and loads one
 //! (`select`), one file per architecture (`bert` on the CPU, `bert_candle` on any candle device, `reference`,
-//! `mpnet`, `qwen3`), the modules after pooling (`head`: Dense, Normalize), the placeholder (`noop`), shared pooling and
+//! `mpnet`, `modernbert`, `qwen3`), the modules after pooling (`head`: Dense, Normalize), the placeholder (`noop`), shared pooling and
 //! padding (`pool`), the CPU kernels and CUDA.
 //!
 //! It depends on the model folder's declarations (`crate::model`) and nothing else of the pipeline.
@@ -11,6 +11,7 @@ pub mod contract;
 pub mod cuda;
 pub mod head;
 pub mod kernels;
+pub mod modernbert;
 pub mod mpnet;
 pub mod noop;
 mod parts;

@@ -1,5 +1,6 @@
-//! Shared by the architectures: right-padding a flat token batch for models that take a rectangle, and
-//! sentence-transformers' pooling (with Normalize) over the hidden states, on the host in float32.
+//! Shared by the architectures: right-padding a flat token batch for models that take a rectangle
+//! ([`Padded`]), splitting packed rows over threads for the CPU passes ([`Packed`]), and sentence-transformers'
+//! pooling (with Normalize) over the hidden states, on the host in float32.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -124,9 +125,120 @@ pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Po
     out
 }
 
+/// A model that runs packed rows (no padding) on the calling thread: `ids` holds the rows back to back,
+/// `lengths` their token counts; returns `sum(lengths) x hidden` last hidden states, row-major.
+pub trait PackedModel: Sync + Send {
+    fn hidden(&self) -> usize;
+    fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError>;
+}
+
+/// Any [`PackedModel`] as a [`Backend`]: each batch split into `threads` groups of contiguous rows of about
+/// equal cost, one thread per group (each runs the whole stack with single-threaded kernels, no
+/// synchronisation between layers), pooled on the host.
+pub struct Packed<M> {
+    model: M,
+    spec: ModelSpec,
+    threads: usize,
+}
+
+impl<M: PackedModel> Packed<M> {
+    /// Refuses a model whose hidden size is not the pooled dimension the folder declares.
+    pub fn new(model: M, spec: &ModelSpec, threads: usize) -> Result<Self, EncoderError> {
+        if model.hidden() != spec.dim {
+            return Err(EncoderError::Setting(format!(
+                "{}: hidden size {} differs from the pooled dimension {}",
+                spec.path,
+                model.hidden(),
+                spec.dim
+            )));
+        }
+        Ok(Packed { model, spec: spec.clone(), threads: threads.max(1) })
+    }
+
+    /// Pooled (and, if the model says so, normalized) embeddings of packed rows, on the calling thread.
+    fn embed_group(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
+        let hidden = self.model.forward_rows(ids, lengths)?;
+        let dim = self.spec.dim;
+        let mut out = Vec::with_capacity(lengths.len() * dim);
+        let mut at = 0;
+        for &n in lengths {
+            let n = n as usize;
+            out.extend(pool(&hidden[at * dim..(at + n) * dim], &[n as u32], n, dim, self.spec.pooling, self.spec.normalize));
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
+/// Splits rows into at most `parts` contiguous groups of about equal cost (tokens plus attention's n^2 term).
+/// Returns the row index where each group ends.
+pub fn split_rows(lengths: &[u32], parts: usize, hidden: usize) -> Vec<usize> {
+    let cost = |n: u32| n as f64 * (1.0 + n as f64 / (12.0 * hidden.max(1) as f64));
+    let total: f64 = lengths.iter().map(|&n| cost(n)).sum();
+    let parts = parts.clamp(1, lengths.len().max(1));
+    let mut ends = Vec::with_capacity(parts);
+    let mut acc = 0.0;
+    for (i, &n) in lengths.iter().enumerate() {
+        acc += cost(n);
+        let group = ends.len() + 1;
+        if acc >= total * group as f64 / parts as f64 && ends.len() + 1 < parts {
+            ends.push(i + 1);
+        }
+    }
+    ends.push(lengths.len());
+    ends.dedup();
+    ends
+}
+
+impl<M: PackedModel> Backend for Packed<M> {
+    fn dim(&self) -> usize {
+        self.spec.dim
+    }
+
+    fn embed(&mut self, batch: &TokenBatch) -> Result<Vec<f32>, EncoderError> {
+        check_lengths(batch, self.spec.max_seq_length)?;
+        let ends = split_rows(&batch.lengths, self.threads, self.spec.dim);
+        // Token offset of each group's first row.
+        let mut groups = Vec::with_capacity(ends.len());
+        let (mut row, mut tok) = (0, 0);
+        for &end in &ends {
+            let n: usize = batch.lengths[row..end].iter().map(|&l| l as usize).sum();
+            groups.push((&batch.ids[tok..tok + n], &batch.lengths[row..end]));
+            row = end;
+            tok += n;
+        }
+        if groups.len() == 1 {
+            return self.embed_group(groups[0].0, groups[0].1);
+        }
+        let this = &*self;
+        let results: Vec<Result<Vec<f32>, EncoderError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = groups[1..].iter().map(|&(ids, lens)| s.spawn(move || this.embed_group(ids, lens))).collect();
+            let mut results = vec![this.embed_group(groups[0].0, groups[0].1)];
+            results.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EncoderError::Batch("encoder thread panicked".into())))));
+            results
+        });
+        let mut out = Vec::with_capacity(batch.rows() * self.spec.dim);
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_rows_balances_tokens_and_keeps_order() {
+        assert_eq!(split_rows(&[10, 10, 10, 10], 2, 384), vec![2, 4]);
+        assert_eq!(split_rows(&[100, 1, 1, 1, 1, 96], 2, 384), vec![1, 6]);
+        assert_eq!(split_rows(&[5], 4, 384), vec![1]);
+        assert_eq!(split_rows(&[5, 5], 1, 384), vec![2]);
+        assert_eq!(split_rows(&[], 2, 384), vec![0]);
+        let ends = split_rows(&[7; 30], 3, 384);
+        assert_eq!(ends, vec![10, 20, 30]);
+    }
 
     #[test]
     fn pooling_modes_on_a_padded_batch() {

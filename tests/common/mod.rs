@@ -282,11 +282,6 @@ pub fn mpnet_reference() -> Vec<(String, Vec<u32>, Vec<f32>)> {
     fixture_reference("mpnet-reference.jsonl")
 }
 
-/// tests/fixtures/tiny-xlm-roberta-reference.jsonl (scripts/make-multilingual-fixtures.py), as [`mpnet_reference`].
-pub fn xlmr_reference() -> Vec<(String, Vec<u32>, Vec<f32>)> {
-    fixture_reference("tiny-xlm-roberta-reference.jsonl")
-}
-
 /// A reference file of tests/fixtures: the 64 parity texts with input ids and embeddings.
 pub fn fixture_reference(file: &str) -> Vec<(String, Vec<u32>, Vec<f32>)> {
     std::fs::read_to_string(root().join("tests/fixtures").join(file))
