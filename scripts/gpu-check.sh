@@ -4,7 +4,7 @@
 #   scripts/gpu-check.sh --prepare   Here (no GPU): builds the CUDA binary (scripts/build-cuda.sh --build) and
 #       packs what travels to the lent machine into target/gpu (< 64 MiB): the binary (xz), all-MiniLM-L6-v2
 #       with float16 weights (its f32 compute still reaches cosine 0.9999990 to the reference), the shared
-#       reference, a small random-weight MPNet and the tiny XLM-RoBERTa and ModernBERT fixtures (each on CUDA
+#       reference, a small random-weight MPNet and the tiny XLM-RoBERTa, ModernBERT and Gemma3 fixtures (each on CUDA
 #       against the CPU) and a real-text timing
 #       input. Then, with the device tool:
 #       run(command="scripts/gpu-check.sh", carry=["target/gpu"], timeout_s=...)
@@ -91,8 +91,9 @@ with open(f"{d}/model.safetensors", "wb") as f:
     f.write(struct.pack("<Q", len(hb))); f.write(hb)
     for c in chunks: f.write(c)
 PY
-  # The tiny XLM-RoBERTa (Unigram tokenizer) and ModernBERT (sliding-window layers) fixtures, as they are.
-  cp -r tests/fixtures/tiny-xlm-roberta tests/fixtures/tiny-modernbert "$pack/"
+  # The tiny XLM-RoBERTa (Unigram tokenizer), ModernBERT (sliding-window layers) and Gemma3 (embeddinggemma
+  # layout, two Dense modules) fixtures, as they are.
+  cp -r tests/fixtures/tiny-xlm-roberta tests/fixtures/tiny-modernbert tests/fixtures/tiny-gemma-embedding "$pack/"
   python3 - "$pack/texts.jsonl" <<'PY'
 # Timing input: real text of data/sample.jsonl, consecutive texts joined 1..4 at a time (~115 tokens a row), x8.
 import json, sys
@@ -162,8 +163,8 @@ for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.999)]:
 PY
 
 echo "== Other architectures on CUDA against this crate's CPU forward pass: MPNet (small, seeded random weights,"
-echo "   real tokenizer), the tiny XLM-RoBERTa and ModernBERT fixtures of tests/fixtures"
-for m in mpnet tiny-xlm-roberta tiny-modernbert; do
+echo "   real tokenizer), the tiny XLM-RoBERTa, ModernBERT and Gemma3 fixtures of tests/fixtures"
+for m in mpnet tiny-xlm-roberta tiny-modernbert tiny-gemma-embedding; do
   "$bin" encode --model "$pack/$m" --input "$pack/reference.jsonl" --device cpu --batch-sizes 16 --out "$OUT/$m-cpu.jsonl" > /dev/null || echo "FAIL: $m cpu encode"
   for dt in float32 float16 bfloat16; do
     "$bin" encode --model "$pack/$m" --input "$pack/reference.jsonl" --device cuda --dtype "$dt" --batch-sizes 16 --out "$OUT/$m-cuda-$dt.jsonl" > /dev/null || echo "FAIL: $m cuda $dt encode"
@@ -175,14 +176,14 @@ out = sys.argv[1]
 load = lambda p: [json.loads(l)["embedding"] for l in open(p)] if os.path.exists(p) else None
 def worst(a, b):
     return min(sum(x * y for x, y in zip(u, v)) / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v)) for u, v in zip(a, b))
-for m in ["mpnet", "tiny-xlm-roberta", "tiny-modernbert"]:
+for m in ["mpnet", "tiny-xlm-roberta", "tiny-modernbert", "tiny-gemma-embedding"]:
     cpu = load(os.path.join(out, f"{m}-cpu.jsonl"))
     for dt, goal in [("float32", 0.99999), ("float16", 0.999), ("bfloat16", 0.99)]:
         got = load(os.path.join(out, f"{m}-cuda-{dt}.jsonl"))
         if got is None or cpu is None or len(got) != len(cpu):
-            print(f"{m:<16} cuda {dt:<9} missing"); continue
+            print(f"{m:<20} cuda {dt:<9} missing"); continue
         c = worst(got, cpu)
-        print(f"{m:<16} cuda {dt:<9} vs cpu {c:.7f} (goal {goal})  {'ok' if c >= goal else 'FAIL'}")
+        print(f"{m:<20} cuda {dt:<9} vs cpu {c:.7f} (goal {goal})  {'ok' if c >= goal else 'FAIL'}")
 PY
 
 echo "== encoder tokens/s (chatspace-mpi encode: sorted by length, warm-up pass first)"

@@ -82,11 +82,14 @@ pub enum Architecture {
     /// ModernBERT (gte-modernbert, modernbert-embed): rotary positions, GeGLU, global and sliding-window layers.
     #[serde(rename = "modernbert")]
     ModernBert,
+    /// Gemma3 as a bidirectional encoder (embeddinggemma): `gemma3_text` with `use_bidirectional_attention`.
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 5] =
-        [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3, Architecture::XlmRoberta, Architecture::ModernBert];
+    pub const ALL: [Architecture; 6] =
+        [Architecture::Bert, Architecture::Mpnet, Architecture::Qwen3, Architecture::XlmRoberta, Architecture::ModernBert, Architecture::Gemma3Text];
 
     /// config.json's `model_type` (also the manifest's name).
     pub fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::ModernBert => "modernbert",
+            Architecture::Gemma3Text => "gemma3_text",
         }
     }
 
@@ -412,7 +416,7 @@ impl ModelSpec {
                 let pad = config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
                 positions.saturating_sub(pad + 1).max(1)
             }
-            Architecture::Bert | Architecture::Qwen3 | Architecture::ModernBert => positions,
+            Architecture::Bert | Architecture::Qwen3 | Architecture::ModernBert | Architecture::Gemma3Text => positions,
         };
 
         let Modules { pooling, include_prompt, dense, normalize } = read_modules(folder, &modules_path, &modules, dim)?;

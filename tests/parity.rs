@@ -363,6 +363,69 @@ fn modernbert_matches_sentence_transformers() {
 }
 
 #[test]
+fn gemma_embedding_matches_sentence_transformers_for_documents_and_queries() {
+    // tests/fixtures/tiny-gemma-embedding (scripts/make-gemma-fixtures.py): a seeded random gemma3_text encoder
+    // laid out as embeddinggemma (bidirectional, grouped key/value heads, q/k norms, sliding and full layers,
+    // mean pooling, two Dense modules, Normalize, prompts), saved and run by sentence-transformers 6.2: the
+    // 64 parity texts as documents (no prompt) and as queries (its `query` prompt before the text).
+    use candle_core::{DType, Device};
+    use chatspace_mpi::encoder::gemma::GemmaBackend;
+    let folder = root().join("tests/fixtures/tiny-gemma-embedding");
+    let spec = ModelSpec::load(&folder, None).unwrap();
+    assert_eq!(
+        (spec.architecture, spec.pooling, spec.normalize, spec.max_seq_length, spec.dim, spec.dense.len()),
+        (Architecture::Gemma3Text, Pooling::Mean, true, 128, 64, 2)
+    );
+    let query = spec.resolve_prompt(None, Some("query")).unwrap();
+    assert_eq!(query, "task: search result | query: ");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/fixtures/tiny-gemma-embedding-reference.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 64);
+    let texts: Vec<String> = lines.iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
+    let floats = |v: &serde_json::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let tok = TextTokenizer::load(&spec, TokenizerChoice::Auto).unwrap();
+    let mut backend = encoder::load(&spec, BackendOptions::cpu(1)).unwrap();
+    let mut half = GemmaBackend::load(&ModelSpec { dense: Vec::new(), normalize: false, ..spec.clone() }, &Device::Cpu, DType::F16).unwrap();
+    let mut full = GemmaBackend::load(&ModelSpec { dense: Vec::new(), normalize: false, ..spec.clone() }, &Device::Cpu, DType::F32).unwrap();
+    for (prompt, ids_key, key) in [("", "input_ids", "embedding"), (query.as_str(), "query_input_ids", "query_embedding")] {
+        let enc = tok.encode_batch(&texts, prompt, 1).unwrap();
+        let refs: Vec<(String, Vec<u32>, Vec<f32>)> = lines
+            .iter()
+            .map(|r| {
+                let ids: Vec<u32> = r[ids_key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                (r["text"].as_str().unwrap().to_string(), ids, floats(&r[key]))
+            })
+            .collect();
+        assert!(refs.iter().any(|(_, ids, _)| ids.len() == 128), "texts past the max length");
+        let mut worst = (1.0f64, 0.0f32, 1.0f64);
+        for (i, (t, ids, _)) in refs.iter().enumerate() {
+            assert_eq!(enc.row(i), &ids[..], "{key}: ids of {t:?} ({})", tok.engine_name());
+        }
+        for (k, group) in refs.chunks(7).enumerate() {
+            let b = fixture_batch(group, k as u64 * 7);
+            let (exact, f32_pooled, f16_pooled) = (backend.embed(&b).unwrap(), full.embed(&b).unwrap(), half.embed(&b).unwrap());
+            for (i, (t, _, want)) in group.iter().enumerate() {
+                let v = &exact[i * 64..(i + 1) * 64];
+                let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+                // float16 on the candle ops (what CUDA runs) before the Dense modules: against float32 there.
+                let (a, h) = (&f32_pooled[i * 64..(i + 1) * 64], &f16_pooled[i * 64..(i + 1) * 64]);
+                assert!(h.iter().all(|x| x.is_finite()), "float16: non-finite values for {t:?}");
+                worst = (worst.0.min(c), worst.1.max(d), worst.2.min(cosine(a, h)));
+                assert!(c >= 0.99999 && d <= 1e-5, "{key}: text {t:?}: cosine {c}, max abs diff {d}");
+            }
+        }
+        assert!(worst.2 >= 0.99, "float16: worst cosine {}", worst.2);
+        eprintln!(
+            "tiny-gemma-embedding ({key}s): worst cosine {:.9}, worst max abs diff {:.2e}; float16 worst cosine {:.6}",
+            worst.0, worst.1, worst.2
+        );
+    }
+}
+
+#[test]
 fn embedding_does_not_depend_on_batch_composition() {
     let spec = ModelSpec::load(&model(), None).unwrap();
     let tok = spec.tokenizer().unwrap();

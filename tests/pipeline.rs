@@ -299,11 +299,12 @@ fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
 }
 
 #[test]
-fn mpnet_xlm_roberta_and_modernbert_embed_through_the_pipeline_as_sentence_transformers_does() {
+fn mpnet_xlm_roberta_modernbert_and_gemma_embed_through_the_pipeline_as_sentence_transformers_does() {
     // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process, the tiny
-    // XLM-RoBERTa fixture (Unigram tokenizer) under mpirun -n 4, and the tiny ModernBERT (byte-level BPE,
-    // sliding-window layers) both ways: every row equals Python sentence-transformers' vector
-    // (tests/fixtures/{mpnet,tiny-xlm-roberta,tiny-modernbert}-reference.jsonl).
+    // XLM-RoBERTa fixture (Unigram tokenizer) under mpirun -n 4, the tiny ModernBERT (byte-level BPE,
+    // sliding-window layers) both ways, and the tiny embeddinggemma-style Gemma3 (two Dense modules) both ways,
+    // plainly with its `query` prompt: every row equals Python sentence-transformers' vector
+    // (tests/fixtures/{mpnet,tiny-xlm-roberta,tiny-modernbert,tiny-gemma-embedding}-reference.jsonl).
     use chatspace_mpi::model::Architecture;
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("parity.jsonl");
@@ -316,9 +317,15 @@ fn mpnet_xlm_roberta_and_modernbert_embed_through_the_pipeline_as_sentence_trans
         ("xlm-roberta", mpirun_cmd(4), fixture("tiny-xlm-roberta"), "tiny-xlm-roberta-reference.jsonl", 64, Architecture::XlmRoberta),
         ("modernbert", mpirun_cmd(4), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
         ("modernbert-plain", embed_cmd(), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
+        ("gemma", mpirun_cmd(4), fixture("tiny-gemma-embedding"), "tiny-gemma-embedding-reference.jsonl", 64, Architecture::Gemma3Text),
+        ("gemma-query", embed_cmd(), fixture("tiny-gemma-embedding"), "tiny-gemma-embedding-reference.jsonl", 64, Architecture::Gemma3Text),
     ];
     for (name, mut cmd, model, reference, dim, arch) in runs {
-        let refs = fixture_reference(reference);
+        let query = name.ends_with("-query");
+        let refs = fixture_reference_as(reference, if query { "query_" } else { "" });
+        if query {
+            cmd.args(["--prompt-name", "query"]);
+        }
         let out = d.path().join(name);
         cmd.arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--output-root").arg(&out);
         cmd.args(["--batch-size", "8", "--rows-per-shard", "20", "--no-progress"]);

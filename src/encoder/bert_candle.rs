@@ -79,6 +79,17 @@ pub(crate) fn padding_bias(mask: &Tensor, dtype: DType) -> Result<Tensor, Encode
     Ok(mask.to_dtype(dtype)?.affine(65504.0, -65504.0)?.reshape((b, 1, 1, l))?)
 }
 
+/// The additive attention bias of a sliding-window layer, `(b, 1, l, l)`: [`padding_bias`] plus -65504 for keys
+/// more than `half_window` from the query, clamped at -65504 (a sum of two would be -inf in float16, and a
+/// padding query whose window holds only padding would then be NaN and spread through the values).
+pub(crate) fn window_bias(mask: &Tensor, half_window: usize, dtype: DType) -> Result<Tensor, EncoderError> {
+    let (_, l) = mask.dims2()?;
+    let far: Vec<f32> = (0..l).flat_map(|q| (0..l).map(move |k| if q.abs_diff(k) > half_window { -65504.0 } else { 0.0 })).collect();
+    let far = Tensor::from_vec(far, (1, 1, l, l), mask.device())?;
+    let both = padding_bias(mask, DType::F32)?.broadcast_add(&far)?.clamp(-65504f32, 0f32)?;
+    Ok(both.to_dtype(dtype)?)
+}
+
 /// A BERT encoder's weights on a candle device.
 pub struct BertCandle {
     word: Embedding,
@@ -193,5 +204,19 @@ pub type BertCandleBackend = Padded<BertCandle>;
 impl BertCandleBackend {
     pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
         Ok(Padded { model: BertCandle::load(Path::new(&spec.path), device, dtype)?, spec: spec.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_bias_is_finite_and_masks_far_keys_and_padding() {
+        // One row: three tokens and one padding; keys at most one position away.
+        let mask = Tensor::new(&[[1u32, 1, 1, 0]], &Device::Cpu).unwrap();
+        let bias = window_bias(&mask, 1, DType::F16).unwrap().to_dtype(DType::F32).unwrap().squeeze(0).unwrap().squeeze(0).unwrap();
+        let x = -65504.0;
+        assert_eq!(bias.to_vec2::<f32>().unwrap(), vec![vec![0.0, 0.0, x, x], vec![0.0, 0.0, 0.0, x], vec![x, 0.0, 0.0, x], vec![x, x, 0.0, x]]);
     }
 }

@@ -17,10 +17,11 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::encoder::bert::{self, Activation, Weights};
-use crate::encoder::bert_candle::padding_bias;
+use crate::encoder::bert_candle::{padding_bias, window_bias};
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
 use crate::encoder::pool::{Packed, PackedModel, Padded, PaddedModel};
+use crate::encoder::rope::{rope_angles, rope_tables, theta, RopeParameters};
 use crate::model::ModelSpec;
 
 /// The parts of a ModernBERT config.json this forward pass uses, in either layout.
@@ -52,18 +53,6 @@ struct Config {
     rope_parameters: Option<RopeParameters>,
     global_rope_theta: Option<f64>,
     local_rope_theta: Option<f64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RopeParameters {
-    full_attention: Option<Rope>,
-    sliding_attention: Option<Rope>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Rope {
-    rope_theta: Option<f64>,
-    rope_type: Option<String>,
 }
 
 fn default_eps() -> f64 {
@@ -123,17 +112,6 @@ impl Config {
                 (0..self.num_hidden_layers).map(|i| i % n != 0).collect()
             }
         };
-        let theta = |rope: Option<&Rope>, flat: Option<f64>, default: f64, kind: &str| -> Result<f64, String> {
-            if let Some(t) = rope.and_then(|r| r.rope_type.as_deref()).filter(|t| *t != "default") {
-                return Err(format!("rope_parameters.{kind}.rope_type \"{t}\" is not supported (default)"));
-            }
-            let theta = rope.and_then(|r| r.rope_theta).or(flat).unwrap_or(default);
-            if theta.is_finite() && theta > 1.0 {
-                Ok(theta)
-            } else {
-                Err(format!("the {kind} rope_theta {theta} must be above 1"))
-            }
-        };
         let rope = self.rope_parameters.as_ref();
         Ok(Settled {
             sliding,
@@ -151,21 +129,6 @@ fn read_config(folder: &Path) -> Result<(Config, Settled), EncoderError> {
     let c: Config = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
     let s = c.settle().map_err(bad)?;
     Ok((c, s))
-}
-
-/// Rotary tables for positions `0..max` of heads of `d` dims: `cos` and `sin`, `(max, d / 2)`, as transformers
-/// computes them (float32: `inv_freq = 1 / theta^(2i / d)`, angle = position x inv_freq).
-fn rope_tables(theta: f64, d: usize, max: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor), EncoderError> {
-    let (cos, sin) = rope_angles(theta, d, max);
-    let table = |v: Vec<f32>| -> Result<Tensor, EncoderError> { Ok(Tensor::from_vec(v, (max, d / 2), device)?.to_dtype(dtype)?) };
-    Ok((table(cos)?, table(sin)?))
-}
-
-/// The rotary tables as host vectors, `max x d / 2` row-major (see [`rope_tables`]).
-fn rope_angles(theta: f64, d: usize, max: usize) -> (Vec<f32>, Vec<f32>) {
-    let inv: Vec<f32> = (0..d / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32).collect();
-    let angles: Vec<f32> = (0..max).flat_map(|p| inv.iter().map(move |f| p as f32 * f)).collect();
-    (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
 }
 
 struct Layer {
@@ -247,16 +210,6 @@ impl ModernBertCandle {
         })
     }
 
-    /// The additive bias of a sliding layer, `(b, 1, l, l)`: the padding bias plus -65504 for keys outside
-    /// the window, clamped at -65504 (a sum of two would be -inf in float16, and a padding query whose
-    /// window holds only padding would then be NaN and spread through the values).
-    fn window_bias(&self, mask: &Tensor, l: usize) -> Result<Tensor, EncoderError> {
-        let far: Vec<f32> = (0..l).flat_map(|q| (0..l).map(move |k| if q.abs_diff(k) > self.half_window { -65504.0 } else { 0.0 })).collect();
-        let far = Tensor::from_vec(far, (1, 1, l, l), &self.device)?;
-        let both = padding_bias(mask, DType::F32)?.broadcast_add(&far)?.clamp(-65504f32, 0f32)?;
-        Ok(both.to_dtype(self.dtype)?)
-    }
-
     /// Last hidden states `(rows, len, hidden)` in float32 of right-padded `ids` `(rows, len)`; `mask` holds
     /// 1 for real tokens and 0 for padding.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, EncoderError> {
@@ -265,7 +218,11 @@ impl ModernBertCandle {
             return Err(EncoderError::Batch(format!("row length {l} outside 1..={}", self.max_len)));
         }
         let global = padding_bias(mask, self.dtype)?;
-        let local = if self.layers.iter().any(|x| x.sliding) && l > self.half_window + 1 { Some(self.window_bias(mask, l)?) } else { None };
+        let local = if self.layers.iter().any(|x| x.sliding) && l > self.half_window + 1 {
+            Some(window_bias(mask, self.half_window, self.dtype)?)
+        } else {
+            None
+        };
         let mut x = self.emb_norm.forward(&self.word.forward(ids)?)?;
         let h = x.dim(D::Minus1)?;
         let (heads, d) = (self.heads, h / self.heads);
@@ -580,38 +537,5 @@ mod tests {
         assert_eq!(types.settle().unwrap_err(), "layer_types has 1 entries for 4 layers");
         let every = config(serde_json::json!({"global_attn_every_n_layers": 0}));
         assert!(every.settle().is_err());
-    }
-
-    #[test]
-    fn rope_tables_hold_cos_and_sin_of_position_times_frequency() {
-        let (cos, sin) = rope_tables(10_000.0, 4, 3, &Device::Cpu, DType::F32).unwrap();
-        let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
-        // Frequencies 1 and 1/100 for a head of 4.
-        assert_eq!(cos[0], vec![1.0, 1.0]);
-        assert!((cos[2][0] - 2f32.cos()).abs() < 1e-7 && (sin[2][1] - 0.02f32.sin()).abs() < 1e-7);
-    }
-
-    #[test]
-    fn the_window_bias_is_finite_and_masks_far_keys_and_padding() {
-        let m = ModernBertCandle {
-            word: Embedding::new(Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap(), 2),
-            emb_norm: LayerNorm::new_no_bias(Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(), 1e-5),
-            layers: Vec::new(),
-            final_norm: LayerNorm::new_no_bias(Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(), 1e-5),
-            global_rope: rope_tables(10.0, 2, 4, &Device::Cpu, DType::F32).unwrap(),
-            local_rope: rope_tables(10.0, 2, 4, &Device::Cpu, DType::F32).unwrap(),
-            heads: 1,
-            half_window: 1,
-            act: Activation::GeluErf,
-            max_len: 4,
-            dtype: DType::F16,
-            device: Device::Cpu,
-        };
-        // One row: three tokens and one padding.
-        let mask = Tensor::new(&[[1u32, 1, 1, 0]], &Device::Cpu).unwrap();
-        let bias = m.window_bias(&mask, 4).unwrap().to_dtype(DType::F32).unwrap().squeeze(0).unwrap().squeeze(0).unwrap();
-        let bias = bias.to_vec2::<f32>().unwrap();
-        let x = -65504.0;
-        assert_eq!(bias, vec![vec![0.0, 0.0, x, x], vec![0.0, 0.0, 0.0, x], vec![x, 0.0, 0.0, x], vec![x, x, 0.0, x]]);
     }
 }

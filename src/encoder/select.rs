@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use crate::encoder::contract::{Backend, BackendOptions, DeviceChoice, Dtype, EncoderError};
 use crate::encoder::cuda::{cuda_device, cuda_device_count};
 use crate::encoder::head::DenseHead;
-use crate::encoder::{bert, bert_candle, modernbert, mpnet, qwen3, reference};
+use crate::encoder::{bert, bert_candle, gemma, modernbert, mpnet, qwen3, reference};
 use crate::model::{Architecture, ModelSpec};
 
 /// Where an encoder computes.
@@ -51,6 +51,8 @@ pub enum Engine {
     ModernBertCpu,
     /// ModernBERT on candle tensor ops (`modernbert.rs`): on GPUs, and the CPU reference (`--encoder candle`).
     ModernBert,
+    /// Gemma3 as a bidirectional encoder on candle tensor ops (`gemma.rs`), on the CPU and GPUs.
+    Gemma,
     /// candle-transformers' Qwen3 (`qwen3.rs`).
     Qwen3,
 }
@@ -84,6 +86,8 @@ const RULES: &[Rule] = &[
     Rule { arch: Architecture::ModernBert, place: Place::Cpu, reference: Some(false), engine: Engine::ModernBertCpu, dtypes: &[F32, Bf16] },
     Rule { arch: Architecture::ModernBert, place: Place::Cpu, reference: Some(true), engine: Engine::ModernBert, dtypes: &[F32] },
     Rule { arch: Architecture::ModernBert, place: Place::Cuda, reference: None, engine: Engine::ModernBert, dtypes: &[F32, F16, Bf16] },
+    Rule { arch: Architecture::Gemma3Text, place: Place::Cpu, reference: None, engine: Engine::Gemma, dtypes: &[F32] },
+    Rule { arch: Architecture::Gemma3Text, place: Place::Cuda, reference: None, engine: Engine::Gemma, dtypes: &[F32, F16, Bf16] },
     Rule { arch: Architecture::Qwen3, place: Place::Cpu, reference: None, engine: Engine::Qwen3, dtypes: &[F32] },
     Rule { arch: Architecture::Qwen3, place: Place::Cuda, reference: None, engine: Engine::Qwen3, dtypes: &[F32, F16, Bf16] },
 ];
@@ -188,6 +192,7 @@ fn load_pooled(spec: &ModelSpec, opts: BackendOptions) -> Result<Box<dyn Backend
         Engine::Mpnet => Box::new(mpnet::MpnetBackend::load(spec, &device, dtype)?),
         Engine::ModernBertCpu => Box::new(modernbert::ModernBertCpuBackend::load(spec, opts.threads, opts.dtype)?),
         Engine::ModernBert => Box::new(modernbert::ModernBertBackend::load(spec, &device, dtype)?),
+        Engine::Gemma => Box::new(gemma::GemmaBackend::load(spec, &device, dtype)?),
         Engine::Qwen3 => Box::new(qwen3::Qwen3Backend::load_on(spec, &device, dtype)?),
     })
 }

@@ -284,13 +284,19 @@ pub fn mpnet_reference() -> Vec<(String, Vec<u32>, Vec<f32>)> {
 
 /// A reference file of tests/fixtures: the 64 parity texts with input ids and embeddings.
 pub fn fixture_reference(file: &str) -> Vec<(String, Vec<u32>, Vec<f32>)> {
+    fixture_reference_as(file, "")
+}
+
+/// [`fixture_reference`] of a variant: the ids and embedding under `{prefix}input_ids` and `{prefix}embedding`
+/// (`query_`: the texts with the model's query prompt).
+pub fn fixture_reference_as(file: &str, prefix: &str) -> Vec<(String, Vec<u32>, Vec<f32>)> {
     std::fs::read_to_string(root().join("tests/fixtures").join(file))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|r| {
-            let ids = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let v = r["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let ids = r[format!("{prefix}input_ids")].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let v = r[format!("{prefix}embedding")].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             (r["text"].as_str().unwrap().to_string(), ids, v)
         })
         .collect()
