@@ -87,6 +87,24 @@ pub enum EncoderKind {
     NoopTokenized,
 }
 
+/// What happens to a row longer than the model's max length (`--long-text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LongText {
+    /// Cut at the max length, as sentence-transformers does.
+    #[default]
+    Truncate,
+    /// Embedded in windows of the max length (the special tokens, and the prompt's tokens, in each); stored as
+    /// their token-weighted mean, normalized when the model normalizes.
+    Chunk,
+}
+
+impl LongText {
+    pub fn is_truncate(&self) -> bool {
+        *self == LongText::Truncate
+    }
+}
+
 /// What to read and with which model: the flags `embed` and `tokens` share (both resolve them by the same
 /// code, so `tokens` sees exactly the rows and text `embed` embeds).
 #[derive(Debug, Clone, Args, Serialize, Deserialize, PartialEq)]
@@ -205,6 +223,12 @@ pub struct EmbedArgs {
     /// Storage is `--precision`'s whatever the compute dtype (float32 by default).
     #[arg(long, env = "CHATSPACE_DTYPE", default_value = "float32", value_parser = DTYPES)]
     pub dtype: String,
+    /// Rows longer than the model's max length: truncate (cut there, as sentence-transformers) or chunk
+    /// (embed windows of the max length, each with the special tokens and the prompt, and store their mean
+    /// weighted by tokens, normalized when the model normalizes). Either way such rows are counted
+    /// (`rows_truncated` in the manifest).
+    #[arg(long, env = "CHATSPACE_LONG_TEXT", value_enum, default_value = "truncate")]
+    pub long_text: LongText,
     /// Keep the first N dimensions of each embedding (Matryoshka models; sentence-transformers'
     /// `truncate_dim`): cut after the model's own modules, Normalize included, and not normalized again.
     #[arg(long, env = "CHATSPACE_TRUNCATE_DIM")]

@@ -50,6 +50,9 @@ pub struct RunConfig {
     /// `--truncate-dim` (checked against the model's dim when the model is loaded).
     #[serde(default)]
     pub truncate_dim: Option<usize>,
+    /// `--long-text`.
+    #[serde(default)]
+    pub long_text: crate::cli::LongText,
     /// `--precision` and, for int8/uint8, where the ranges come from.
     #[serde(default)]
     pub precision: Precision,
@@ -192,6 +195,7 @@ impl RunConfig {
             prompt_name: a.input.prompt_name.clone(),
             max_rows: a.input.max_rows,
             truncate_dim: a.truncate_dim,
+            long_text: a.long_text,
             precision,
             calibration_rows: a.calibration_rows,
             calibration_ranges: a.calibration_ranges.clone(),

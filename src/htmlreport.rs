@@ -268,7 +268,8 @@ fn section(path: &Path, m: &Manifest) -> String {
         let labels: Vec<String> = (0..lengths.len()).map(crate::tokenize::bin_range).map(|(a, b)| format!("{a}-{b}")).collect();
         let _ = write!(
             o,
-            "<p id=\"tokens\">{rows} rows tokenized, {tokens} tokens (special tokens included), {cut} rows cut at max_seq_length {} ({:.2}%).</p>",
+            "<p id=\"tokens\">{rows} rows tokenized, {tokens} tokens (special tokens included), {cut} rows {} max_seq_length {} ({:.2}%).</p>",
+            if m.fingerprint.long_text == crate::cli::LongText::Chunk { "embedded in windows (--long-text chunk) past" } else { "cut at" },
             m.fingerprint.max_seq_length,
             100.0 * cut as f64 / rows.max(1) as f64
         );

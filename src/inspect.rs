@@ -347,7 +347,12 @@ pub fn status_text(m: &Manifest) -> String {
     }
     let cut = rows_truncated(m);
     if cut > 0 {
-        out += &format!("rows cut at max_seq_length {}: {cut} (their text past the limit is not in the embedding)\n", m.fingerprint.max_seq_length);
+        if m.fingerprint.long_text == crate::cli::LongText::Chunk {
+            out += &format!("rows longer than max_seq_length {}: {cut} (embedded in windows, --long-text chunk)\n", m.fingerprint.max_seq_length);
+        } else {
+            out +=
+                &format!("rows cut at max_seq_length {}: {cut} (their text past the limit is not in the embedding)\n", m.fingerprint.max_seq_length);
+        }
     }
     match last_rate(m) {
         Some(rate) => out += &format!("throughput (last run): {rate:.1} rows/s\nestimated time left: {}\n", crate::walltime::hms(left as f64 / rate)),

@@ -31,6 +31,7 @@ pub mod tokenize;
 pub mod tokens;
 pub mod transport;
 pub mod walltime;
+pub mod windows;
 pub mod writer;
 
 use std::sync::atomic::Ordering;

@@ -244,6 +244,9 @@ pub struct Fingerprint {
     /// `--truncate-dim` (absent: the model's dim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate_dim: Option<usize>,
+    /// `--long-text` (absent: truncate).
+    #[serde(default, skip_serializing_if = "crate::cli::LongText::is_truncate")]
+    pub long_text: crate::cli::LongText,
     pub dtype: String,
     #[serde(default = "default_encoder")]
     pub encoder: crate::cli::EncoderKind,
@@ -264,11 +267,15 @@ impl Fingerprint {
         let a = serde_json::to_value(self.normalized()).expect("a fingerprint serializes; this is a bug");
         let b = serde_json::to_value(b).expect("a fingerprint serializes; this is a bug");
         let (a, b) = (a.as_object().expect("a struct is an object"), b.as_object().expect("a struct is an object"));
-        a.iter()
-            .filter(|(k, v)| b.get(*k) != Some(v))
-            .map(|(k, v)| {
+        // Both sides' keys: a field left out at its default (float32 precision, truncate mode, ...) on one side
+        // and set on the other is a difference too.
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let null = serde_json::Value::Null;
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| {
                 let show = |v: &serde_json::Value| shorten(&v.to_string(), 120);
-                format!("{k} (manifest {}, now {})", show(v), show(b.get(k).unwrap_or(&serde_json::Value::Null)))
+                format!("{k} (manifest {}, now {})", show(a.get(k).unwrap_or(&null)), show(b.get(k).unwrap_or(&null)))
             })
             .collect()
     }
@@ -604,6 +611,26 @@ mod tests {
         assert!(p.ends_with("...)") && p.contains("éé"), "{p}");
         assert_eq!(shorten("ab", 2), "ab");
         assert_eq!(shorten("日本語テキスト", 5), "日本...");
+        // A setting left out of the manifest at its default and set now (or the other way) is a difference.
+        for (x, y) in [
+            (&a, &{
+                let mut c = a.clone();
+                c.long_text = crate::cli::LongText::Chunk;
+                c
+            }),
+            (
+                &{
+                    let mut c = a.clone();
+                    c.truncate_dim = Some(8);
+                    c
+                },
+                &a,
+            ),
+        ] {
+            let d = x.differences(y);
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(d[0].starts_with("long_text (manifest null, now \"chunk\")") || d[0].starts_with("truncate_dim (manifest 8, now null)"), "{d:?}");
+        }
     }
 
     #[test]
@@ -1005,6 +1032,7 @@ pub(crate) mod tests_support {
                 precision: Default::default(),
                 quantization_ranges: None,
                 truncate_dim: None,
+                long_text: Default::default(),
                 dtype: "float32".into(),
                 encoder: crate::cli::EncoderKind::Model,
             },

@@ -72,6 +72,9 @@ pub struct Plan {
     /// `--precision int8|uint8`: the per-dimension ranges every writer quantizes with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_ranges: Option<crate::quantize::Ranges>,
+    /// `--long-text chunk` with a model: how encoders cut long rows into windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<crate::windows::WindowSpec>,
 }
 
 impl Plan {

@@ -155,7 +155,18 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
             return Err(RoleError::new(format!("injected fault at row {r} (CHATSPACE_FAULT)")));
         }
         let started = std::time::Instant::now();
-        let mut values = backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?;
+        let mut values = match plan.windows.filter(|w| w.needed(&batch)) {
+            // --long-text chunk: the batch's windows, embedded a batch's worth of rows at a time.
+            Some(w) => {
+                let (windows, counts) = w.split(&batch);
+                let mut all = Vec::with_capacity(windows.rows() * model_dim);
+                for part in crate::windows::parts(&windows, batch.rows()) {
+                    all.extend(backend.embed(&part).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?);
+                }
+                crate::windows::combine(&all, model_dim, &counts, &windows.lengths, plan.model.normalize)
+            }
+            None => backend.embed(&batch).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?,
+        };
         if dim < model_dim {
             values = values.chunks(model_dim).flat_map(|row| &row[..dim]).copied().collect();
         }
@@ -233,7 +244,12 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
     let tokenizer = match plan.config.encoder {
         crate::cli::EncoderKind::Noop => Tokens::Bytes(plan.model.max_seq_length),
         _ => {
-            let tok = TextTokenizer::load(&plan.model, plan.config.tokenizer).map_err(RoleError::from_display)?;
+            // --long-text chunk: whole rows (up to CHUNK_LIMIT tokens); encoders cut them into windows.
+            let model = match plan.windows {
+                Some(_) => crate::model::ModelSpec { max_seq_length: crate::windows::CHUNK_LIMIT, ..plan.model.clone() },
+                None => plan.model.clone(),
+            };
+            let tok = TextTokenizer::load(&model, plan.config.tokenizer).map_err(RoleError::from_display)?;
             let threads = crate::layout::loader_threads(plan.config.loader_threads, &plan.layout, plan.config.device);
             log::info!("loader {}: tokenizer {}, {threads} threads", mb.me, tok.engine_name());
             Tokens::Model(Box::new(tok), threads)
@@ -294,7 +310,7 @@ pub fn loader(mb: &Mailbox) -> RoleResult {
                 mb.send(plan.layout.controller(), Header::Released { chunk: chunk.index }, Vec::new())?;
             }
             Header::Assign { chunk, todo, writer, shard } => {
-                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk, &todo, &plan.prompt)?;
+                let (batches, loaded) = load_chunk(&reader, &tokenizer, &bucketing, &chunk, &todo, &plan.prompt, plan.windows)?;
                 let header = Header::ChunkData { chunk: chunk.index, shard, todo, rows: loaded.rows as u32, skipped: loaded.skipped };
                 mb.send(writer, header, loaded.payload)?;
                 mb.send(
@@ -365,6 +381,7 @@ fn load_chunk(
     chunk: &ChunkSpec,
     todo: &[(u64, u64)],
     prompt: &str,
+    windows: Option<crate::windows::WindowSpec>,
 ) -> Result<(Vec<TokenBatch>, Loaded), RoleError> {
     let rows = reader.read(todo).map_err(RoleError::from_display)?;
     let encodings = tokenizer
@@ -399,11 +416,16 @@ fn load_chunk(
         }
         bins[b] += 1;
     }
+    // Rows past the model's max length: cut by the tokenizer, or (--long-text chunk) whole, for windows.
+    let truncated = match windows {
+        Some(w) => lengths.iter().filter(|&&n| n > w.max_len).count() as u64,
+        None => encodings.truncated,
+    };
     let loaded = Loaded {
         rows: rows.row_ids.len() as u64,
         skipped: rows.skipped,
         tokens: lengths.iter().sum::<usize>() as u64,
-        truncated: encodings.truncated,
+        truncated,
         lengths: bins,
         payload,
     };

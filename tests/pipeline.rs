@@ -254,6 +254,77 @@ fn truncate_dim_keeps_the_first_dimensions_as_sentence_transformers_does() {
 }
 
 #[test]
+fn long_text_chunk_embeds_every_token_in_windows() {
+    // `--long-text chunk` with the real MiniLM (max 256 tokens) under mpirun -n 4: rows of up to a few thousand tokens
+    // become windows of [CLS] + 254 tokens + [SEP]; each row's vector is the windows' embeddings averaged by
+    // tokens and normalized. The windows are made here from `tokenizers` without truncation and embedded by
+    // the parity-tested CPU encoder; short rows equal a truncating run's, long ones differ from it.
+    use chatspace_mpi::encoder::{self, BackendOptions, TokenBatch};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("long.jsonl");
+    let sentences: Vec<String> = reference().iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
+    let mut texts: Vec<String> = sentences.iter().take(20).cloned().collect();
+    for k in 1..=6 {
+        // 12 to 72 parity sentences joined: a few hundred to a few thousand tokens.
+        texts.push(sentences.iter().cycle().skip(k * 3).take(k * 12).cloned().collect::<Vec<_>>().join(" "));
+    }
+    let body: String = texts.iter().map(|t| serde_json::json!({ "text": t }).to_string() + "\n").collect();
+    std::fs::write(&data, body).unwrap();
+    let (chunked, cut) = (d.path().join("chunk"), d.path().join("truncate"));
+    for (out, mode) in [(&chunked, "chunk"), (&cut, "truncate")] {
+        let mut c = mpirun_cmd(4);
+        io_args(&mut c, &data, out).args(["--batch-size", "4", "--rows-per-shard", "10", "--long-text", mode, "--no-progress"]);
+        let o = run_limited(&mut c, 300);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        verify_ok(out);
+    }
+    let (m, rows) = read_output(&chunked);
+    check_complete(&m, &rows);
+    let (_, truncated) = read_output(&cut);
+    assert_eq!(m.fingerprint.long_text, chatspace_mpi::cli::LongText::Chunk);
+
+    let spec = chatspace_mpi::model::ModelSpec::load(&model(), None).unwrap();
+    let mut tok = tokenizers::Tokenizer::from_file(model().join("tokenizer.json")).unwrap();
+    tok.with_truncation(None).unwrap();
+    let mut backend = encoder::load(&spec, BackendOptions::cpu(1)).unwrap();
+    let mut long = 0;
+    for (i, text) in texts.iter().enumerate() {
+        let ids = tok.encode(text.as_str(), true).unwrap().get_ids().to_vec();
+        let got = &rows[&(i as u64)];
+        if ids.len() <= 256 {
+            assert!(max_abs_diff(got, &truncated[&(i as u64)]) <= 1e-6, "row {i} fits: as a truncating run");
+            continue;
+        }
+        long += 1;
+        let (cls, sep, body) = (ids[0], ids[ids.len() - 1], &ids[1..ids.len() - 1]);
+        let mut b = TokenBatch { row_ids: Vec::new(), lengths: Vec::new(), ids: Vec::new() };
+        for part in body.chunks(254) {
+            b.row_ids.push(b.row_ids.len() as u64);
+            b.lengths.push(part.len() as u32 + 2);
+            b.ids.push(cls);
+            b.ids.extend_from_slice(part);
+            b.ids.push(sep);
+        }
+        assert!(b.rows() >= 2, "row {i}: {} tokens", ids.len());
+        let vectors = backend.embed(&b).unwrap();
+        let mut want = vec![0f32; 384];
+        for (v, &n) in vectors.chunks(384).zip(&b.lengths) {
+            want.iter_mut().zip(v).for_each(|(w, x)| *w += x * n as f32);
+        }
+        let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+        want.iter_mut().for_each(|x| *x /= norm);
+        assert!(max_abs_diff(got, &want) <= 1e-5, "row {i} ({} tokens, {} windows)", ids.len(), b.rows());
+        assert!(cosine(got, &truncated[&(i as u64)]) < 0.9999, "row {i}: the windows past the first count");
+    }
+    assert!(long >= 5, "{long} long rows");
+    assert_eq!(m.runs.iter().map(|r| r.rows_truncated).sum::<u64>(), long, "long rows counted");
+    // Resuming with the other mode is refused by name.
+    let o = embed_on(&data, &chunked).args(["--resume", "--long-text", "truncate"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("long_text (manifest \"chunk\", now null)"), "{}", stderr(&o));
+}
+
+#[test]
 fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
     // The Dense fixtures (MiniLM + Dense modules saved by sentence-transformers; tests/parity.rs checks the
     // encoders) through `embed`: a under mpirun -n 4, b as a plain process. Every row equals sentence-transformers'

@@ -265,8 +265,13 @@ impl<'a> Run<'a> {
         self.progress.end_line();
         if self.progress.truncated > 0 {
             // Once per run: text past the model's length is not in the embedding.
+            let what = if self.plan.windows.is_some() {
+                "were embedded in windows (--long-text chunk)"
+            } else {
+                "were cut (--long-text chunk embeds all of them in windows)"
+            };
             eprintln!(
-                "warning: {} of the {} rows this run tokenized were longer than the model's max_seq_length {} and were cut (`chatspace-mpi tokens` shows the length distribution)",
+                "warning: {} of the {} rows this run tokenized were longer than the model's max_seq_length {} and {what} (`chatspace-mpi tokens` shows the length distribution)",
                 self.progress.truncated,
                 self.checkpoint.manifest.runs.last().map_or(0, |r| r.rows_tokenized),
                 self.plan.model.max_seq_length

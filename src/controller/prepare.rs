@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::checkpoint::Checkpoint;
-use crate::cli::{EmbedArgs, EncoderKind};
+use crate::cli::{EmbedArgs, EncoderKind, LongText};
 use crate::config::{RunConfig, StartMode};
 use crate::layout::Layout;
 use crate::manifest::{now_rfc3339, Fingerprint, Manifest, Preprocessing, RunRecord, Source, SourceFile, Status, FORMAT_VERSION, TOOL};
@@ -73,8 +73,24 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
     let created_at = now_rfc3339();
     let run_id = config.run_id.clone().unwrap_or_else(|| format!("run-{}", created_at.replace([':', '.'], "-")));
     let prompt = model.resolve_prompt(config.prompt.as_deref(), config.prompt_name.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut plan =
-        Plan { config, layout: layout.clone(), inputs, rows_total, model, output, run_id, created_at, prompt, source, quantization_ranges: None };
+    let windows = match (config.long_text, config.encoder) {
+        (LongText::Chunk, EncoderKind::Model | EncoderKind::Candle) => Some(window_spec(&model, &prompt)?),
+        _ => None,
+    };
+    let mut plan = Plan {
+        config,
+        layout: layout.clone(),
+        inputs,
+        rows_total,
+        model,
+        output,
+        run_id,
+        created_at,
+        prompt,
+        source,
+        quantization_ranges: None,
+        windows,
+    };
     for d in [plan.output.manifest.parent().expect("a manifest path has a folder"), &plan.output.shard_dir] {
         crate::output::check_inside_root(&plan.config.output_root, d).map_err(|e| anyhow::anyhow!("--output-root: {e}"))?;
     }
@@ -112,6 +128,22 @@ pub fn build_plan(args: &EmbedArgs, layout: &Layout) -> anyhow::Result<Start> {
 
 /// The int8/uint8 ranges: a resumed output's own (so every shard shares one scale), `--calibration-ranges`,
 /// or calibrated here on `--calibration-rows` rows.
+/// `--long-text chunk`: windows of the model's max length that repeat the special tokens the tokenizer puts
+/// around a text (found by encoding a word with and without them) and the prompt's tokens.
+fn window_spec(model: &crate::model::ModelSpec, prompt: &str) -> anyhow::Result<crate::windows::WindowSpec> {
+    let tok = model.tokenizer()?;
+    let ids = |text: &str, special: bool| -> anyhow::Result<Vec<u32>> {
+        Ok(tok.encode(text, special).map_err(|e| anyhow::anyhow!("--long-text chunk: {}/tokenizer.json: {e}", model.path))?.get_ids().to_vec())
+    };
+    let (with, bare) = (ids("hello", true)?, ids("hello", false)?);
+    let head = (0..=with.len().saturating_sub(bare.len()))
+        .find(|&i| !bare.is_empty() && with[i..i + bare.len()] == bare[..])
+        .ok_or_else(|| anyhow::anyhow!("--long-text chunk: cannot tell the special tokens of {}/tokenizer.json from the text's", model.path))?;
+    let tail = with.len() - head - bare.len();
+    let prompt_tokens = if prompt.is_empty() { 0 } else { ids(prompt, false)?.len() };
+    crate::windows::WindowSpec::new(model.max_seq_length, head + prompt_tokens, tail).map_err(anyhow::Error::msg)
+}
+
 fn quantization_ranges(plan: &Plan, resume: bool, tokenizer: Option<&crate::tokenize::TextTokenizer>) -> anyhow::Result<crate::quantize::Ranges> {
     let dim = plan.output_dim();
     if resume && plan.output.manifest.exists() {
@@ -273,6 +305,7 @@ pub fn fingerprint(plan: &Plan) -> Fingerprint {
         precision: c.precision,
         quantization_ranges: plan.quantization_ranges.clone(),
         truncate_dim: c.truncate_dim,
+        long_text: c.long_text,
         dtype: c.dtype.name().to_string(),
         encoder: c.encoder,
     }
@@ -353,6 +386,22 @@ fn new_manifest(plan: &Plan) -> Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_windows_repeat_the_special_and_prompt_tokens_each_tokenizer_adds() {
+        let fixture = |name: &str| ModelSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name), None).unwrap();
+        // Gemma: <bos> text <eos>; its query prompt adds its own tokens to the head.
+        let gemma = fixture("tiny-gemma-embedding");
+        let w = window_spec(&gemma, "").unwrap();
+        assert_eq!((w.max_len, w.head, w.tail), (128, 1, 1));
+        let prompt = gemma.resolve_prompt(None, Some("query")).unwrap();
+        let prompt_tokens = gemma.tokenizer().unwrap().encode(prompt.as_str(), false).unwrap().get_ids().len();
+        assert!(prompt_tokens > 3);
+        assert_eq!(window_spec(&gemma, &prompt).unwrap().head, 1 + prompt_tokens);
+        // Qwen3: text <|endoftext|>, nothing before.
+        let w = window_spec(&fixture("tiny-qwen3-embedding"), "").unwrap();
+        assert_eq!((w.head, w.tail), (0, 1));
+    }
 
     #[test]
     fn shard_size_is_bounded_by_rows_times_dim() {

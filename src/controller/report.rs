@@ -81,7 +81,7 @@ impl Progress {
         // Busy encoders are the bottleneck; idle ones wait for loaders (reading, tokenizing) or writers.
         let busy = (100.0 * self.busy / (secs * self.encoders.max(1) as f64)).min(100.0);
         let waits = if busy >= 90.0 { "" } else { " (waiting for loaders or writers)" };
-        let cut = if self.truncated > 0 { format!(", {} rows cut at max length", self.truncated) } else { String::new() };
+        let cut = if self.truncated > 0 { format!(", {} rows past the max length", self.truncated) } else { String::new() };
         format!(
             "{done}/{} rows ({:.1}%), {rate:.1} rows/s, {:.0} tokens/s, encoders busy {busy:.0}%{waits}{cut}, ETA {eta}",
             self.total,
