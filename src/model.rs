@@ -79,6 +79,9 @@ pub enum Architecture {
     /// padding index.
     #[serde(rename = "xlm-roberta")]
     XlmRoberta,
+    /// RoBERTa (all-distilroberta-v1, all-roberta-large-v1): the same layers and positions as XLM-RoBERTa,
+    /// with a byte-level BPE tokenizer.
+    Roberta,
     /// ModernBERT (gte-modernbert, modernbert-embed): rotary positions, GeGLU, global and sliding-window layers.
     #[serde(rename = "modernbert")]
     ModernBert,
@@ -98,6 +101,7 @@ impl Architecture {
             Architecture::Mpnet => "mpnet",
             Architecture::Qwen3 => "qwen3",
             Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::Roberta => "roberta",
             Architecture::ModernBert => "modernbert",
             Architecture::Gemma3Text => "gemma3_text",
         }
@@ -412,7 +416,7 @@ impl ModelSpec {
         let positions = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
         // RoBERTa-style positions start after the padding index: that many fewer tokens fit.
         let max_pos = match architecture {
-            Architecture::Mpnet | Architecture::XlmRoberta => {
+            Architecture::Mpnet | Architecture::XlmRoberta | Architecture::Roberta => {
                 let pad = config.get("pad_token_id").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
                 positions.saturating_sub(pad + 1).max(1)
             }

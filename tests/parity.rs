@@ -246,14 +246,17 @@ fn mpnet_matches_sentence_transformers() {
 }
 
 #[test]
-fn multilingual_models_with_unigram_tokenizers_match_sentence_transformers() {
-    // tests/fixtures/tiny-xlm-roberta and tiny-bert-unigram (scripts/make-multilingual-fixtures.py): seeded random
+fn multilingual_models_with_unigram_tokenizers_and_roberta_match_sentence_transformers() {
+    // tiny-roberta (scripts/make-roberta-fixtures.py: byte-level BPE, RoBERTa's post-processor) runs the same
+    // way. tests/fixtures/tiny-xlm-roberta and tiny-bert-unigram (scripts/make-multilingual-fixtures.py): seeded random
     // models with a trained SentencePiece Unigram tokenizer, saved and run by sentence-transformers 6.2. The
     // Unigram tokenizer runs on `tokenizers` (`auto` falls back to it); ids must equal Python's, embeddings the
     // reference on this crate's CPU forward pass (1 and 2 threads) and on candle (the GPU code).
-    for (folder, arch, pooling) in
-        [("tiny-xlm-roberta", Architecture::XlmRoberta, Pooling::Mean), ("tiny-bert-unigram", Architecture::Bert, Pooling::Cls)]
-    {
+    for (folder, arch, pooling) in [
+        ("tiny-xlm-roberta", Architecture::XlmRoberta, Pooling::Mean),
+        ("tiny-bert-unigram", Architecture::Bert, Pooling::Cls),
+        ("tiny-roberta", Architecture::Roberta, Pooling::Mean),
+    ] {
         let spec = ModelSpec::load(&root().join("tests/fixtures").join(folder), None).unwrap();
         assert_eq!((spec.architecture, spec.pooling, spec.normalize, spec.max_seq_length, spec.dim), (arch, pooling, true, 128, 64), "{folder}");
         let refs = fixture_reference(&format!("{folder}-reference.jsonl"));
@@ -262,7 +265,9 @@ fn multilingual_models_with_unigram_tokenizers_match_sentence_transformers() {
         let texts: Vec<String> = refs.iter().map(|(t, _, _)| t.clone()).collect();
         for choice in [TokenizerChoice::Auto, TokenizerChoice::Reference] {
             let tok = TextTokenizer::load(&spec, choice).unwrap();
-            assert_eq!(tok.engine_name(), "tokenizers", "{folder}: Unigram is outside the fast paths");
+            if folder != "tiny-roberta" {
+                assert_eq!(tok.engine_name(), "tokenizers", "{folder}: Unigram is outside the fast paths");
+            }
             let enc = tok.encode_batch(&texts, "", 1).unwrap();
             for (i, (t, ids, _)) in refs.iter().enumerate() {
                 assert_eq!(enc.row(i), &ids[..], "{folder} {choice:?}: ids of {t:?}");
@@ -387,7 +392,15 @@ fn gemma_embedding_matches_sentence_transformers_for_documents_and_queries() {
     let texts: Vec<String> = lines.iter().map(|r| r["text"].as_str().unwrap().to_string()).collect();
     let floats = |v: &serde_json::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
     let tok = TextTokenizer::load(&spec, TokenizerChoice::Auto).unwrap();
-    let mut backend = encoder::load(&spec, BackendOptions::cpu(1)).unwrap();
+    // The packed CPU pass (1 and 2 threads) and the candle ops (the GPU code; --encoder candle on the CPU).
+    let mut backends: Vec<(&str, Box<dyn Backend>)> = [
+        ("cpu, 1 thread", BackendOptions::cpu(1)),
+        ("cpu, 2 threads", BackendOptions::cpu(2)),
+        ("--encoder candle", BackendOptions { reference: true, ..BackendOptions::cpu(1) }),
+    ]
+    .into_iter()
+    .map(|(name, opts)| (name, encoder::load(&spec, opts).unwrap()))
+    .collect();
     let mut half = GemmaBackend::load(&ModelSpec { dense: Vec::new(), normalize: false, ..spec.clone() }, &Device::Cpu, DType::F16).unwrap();
     let mut full = GemmaBackend::load(&ModelSpec { dense: Vec::new(), normalize: false, ..spec.clone() }, &Device::Cpu, DType::F32).unwrap();
     for (prompt, ids_key, key) in [("", "input_ids", "embedding"), (query.as_str(), "query_input_ids", "query_embedding")] {
@@ -406,23 +419,45 @@ fn gemma_embedding_matches_sentence_transformers_for_documents_and_queries() {
         }
         for (k, group) in refs.chunks(7).enumerate() {
             let b = fixture_batch(group, k as u64 * 7);
-            let (exact, f32_pooled, f16_pooled) = (backend.embed(&b).unwrap(), full.embed(&b).unwrap(), half.embed(&b).unwrap());
-            for (i, (t, _, want)) in group.iter().enumerate() {
-                let v = &exact[i * 64..(i + 1) * 64];
-                let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+            let (f32_pooled, f16_pooled) = (full.embed(&b).unwrap(), half.embed(&b).unwrap());
+            for (name, backend) in backends.iter_mut() {
+                let exact = backend.embed(&b).unwrap();
+                for (i, (t, _, want)) in group.iter().enumerate() {
+                    let v = &exact[i * 64..(i + 1) * 64];
+                    let (c, d) = (cosine(v, want), max_abs_diff(v, want));
+                    worst = (worst.0.min(c), worst.1.max(d), worst.2);
+                    assert!(c >= 0.99999 && d <= 1e-5, "{key} ({name}): text {t:?}: cosine {c}, max abs diff {d}");
+                }
+            }
+            for (i, (t, _, _)) in group.iter().enumerate() {
                 // float16 on the candle ops (what CUDA runs) before the Dense modules: against float32 there.
                 let (a, h) = (&f32_pooled[i * 64..(i + 1) * 64], &f16_pooled[i * 64..(i + 1) * 64]);
                 assert!(h.iter().all(|x| x.is_finite()), "float16: non-finite values for {t:?}");
-                worst = (worst.0.min(c), worst.1.max(d), worst.2.min(cosine(a, h)));
-                assert!(c >= 0.99999 && d <= 1e-5, "{key}: text {t:?}: cosine {c}, max abs diff {d}");
+                worst.2 = worst.2.min(cosine(a, h));
             }
         }
         assert!(worst.2 >= 0.99, "float16: worst cosine {}", worst.2);
         eprintln!(
-            "tiny-gemma-embedding ({key}s): worst cosine {:.9}, worst max abs diff {:.2e}; float16 worst cosine {:.6}",
+            "tiny-gemma-embedding ({key}s, 3 backends): worst cosine {:.9}, worst max abs diff {:.2e}; float16 worst cosine {:.6}",
             worst.0, worst.1, worst.2
         );
     }
+    // The CPU pass's bfloat16 mode (AVX512_BF16 CPUs): close, not float32-exact; refused elsewhere.
+    let bf16 = encoder::load(&spec, BackendOptions { dtype: Dtype::Bf16, ..BackendOptions::cpu(2) });
+    if !chatspace_mpi::encoder::kernels::has_bf16_dot() {
+        assert!(bf16.err().expect("refused without AVX512_BF16").to_string().contains("AVX512_BF16"));
+        return;
+    }
+    let mut backend = bf16.unwrap();
+    let refs = fixture_reference("tiny-gemma-embedding-reference.jsonl");
+    let mut worst = 1.0f64;
+    for (k, group) in refs.chunks(7).enumerate() {
+        for (v, (_, _, want)) in backend.embed(&fixture_batch(group, k as u64 * 7)).unwrap().chunks(64).zip(group) {
+            worst = worst.min(cosine(v, want));
+        }
+    }
+    assert!((0.99..0.999_999_9).contains(&worst), "cpu bfloat16: worst cosine {worst}");
+    eprintln!("tiny-gemma-embedding (cpu bfloat16): worst cosine {worst:.6}");
 }
 
 #[test]

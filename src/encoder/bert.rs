@@ -272,6 +272,19 @@ impl Weights {
         Ok(Linear { wt, bias, inputs, outputs, low: LowPrecision::None })
     }
 
+    /// Linear layers (full names, `outputs[i]` each) side by side as one `in x sum(outputs)` layer: Q, K and V
+    /// of grouped-query attention, a gate and its up projection.
+    pub(crate) fn stacked(&self, names: &[String], inputs: usize, outputs: &[usize], bias: bool) -> Result<Linear, EncoderError> {
+        let mut ws = Vec::with_capacity(names.len());
+        let mut b = Vec::new();
+        for (name, &o) in names.iter().zip(outputs) {
+            ws.push(self.get(&format!("{name}.weight"), &[o, inputs])?);
+            b.extend(if bias { self.vec(&format!("{name}.bias"), &[o])? } else { vec![0.0; o] });
+        }
+        let wt = Tensor::cat(&ws, 0)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Linear { wt, bias: b, inputs, outputs: outputs.iter().sum(), low: LowPrecision::None })
+    }
+
     /// Q, K and V (named `parts`) fused into one `in x 3*out` matrix.
     fn fused_qkv(&self, name: &str, parts: [&str; 3], h: usize) -> Result<Linear, EncoderError> {
         let mut ws = Vec::new();
@@ -404,7 +417,7 @@ impl BertCpu {
             let token_types = w.st.get(&format!("{}{type_name}", w.prefix)).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
             w.vec(type_name, &[token_types.max(1), h])?[..h].to_vec()
         };
-        let roberta_positions = mpnet || c.model_type.as_deref() == Some("xlm-roberta");
+        let roberta_positions = mpnet || matches!(c.model_type.as_deref(), Some("xlm-roberta" | "roberta"));
         let padding_idx = roberta_positions.then(|| c.pad_token_id.unwrap_or(1));
         let position_offset = padding_idx.map_or(0, |p| p + 1);
         let buckets = c.relative_attention_num_buckets.unwrap_or(32);

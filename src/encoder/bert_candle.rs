@@ -130,7 +130,7 @@ impl BertCandle {
             .find(|vb| vb.contains_tensor("embeddings.word_embeddings.weight"))
             .unwrap_or(root);
         let h = c.hidden_size;
-        let padding_idx = (c.model_type.as_deref() == Some("xlm-roberta")).then(|| c.pad_token_id.unwrap_or(1));
+        let padding_idx = matches!(c.model_type.as_deref(), Some("xlm-roberta" | "roberta")).then(|| c.pad_token_id.unwrap_or(1));
         if padding_idx.is_some_and(|p| p + 1 >= c.max_position_embeddings) {
             return Err(EncoderError::BadWeights {
                 file: folder.join("config.json").display().to_string(),

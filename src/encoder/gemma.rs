@@ -1,5 +1,6 @@
 //! Gemma3 as a bidirectional encoder (`model_type` gemma3_text with `use_bidirectional_attention`:
-//! embeddinggemma) on candle tensor ops, for the CPU and CUDA GPUs in any float dtype.
+//! embeddinggemma): a packed CPU forward pass as `bert.rs`'s ([`GemmaCpu`]), and one on candle tensor ops for
+//! CUDA GPUs in any float dtype and the CPU reference, `--encoder candle` ([`GemmaCandle`]).
 //!
 //! As transformers' Gemma3TextModel: token embeddings scaled by sqrt(hidden); each layer RMSNorm -> attention
 //! -> RMSNorm -> residual, RMSNorm -> MLP `down(gelu_tanh(gate x) * up x)` -> RMSNorm -> residual; Gemma's
@@ -15,11 +16,12 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::encoder::bert::Activation;
+use crate::encoder::bert::{self, Activation, Weights};
 use crate::encoder::bert_candle::{padding_bias, window_bias};
-use crate::encoder::contract::EncoderError;
-use crate::encoder::pool::{Padded, PaddedModel};
-use crate::encoder::rope::{rope_tables, theta, RopeParameters};
+use crate::encoder::contract::{Dtype, EncoderError};
+use crate::encoder::kernels;
+use crate::encoder::pool::{Packed, PackedModel, Padded, PaddedModel};
+use crate::encoder::rope::{rope_angles, rope_tables, theta, RopeParameters};
 use crate::model::ModelSpec;
 
 /// The parts of a gemma3_text config.json this forward pass uses, in the Hub's layout or transformers 5's.
@@ -308,6 +310,249 @@ pub type GemmaBackend = Padded<GemmaCandle>;
 impl GemmaBackend {
     pub fn load(spec: &ModelSpec, device: &Device, dtype: DType) -> Result<Self, EncoderError> {
         Ok(Padded { model: GemmaCandle::load(Path::new(&spec.path), device, dtype)?, spec: spec.clone() })
+    }
+}
+
+/// Gemma's RMSNorm of each row of `x` (rows of `gamma.len()`), in place; `gamma` holds `1 + weight`.
+fn rms_norm_rows(x: &mut [f32], gamma: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(gamma.len()) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / gamma.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(gamma) {
+            *v = *v * inv * g;
+        }
+    }
+}
+
+struct CpuLayer {
+    input_norm: Vec<f32>,
+    /// Q, K and V side by side: `hidden x (heads + 2 kv_heads) head_dim`.
+    qkv: bert::Linear,
+    o: bert::Linear,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    post_attn_norm: Vec<f32>,
+    pre_ff_norm: Vec<f32>,
+    /// The gate and the up projection side by side: `hidden x 2 intermediate`.
+    gate_up: bert::Linear,
+    down: bert::Linear,
+    post_ff_norm: Vec<f32>,
+    sliding: bool,
+}
+
+/// Gemma3's encoder forward pass on the CPU as `bert.rs` runs BERT: packed rows (no padding, no mask),
+/// attention per row and head over that row's tokens (a sliding layer's softmax over the window only),
+/// single-threaded kernels per group of rows ([`Packed`] splits a batch over threads); float32, or the
+/// linear layers in bfloat16 on CPUs with AVX512_BF16.
+pub struct GemmaCpu {
+    hidden: usize,
+    intermediate: usize,
+    eps: f32,
+    vocab: usize,
+    word: Vec<f32>,
+    embed_scale: f32,
+    layers: Vec<CpuLayer>,
+    norm: Vec<f32>,
+    global_rope: (Vec<f32>, Vec<f32>),
+    local_rope: (Vec<f32>, Vec<f32>),
+    s: Settled,
+    softcap: Option<f32>,
+    max_len: usize,
+}
+
+impl GemmaCpu {
+    /// Loads a sentence-transformers gemma3_text folder, the linear layers in `dtype` (float32 or bfloat16).
+    pub fn load_with(folder: &Path, dtype: Dtype) -> Result<GemmaCpu, EncoderError> {
+        if !matches!(dtype, Dtype::F32 | Dtype::Bf16) {
+            return Err(EncoderError::Setting(format!("--dtype {}: on cpu for gemma3_text models use float32 or bfloat16", dtype.name())));
+        }
+        dtype.cpu_has_instructions().map_err(EncoderError::Setting)?;
+        let file = folder.join("config.json");
+        let bad = |message: String| EncoderError::BadWeights { file: file.display().to_string(), message };
+        let c: Config = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+        let s = c.settle().map_err(bad)?;
+        let w = Weights::open(folder, "embed_tokens.weight", &["".to_string(), "model.".to_string()])?;
+        let (h, i, hd) = (c.hidden_size, c.intermediate_size, s.head_dim);
+        let norm =
+            |name: String, size: usize| -> Result<Vec<f32>, EncoderError> { Ok(w.vec(&name, &[size])?.into_iter().map(|v| 1.0 + v).collect()) };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for (k, &sliding) in s.sliding.iter().enumerate() {
+            let p = format!("layers.{k}");
+            let attn = |x: &str| format!("{p}.self_attn.{x}");
+            let mut layer = CpuLayer {
+                input_norm: norm(format!("{p}.input_layernorm.weight"), h)?,
+                qkv: w.stacked(
+                    &[attn("q_proj"), attn("k_proj"), attn("v_proj")],
+                    h,
+                    &[s.heads * hd, s.kv_heads * hd, s.kv_heads * hd],
+                    c.attention_bias,
+                )?,
+                o: w.linear_with(&attn("o_proj"), s.heads * hd, h, c.attention_bias)?,
+                q_norm: norm(attn("q_norm.weight"), hd)?,
+                k_norm: norm(attn("k_norm.weight"), hd)?,
+                post_attn_norm: norm(format!("{p}.post_attention_layernorm.weight"), h)?,
+                pre_ff_norm: norm(format!("{p}.pre_feedforward_layernorm.weight"), h)?,
+                gate_up: w.stacked(&[format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj")], h, &[i, i], false)?,
+                down: w.linear_with(&format!("{p}.mlp.down_proj"), i, h, false)?,
+                post_ff_norm: norm(format!("{p}.post_feedforward_layernorm.weight"), h)?,
+                sliding,
+            };
+            for linear in [&mut layer.qkv, &mut layer.o, &mut layer.gate_up, &mut layer.down] {
+                linear.use_dtype(dtype, None);
+            }
+            layers.push(layer);
+        }
+        Ok(GemmaCpu {
+            hidden: h,
+            intermediate: i,
+            eps: c.rms_norm_eps as f32,
+            vocab: c.vocab_size,
+            word: w.vec("embed_tokens.weight", &[c.vocab_size, h])?,
+            embed_scale: (h as f64).sqrt() as f32,
+            layers,
+            norm: norm("norm.weight".into(), h)?,
+            global_rope: rope_angles(s.global_theta, hd, c.max_position_embeddings),
+            local_rope: rope_angles(s.local_theta, hd, c.max_position_embeddings),
+            s,
+            softcap: c.attn_logit_softcapping.map(|v| v as f32),
+            max_len: c.max_position_embeddings,
+        })
+    }
+
+    /// Each row's queries and keys in `qkv`: RMSNorm per head, then rotated by their positions in the row.
+    fn norm_and_rotate(&self, qkv: &mut [f32], lengths: &[u32], layer: &CpuLayer, (cos, sin): &(Vec<f32>, Vec<f32>)) {
+        let (hd, heads, kv) = (self.s.head_dim, self.s.heads, self.s.kv_heads);
+        let (half, width) = (hd / 2, (heads + 2 * kv) * hd);
+        let mut at = 0;
+        for &n in lengths {
+            for t in 0..n as usize {
+                let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                let token = &mut qkv[(at + t) * width..(at + t) * width + (heads + kv) * hd];
+                for (j, head) in token.chunks_exact_mut(hd).enumerate() {
+                    rms_norm_rows(head, if j < heads { &layer.q_norm } else { &layer.k_norm }, self.eps);
+                    let (x1, x2) = head.split_at_mut(half);
+                    for k in 0..half {
+                        let (a, b) = (x1[k], x2[k]);
+                        x1[k] = a * c[k] - b * s[k];
+                        x2[k] = b * c[k] + a * s[k];
+                    }
+                }
+            }
+            at += n as usize;
+        }
+    }
+
+    /// Attention of each row and query head over that row's tokens, its key/value head shared by a group of
+    /// query heads; in a sliding layer a query's softmax runs over the keys at most `half_window` away.
+    fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32], sliding: bool) {
+        let (hd, heads, kv) = (self.s.head_dim, self.s.heads, self.s.kv_heads);
+        let width = (heads + 2 * kv) * hd;
+        let stride = width as isize;
+        let group = heads / kv;
+        let mut at = 0;
+        for &n in lengths {
+            let n = n as usize;
+            let banded = sliding && n > self.s.half_window + 1;
+            for head in 0..heads {
+                let q = qkv[at * width + head * hd..].as_ptr();
+                let k = qkv[at * width + (heads + head / group) * hd..].as_ptr();
+                let v = qkv[at * width + (heads + kv + head / group) * hd..].as_ptr();
+                let sc = &mut scores[..n * n];
+                // SAFETY: rows at..at+n of qkv (`width` wide) hold this row's q, k and v; head columns stay
+                // within each part; `sc` is n x n.
+                unsafe {
+                    kernels::gemm_raw(n, n, hd, q, stride, 1, k, 1, stride, sc.as_mut_ptr(), n as isize, 1, false, self.s.scale as f32);
+                }
+                if let Some(cap) = self.softcap {
+                    sc.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+                }
+                if banded {
+                    let w = self.s.half_window;
+                    for (r, row) in sc.chunks_exact_mut(n).enumerate() {
+                        let (lo, hi) = (r.saturating_sub(w), (r + w + 1).min(n));
+                        kernels::softmax_rows(&mut row[lo..hi], hi - lo);
+                        row[..lo].fill(0.0);
+                        row[hi..].fill(0.0);
+                    }
+                } else {
+                    kernels::softmax_rows(sc, n);
+                }
+                let out = ctx[at * heads * hd + head * hd..].as_mut_ptr();
+                // SAFETY: as above; ctx rows at..at+n (heads * head_dim wide), columns head*hd.., are in bounds.
+                unsafe {
+                    kernels::gemm_raw(n, hd, n, sc.as_ptr(), n as isize, 1, v, stride, 1, out, (heads * hd) as isize, 1, false, 1.0);
+                }
+            }
+            at += n;
+        }
+    }
+}
+
+impl PackedModel for GemmaCpu {
+    fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
+        let (h, m, inter, hd) = (self.hidden, ids.len(), self.intermediate, self.s.head_dim);
+        if let Some(&n) = lengths.iter().find(|&&n| n == 0 || n as usize > self.max_len) {
+            return Err(EncoderError::Batch(format!("row length {n} outside 1..={}", self.max_len)));
+        }
+        if lengths.iter().map(|&n| n as usize).sum::<usize>() != m {
+            return Err(EncoderError::Batch(format!(
+                "{m} token ids for rows of {} tokens in all",
+                lengths.iter().map(|&n| n as usize).sum::<usize>()
+            )));
+        }
+        let mut x = vec![0f32; m * h];
+        for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
+            let id = id as usize;
+            if id >= self.vocab {
+                return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
+            }
+            for (o, w) in row.iter_mut().zip(&self.word[id * h..(id + 1) * h]) {
+                *o = w * self.embed_scale;
+            }
+        }
+        let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
+        let (mut normed, mut ctx, mut scores) = (vec![0f32; m * h], vec![0f32; m * self.s.heads * hd], vec![0f32; longest * longest]);
+        let (mut qkv, mut y, mut up, mut gated) = (Vec::new(), Vec::new(), Vec::new(), vec![0f32; m * inter]);
+        for layer in &self.layers {
+            normed.copy_from_slice(&x);
+            rms_norm_rows(&mut normed, &layer.input_norm, self.eps);
+            layer.qkv.forward(&normed, &mut qkv, m);
+            self.norm_and_rotate(&mut qkv, lengths, layer, if layer.sliding { &self.local_rope } else { &self.global_rope });
+            self.attention(&qkv, lengths, &mut ctx, &mut scores, layer.sliding);
+            layer.o.forward(&ctx, &mut y, m);
+            rms_norm_rows(&mut y, &layer.post_attn_norm, self.eps);
+            kernels::add_assign(&mut x, &y);
+            normed.copy_from_slice(&x);
+            rms_norm_rows(&mut normed, &layer.pre_ff_norm, self.eps);
+            layer.gate_up.forward(&normed, &mut up, m);
+            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
+                g.copy_from_slice(&u[..inter]);
+            }
+            self.s.act.apply(&mut gated);
+            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
+                for (a, b) in g.iter_mut().zip(&u[inter..]) {
+                    *a *= b;
+                }
+            }
+            layer.down.forward(&gated, &mut y, m);
+            rms_norm_rows(&mut y, &layer.post_ff_norm, self.eps);
+            kernels::add_assign(&mut x, &y);
+        }
+        rms_norm_rows(&mut x, &self.norm, self.eps);
+        Ok(x)
+    }
+}
+
+/// The CPU Gemma3 encoder backend: [`GemmaCpu`] plus pooling, each batch split over threads.
+pub type GemmaCpuBackend = Packed<GemmaCpu>;
+
+impl GemmaCpuBackend {
+    pub fn load(spec: &ModelSpec, threads: usize, dtype: Dtype) -> Result<Self, EncoderError> {
+        Packed::new(GemmaCpu::load_with(Path::new(&spec.path), dtype)?, spec, threads)
     }
 }
 

@@ -51,7 +51,10 @@ pub enum Engine {
     ModernBertCpu,
     /// ModernBERT on candle tensor ops (`modernbert.rs`): on GPUs, and the CPU reference (`--encoder candle`).
     ModernBert,
-    /// Gemma3 as a bidirectional encoder on candle tensor ops (`gemma.rs`), on the CPU and GPUs.
+    /// Gemma3's packed CPU pass (`gemma.rs`).
+    GemmaCpu,
+    /// Gemma3 as a bidirectional encoder on candle tensor ops (`gemma.rs`): on GPUs, and the CPU reference
+    /// (`--encoder candle`).
     Gemma,
     /// candle-transformers' Qwen3 (`qwen3.rs`).
     Qwen3,
@@ -83,10 +86,15 @@ const RULES: &[Rule] = &[
     Rule { arch: Architecture::XlmRoberta, place: Place::Cpu, reference: Some(false), engine: Engine::BertCpu, dtypes: &[F32, Bf16] },
     Rule { arch: Architecture::XlmRoberta, place: Place::Cpu, reference: Some(true), engine: Engine::BertCandle, dtypes: &[F32] },
     Rule { arch: Architecture::XlmRoberta, place: Place::Cuda, reference: None, engine: Engine::BertCandle, dtypes: &[F32, F16, Bf16] },
+    // RoBERTa: XLM-RoBERTa's layers and positions.
+    Rule { arch: Architecture::Roberta, place: Place::Cpu, reference: Some(false), engine: Engine::BertCpu, dtypes: &[F32, Bf16] },
+    Rule { arch: Architecture::Roberta, place: Place::Cpu, reference: Some(true), engine: Engine::BertCandle, dtypes: &[F32] },
+    Rule { arch: Architecture::Roberta, place: Place::Cuda, reference: None, engine: Engine::BertCandle, dtypes: &[F32, F16, Bf16] },
     Rule { arch: Architecture::ModernBert, place: Place::Cpu, reference: Some(false), engine: Engine::ModernBertCpu, dtypes: &[F32, Bf16] },
     Rule { arch: Architecture::ModernBert, place: Place::Cpu, reference: Some(true), engine: Engine::ModernBert, dtypes: &[F32] },
     Rule { arch: Architecture::ModernBert, place: Place::Cuda, reference: None, engine: Engine::ModernBert, dtypes: &[F32, F16, Bf16] },
-    Rule { arch: Architecture::Gemma3Text, place: Place::Cpu, reference: None, engine: Engine::Gemma, dtypes: &[F32] },
+    Rule { arch: Architecture::Gemma3Text, place: Place::Cpu, reference: Some(false), engine: Engine::GemmaCpu, dtypes: &[F32, Bf16] },
+    Rule { arch: Architecture::Gemma3Text, place: Place::Cpu, reference: Some(true), engine: Engine::Gemma, dtypes: &[F32] },
     Rule { arch: Architecture::Gemma3Text, place: Place::Cuda, reference: None, engine: Engine::Gemma, dtypes: &[F32, F16, Bf16] },
     Rule { arch: Architecture::Qwen3, place: Place::Cpu, reference: None, engine: Engine::Qwen3, dtypes: &[F32] },
     Rule { arch: Architecture::Qwen3, place: Place::Cuda, reference: None, engine: Engine::Qwen3, dtypes: &[F32, F16, Bf16] },
@@ -192,6 +200,7 @@ fn load_pooled(spec: &ModelSpec, opts: BackendOptions) -> Result<Box<dyn Backend
         Engine::Mpnet => Box::new(mpnet::MpnetBackend::load(spec, &device, dtype)?),
         Engine::ModernBertCpu => Box::new(modernbert::ModernBertCpuBackend::load(spec, opts.threads, opts.dtype)?),
         Engine::ModernBert => Box::new(modernbert::ModernBertBackend::load(spec, &device, dtype)?),
+        Engine::GemmaCpu => Box::new(gemma::GemmaCpuBackend::load(spec, opts.threads, opts.dtype)?),
         Engine::Gemma => Box::new(gemma::GemmaBackend::load(spec, &device, dtype)?),
         Engine::Qwen3 => Box::new(qwen3::Qwen3Backend::load_on(spec, &device, dtype)?),
     })
