@@ -60,6 +60,29 @@ pub(crate) enum Activation {
 }
 
 impl Activation {
+    /// The activation of a candle tensor.
+    pub(crate) fn tensor(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+
+    /// A gated linear unit (GeGLU): each row of `up` (rows of `2 * inter`: the activated half, then the
+    /// gate) becomes `act(first half) * second half` in `out` (rows of `inter`).
+    pub(crate) fn gated(self, up: &[f32], out: &mut [f32], inter: usize) {
+        for (g, u) in out.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
+            g.copy_from_slice(&u[..inter]);
+        }
+        self.apply(out);
+        for (g, u) in out.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
+            for (a, b) in g.iter_mut().zip(&u[inter..]) {
+                *a *= b;
+            }
+        }
+    }
+
     /// The activation of every element of `x`, in place.
     pub(crate) fn apply(self, x: &mut [f32]) {
         match self {

@@ -41,11 +41,7 @@ impl Layer {
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         let up = self.up.forward(&a)?;
-        let up = match act {
-            Activation::GeluErf => up.gelu_erf()?,
-            Activation::GeluTanh => up.gelu()?,
-            Activation::Relu => up.relu()?,
-        };
+        let up = act.tensor(&up)?;
         Ok(self.out_norm.forward(&(self.down.forward(&up)? + &a)?)?)
     }
 }

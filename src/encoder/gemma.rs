@@ -20,8 +20,8 @@ use crate::encoder::bert::{self, Activation, Weights};
 use crate::encoder::bert_candle::{padding_bias, window_bias};
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
-use crate::encoder::pool::{Packed, PackedModel, Padded, PaddedModel};
-use crate::encoder::rope::{rope_angles, rope_tables, theta, RopeParameters};
+use crate::encoder::pool::{check_packed, Packed, PackedModel, Padded, PaddedModel};
+use crate::encoder::rope::{rope_angles, rope_tables, rotate, sliding_layers, theta, RopeParameters};
 use crate::model::ModelSpec;
 
 /// The parts of a gemma3_text config.json this forward pass uses, in the Hub's layout or transformers 5's.
@@ -100,19 +100,7 @@ impl Config {
             return Err(format!("head_dim {head_dim} must be even for rotary positions"));
         }
         let sliding = match &self.layer_types {
-            Some(types) => {
-                if types.len() != self.num_hidden_layers {
-                    return Err(format!("layer_types has {} entries for {} layers", types.len(), self.num_hidden_layers));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "full_attention" => Ok(false),
-                        "sliding_attention" => Ok(true),
-                        other => Err(format!("layer_types: \"{other}\" is neither full_attention nor sliding_attention")),
-                    })
-                    .collect::<Result<Vec<bool>, String>>()?
-            }
+            Some(types) => sliding_layers(types, self.num_hidden_layers)?,
             // transformers: every `sliding_window_pattern`-th layer (counting from 1) is global.
             None => {
                 let n = self.sliding_window_pattern.unwrap_or(6).max(1);
@@ -282,11 +270,7 @@ impl GemmaCandle {
             x = (layer.post_attn_norm.forward(&layer.o.forward(&ctx)?)? + &x)?;
             let h = layer.pre_ff_norm.forward(&x)?;
             let gate = layer.gate.forward(&h)?;
-            let gate = match s.act {
-                Activation::GeluTanh => gate.gelu()?,
-                Activation::GeluErf => gate.gelu_erf()?,
-                Activation::Relu => gate.relu()?,
-            };
+            let gate = s.act.tensor(&gate)?;
             let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (layer.post_ff_norm.forward(&mlp)? + &x)?;
         }
@@ -430,12 +414,7 @@ impl GemmaCpu {
                 let token = &mut qkv[(at + t) * width..(at + t) * width + (heads + kv) * hd];
                 for (j, head) in token.chunks_exact_mut(hd).enumerate() {
                     rms_norm_rows(head, if j < heads { &layer.q_norm } else { &layer.k_norm }, self.eps);
-                    let (x1, x2) = head.split_at_mut(half);
-                    for k in 0..half {
-                        let (a, b) = (x1[k], x2[k]);
-                        x1[k] = a * c[k] - b * s[k];
-                        x2[k] = b * c[k] + a * s[k];
-                    }
+                    rotate(head, c, s);
                 }
             }
             at += n as usize;
@@ -452,7 +431,6 @@ impl GemmaCpu {
         let mut at = 0;
         for &n in lengths {
             let n = n as usize;
-            let banded = sliding && n > self.s.half_window + 1;
             for head in 0..heads {
                 let q = qkv[at * width + head * hd..].as_ptr();
                 let k = qkv[at * width + (heads + head / group) * hd..].as_ptr();
@@ -466,17 +444,7 @@ impl GemmaCpu {
                 if let Some(cap) = self.softcap {
                     sc.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
                 }
-                if banded {
-                    let w = self.s.half_window;
-                    for (r, row) in sc.chunks_exact_mut(n).enumerate() {
-                        let (lo, hi) = (r.saturating_sub(w), (r + w + 1).min(n));
-                        kernels::softmax_rows(&mut row[lo..hi], hi - lo);
-                        row[..lo].fill(0.0);
-                        row[hi..].fill(0.0);
-                    }
-                } else {
-                    kernels::softmax_rows(sc, n);
-                }
+                kernels::softmax_band(sc, n, sliding.then_some(self.s.half_window));
                 let out = ctx[at * heads * hd + head * hd..].as_mut_ptr();
                 // SAFETY: as above; ctx rows at..at+n (heads * head_dim wide), columns head*hd.., are in bounds.
                 unsafe {
@@ -495,22 +463,10 @@ impl PackedModel for GemmaCpu {
 
     fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
         let (h, m, inter, hd) = (self.hidden, ids.len(), self.intermediate, self.s.head_dim);
-        if let Some(&n) = lengths.iter().find(|&&n| n == 0 || n as usize > self.max_len) {
-            return Err(EncoderError::Batch(format!("row length {n} outside 1..={}", self.max_len)));
-        }
-        if lengths.iter().map(|&n| n as usize).sum::<usize>() != m {
-            return Err(EncoderError::Batch(format!(
-                "{m} token ids for rows of {} tokens in all",
-                lengths.iter().map(|&n| n as usize).sum::<usize>()
-            )));
-        }
+        check_packed(ids, lengths, self.max_len, self.vocab)?;
         let mut x = vec![0f32; m * h];
         for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
-            let id = id as usize;
-            if id >= self.vocab {
-                return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
-            }
-            for (o, w) in row.iter_mut().zip(&self.word[id * h..(id + 1) * h]) {
+            for (o, w) in row.iter_mut().zip(&self.word[id as usize * h..(id as usize + 1) * h]) {
                 *o = w * self.embed_scale;
             }
         }
@@ -529,15 +485,7 @@ impl PackedModel for GemmaCpu {
             normed.copy_from_slice(&x);
             rms_norm_rows(&mut normed, &layer.pre_ff_norm, self.eps);
             layer.gate_up.forward(&normed, &mut up, m);
-            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
-                g.copy_from_slice(&u[..inter]);
-            }
-            self.s.act.apply(&mut gated);
-            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
-                for (a, b) in g.iter_mut().zip(&u[inter..]) {
-                    *a *= b;
-                }
-            }
+            self.s.act.gated(&up, &mut gated, inter);
             layer.down.forward(&gated, &mut y, m);
             rms_norm_rows(&mut y, &layer.post_ff_norm, self.eps);
             kernels::add_assign(&mut x, &y);

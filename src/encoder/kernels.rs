@@ -117,6 +117,22 @@ dispatch! {
     pub fn softmax_rows(x: &mut [f32], n: usize) => softmax_rows_body
 }
 
+/// Softmax of each row of the `n x n` scores `s` in place; with `half_window`, a row's softmax runs over the
+/// keys at most that far from its query (a sliding-window layer) and the others get weight 0.
+pub fn softmax_band(s: &mut [f32], n: usize, half_window: Option<usize>) {
+    match half_window {
+        Some(w) if n > w + 1 => {
+            for (r, row) in s.chunks_exact_mut(n).enumerate() {
+                let (lo, hi) = (r.saturating_sub(w), (r + w + 1).min(n));
+                softmax_rows(&mut row[lo..hi], hi - lo);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+            }
+        }
+        _ => softmax_rows(s, n),
+    }
+}
+
 dispatch! {
     /// `acc += x`, element-wise.
     pub fn add_assign(acc: &mut [f32], x: &[f32]) => add_assign_body
@@ -604,6 +620,23 @@ unsafe fn int8_gemm(a: &[u32], kq: usize, row_scale: &[f32], zero: &[i32], w: &I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn banded_softmax_spreads_over_the_window_only() {
+        // 4 x 4 zero scores: a full softmax gives 1/4 each; a window of one gives 1/2 or 1/3 within it.
+        let mut full = vec![0f32; 16];
+        softmax_band(&mut full, 4, None);
+        assert!(full.iter().all(|&v| (v - 0.25).abs() < 1e-6));
+        let mut band = vec![0f32; 16];
+        softmax_band(&mut band, 4, Some(1));
+        let third = 1.0 / 3.0;
+        let want = [0.5, 0.5, 0.0, 0.0, third, third, third, 0.0, 0.0, third, third, third, 0.0, 0.0, 0.5, 0.5];
+        assert!(band.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{band:?}");
+        // A window that covers the row is a full softmax.
+        let mut wide = vec![0f32; 16];
+        softmax_band(&mut wide, 4, Some(3));
+        assert_eq!(wide, full);
+    }
 
     #[test]
     fn norm_matches_a_plain_sum_of_squares() {

@@ -20,8 +20,8 @@ use crate::encoder::bert::{self, Activation, Weights};
 use crate::encoder::bert_candle::{padding_bias, window_bias};
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
-use crate::encoder::pool::{Packed, PackedModel, Padded, PaddedModel};
-use crate::encoder::rope::{rope_angles, rope_tables, theta, RopeParameters};
+use crate::encoder::pool::{check_packed, Packed, PackedModel, Padded, PaddedModel};
+use crate::encoder::rope::{rope_angles, rope_tables, rotate, sliding_layers, theta, RopeParameters};
 use crate::model::ModelSpec;
 
 /// The parts of a ModernBERT config.json this forward pass uses, in either layout.
@@ -91,19 +91,7 @@ impl Config {
             return Err(format!("the head size {} must be even for rotary positions", self.hidden_size / self.num_attention_heads));
         }
         let sliding = match (&self.layer_types, self.global_attn_every_n_layers) {
-            (Some(types), _) => {
-                if types.len() != self.num_hidden_layers {
-                    return Err(format!("layer_types has {} entries for {} layers", types.len(), self.num_hidden_layers));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "full_attention" => Ok(false),
-                        "sliding_attention" => Ok(true),
-                        other => Err(format!("layer_types: \"{other}\" is neither full_attention nor sliding_attention")),
-                    })
-                    .collect::<Result<Vec<bool>, String>>()?
-            }
+            (Some(types), _) => sliding_layers(types, self.num_hidden_layers)?,
             (None, every) => {
                 let n = every.unwrap_or(3);
                 if n == 0 {
@@ -246,11 +234,7 @@ impl ModernBertCandle {
             let up = layer.wi.forward(&layer.mlp_norm.forward(&x)?)?;
             let half = up.dim(D::Minus1)? / 2;
             let (input, gate) = (up.narrow(D::Minus1, 0, half)?, up.narrow(D::Minus1, half, half)?);
-            let input = match self.act {
-                Activation::GeluErf => input.gelu_erf()?,
-                Activation::GeluTanh => input.gelu()?,
-                Activation::Relu => input.relu()?,
-            };
+            let input = self.act.tensor(&input)?;
             x = (layer.wo.forward(&(input * gate)?)? + &x)?;
         }
         Ok(self.final_norm.forward(&x)?.to_dtype(DType::F32)?)
@@ -376,12 +360,7 @@ impl ModernBertCpu {
                 let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
                 let token = &mut qkv[(at + t) * 3 * h..(at + t) * 3 * h + 2 * h];
                 for head in token.chunks_exact_mut(d) {
-                    let (x1, x2) = head.split_at_mut(half);
-                    for j in 0..half {
-                        let (a, b) = (x1[j], x2[j]);
-                        x1[j] = a * c[j] - b * s[j];
-                        x2[j] = b * c[j] + a * s[j];
-                    }
+                    rotate(head, c, s);
                 }
             }
             at += n as usize;
@@ -397,7 +376,6 @@ impl ModernBertCpu {
         let mut at = 0;
         for &n in lengths {
             let n = n as usize;
-            let banded = sliding && n > self.half_window + 1;
             for head in 0..self.heads {
                 let q = qkv[at * 3 * h + head * d..].as_ptr();
                 let k = qkv[at * 3 * h + h + head * d..].as_ptr();
@@ -408,16 +386,7 @@ impl ModernBertCpu {
                 unsafe {
                     kernels::gemm_raw(n, n, d, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
                 }
-                if banded {
-                    for (r, row) in s.chunks_exact_mut(n).enumerate() {
-                        let (lo, hi) = (r.saturating_sub(self.half_window), (r + self.half_window + 1).min(n));
-                        kernels::softmax_rows(&mut row[lo..hi], hi - lo);
-                        row[..lo].fill(0.0);
-                        row[hi..].fill(0.0);
-                    }
-                } else {
-                    kernels::softmax_rows(s, n);
-                }
+                kernels::softmax_band(s, n, sliding.then_some(self.half_window));
                 let out = ctx[at * h + head * d..].as_mut_ptr();
                 // SAFETY: as above; ctx rows at..at+n, columns head*d.., are in bounds.
                 unsafe {
@@ -436,22 +405,10 @@ impl PackedModel for ModernBertCpu {
 
     fn forward_rows(&self, ids: &[u32], lengths: &[u32]) -> Result<Vec<f32>, EncoderError> {
         let (h, m, inter) = (self.hidden, ids.len(), self.intermediate);
-        if let Some(&n) = lengths.iter().find(|&&n| n == 0 || n as usize > self.max_len) {
-            return Err(EncoderError::Batch(format!("row length {n} outside 1..={}", self.max_len)));
-        }
-        if lengths.iter().map(|&n| n as usize).sum::<usize>() != m {
-            return Err(EncoderError::Batch(format!(
-                "{m} token ids for rows of {} tokens in all",
-                lengths.iter().map(|&n| n as usize).sum::<usize>()
-            )));
-        }
+        check_packed(ids, lengths, self.max_len, self.vocab)?;
         let mut x = vec![0f32; m * h];
         for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
-            let id = id as usize;
-            if id >= self.vocab {
-                return Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({})", self.vocab)));
-            }
-            row.copy_from_slice(&self.word[id * h..(id + 1) * h]);
+            row.copy_from_slice(&self.word[id as usize * h..(id as usize + 1) * h]);
         }
         kernels::layer_norm(&mut x, &self.emb_norm.gamma, &self.emb_norm.beta, self.eps);
         let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
@@ -471,15 +428,7 @@ impl PackedModel for ModernBertCpu {
             kernels::layer_norm(&mut normed, &layer.mlp_norm.gamma, &layer.mlp_norm.beta, self.eps);
             // GeGLU: the first half of W_in's output activated, times the second half.
             layer.wi.forward(&normed, &mut up, m);
-            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
-                g.copy_from_slice(&u[..inter]);
-            }
-            self.act.apply(&mut gated);
-            for (g, u) in gated.chunks_exact_mut(inter).zip(up.chunks_exact(2 * inter)) {
-                for (a, b) in g.iter_mut().zip(&u[inter..]) {
-                    *a *= b;
-                }
-            }
+            self.act.gated(&up, &mut gated, inter);
             layer.wo.forward(&gated, &mut y, m);
             kernels::add_assign(&mut x, &y);
         }

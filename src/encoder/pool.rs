@@ -125,6 +125,22 @@ pub fn pool(hidden: &[f32], lengths: &[u32], len: usize, dim: usize, pooling: Po
     out
 }
 
+/// Rejects packed rows a model cannot take: empty rows or rows over `max_len`, ids that do not add up to the
+/// lengths, token ids outside the vocabulary.
+pub(crate) fn check_packed(ids: &[u32], lengths: &[u32], max_len: usize, vocab: usize) -> Result<(), EncoderError> {
+    if let Some(&n) = lengths.iter().find(|&&n| n == 0 || n as usize > max_len) {
+        return Err(EncoderError::Batch(format!("row length {n} outside 1..={max_len}")));
+    }
+    let total: usize = lengths.iter().map(|&n| n as usize).sum();
+    if total != ids.len() {
+        return Err(EncoderError::Batch(format!("{} token ids for rows of {total} tokens in all", ids.len())));
+    }
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(EncoderError::Batch(format!("token id {id} outside the vocabulary ({vocab})"))),
+        None => Ok(()),
+    }
+}
+
 /// A model that runs packed rows (no padding) on the calling thread: `ids` holds the rows back to back,
 /// `lengths` their token counts; returns `sum(lengths) x hidden` last hidden states, row-major.
 pub trait PackedModel: Sync + Send {

@@ -19,6 +19,32 @@ pub(crate) struct Rope {
     pub rope_type: Option<String>,
 }
 
+/// transformers 5's `layer_types`: per layer whether it slides (`sliding_attention`) or not (`full_attention`).
+pub(crate) fn sliding_layers(types: &[String], layers: usize) -> Result<Vec<bool>, String> {
+    if types.len() != layers {
+        return Err(format!("layer_types has {} entries for {layers} layers", types.len()));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(format!("layer_types: \"{other}\" is neither full_attention nor sliding_attention")),
+        })
+        .collect()
+}
+
+/// Rotates one head's vector by a position's `cos` and `sin` (`head.len() / 2` each), as transformers'
+/// `apply_rotary_pos_emb`: the two halves become `(x1 cos - x2 sin, x2 cos + x1 sin)`.
+pub(crate) fn rotate(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let (x1, x2) = head.split_at_mut(cos.len());
+    for j in 0..cos.len() {
+        let (a, b) = (x1[j], x2[j]);
+        x1[j] = a * cos[j] - b * sin[j];
+        x2[j] = b * cos[j] + a * sin[j];
+    }
+}
+
 /// The theta of one kind of layer (`kind`: full_attention or sliding_attention): from `rope` (transformers
 /// 5), else `flat` (the Hub's older key), else `default`; refused when the RoPE type is not plain.
 pub(crate) fn theta(rope: Option<&Rope>, flat: Option<f64>, default: f64, kind: &str) -> Result<f64, String> {
