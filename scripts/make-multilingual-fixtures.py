@@ -15,6 +15,10 @@ and writes tests/fixtures/{name}-reference.jsonl: the 64 parity texts with their
 
     scripts/bench --setup-python     # target/stvenv: torch 2.15.0 + sentence-transformers 6.2.0 from PyPI
     target/stvenv/bin/python scripts/make-multilingual-fixtures.py
+
+With `--bench DIR` it writes instead, for scripts/bench, an XLM-RoBERTa of multilingual-e5-base's transformer
+size with random weights (hidden 768, 12 layers, 12 heads, 3072) and the same tokenizer, mean pooling,
+Normalize, max_seq_length 512, to DIR.
 """
 import json
 import os
@@ -49,6 +53,20 @@ assert [tok.token_to_id(s) for s in specials] == [0, 1, 2, 3]
 fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                             pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<unk>")
 vocab = tok.get_vocab_size()
+
+if len(sys.argv) == 3 and sys.argv[1] == "--bench":
+    torch.manual_seed(20261207)
+    config = transformers.XLMRobertaConfig(vocab_size=vocab, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                           intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        transformers.XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=512), Pooling(768, pooling_mode="mean"), Normalize()], device="cpu")
+        shutil.rmtree(sys.argv[2], ignore_errors=True)
+        st.save(sys.argv[2])
+    print(f"{sys.argv[2]}: multilingual-e5-base's transformer size, random weights", file=sys.stderr)
+    sys.exit(0)
 
 common = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               pad_token_id=1, bos_token_id=0, eos_token_id=2)

@@ -372,7 +372,7 @@ fn dense_models_embed_through_the_pipeline_as_sentence_transformers_does() {
 #[test]
 fn mpnet_xlm_roberta_modernbert_and_gemma_embed_through_the_pipeline_as_sentence_transformers_does() {
     // The real all-mpnet-base-v2 on the 64 parity texts, under mpirun -n 4 and as a plain process, the tiny
-    // XLM-RoBERTa fixture (Unigram tokenizer) and the tiny RoBERTa (byte-level BPE) under mpirun -n 4, the tiny ModernBERT (byte-level BPE,
+    // XLM-RoBERTa fixture (Unigram tokenizer) and the tiny RoBERTa (byte-level BPE) both ways, the tiny ModernBERT (byte-level BPE,
     // sliding-window layers) both ways, and the tiny embeddinggemma-style Gemma3 (two Dense modules) both ways,
     // plainly with its `query` prompt: every row equals Python sentence-transformers' vector
     // (tests/fixtures/{mpnet,tiny-xlm-roberta,tiny-modernbert,tiny-gemma-embedding}-reference.jsonl).
@@ -386,7 +386,9 @@ fn mpnet_xlm_roberta_modernbert_and_gemma_embed_through_the_pipeline_as_sentence
         ("mpirun", mpirun_cmd(4), mpnet(), "mpnet-reference.jsonl", 768, Architecture::Mpnet),
         ("plain", embed_cmd(), mpnet(), "mpnet-reference.jsonl", 768, Architecture::Mpnet),
         ("xlm-roberta", mpirun_cmd(4), fixture("tiny-xlm-roberta"), "tiny-xlm-roberta-reference.jsonl", 64, Architecture::XlmRoberta),
+        ("xlm-roberta-plain", embed_cmd(), fixture("tiny-xlm-roberta"), "tiny-xlm-roberta-reference.jsonl", 64, Architecture::XlmRoberta),
         ("roberta", mpirun_cmd(4), fixture("tiny-roberta"), "tiny-roberta-reference.jsonl", 64, Architecture::Roberta),
+        ("roberta-plain", embed_cmd(), fixture("tiny-roberta"), "tiny-roberta-reference.jsonl", 64, Architecture::Roberta),
         ("modernbert", mpirun_cmd(4), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
         ("modernbert-plain", embed_cmd(), fixture("tiny-modernbert"), "tiny-modernbert-reference.jsonl", 64, Architecture::ModernBert),
         ("gemma", mpirun_cmd(4), fixture("tiny-gemma-embedding"), "tiny-gemma-embedding-reference.jsonl", 64, Architecture::Gemma3Text),
