@@ -156,11 +156,12 @@ pub fn encoder(mb: &Mailbox) -> RoleResult {
         }
         let started = std::time::Instant::now();
         let mut values = match plan.windows.filter(|w| w.needed(&batch)) {
-            // --long-text chunk: the batch's windows, embedded a batch's worth of rows at a time.
+            // --long-text chunk: the batch's windows, embedded a batch's worth of rows (at least 32, so that a
+            // batch of one long row still fills the encoder's threads) at a time.
             Some(w) => {
                 let (windows, counts) = w.split(&batch);
                 let mut all = Vec::with_capacity(windows.rows() * model_dim);
-                for part in crate::windows::parts(&windows, batch.rows()) {
+                for part in crate::windows::parts(&windows, batch.rows().max(32)) {
                     all.extend(backend.embed(&part).map_err(|e| RoleError::new(format!("chunk {chunk}: {e}")))?);
                 }
                 crate::windows::combine(&all, model_dim, &counts, &windows.lengths, plan.model.normalize)
