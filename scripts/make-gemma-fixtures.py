@@ -30,20 +30,16 @@ import shutil
 import sys
 import tempfile
 
-import sentence_transformers
-import tokenizers
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-parity = [json.loads(line)["text"] for line in open(os.path.join(root, "tests/fixtures/minilm-l6-v2-reference.jsonl"))]
-corpus = [t for t in (json.loads(line).get("text") for line in open(os.path.join(root, "data/sample.jsonl"))) if t] + parity
-torch.set_num_threads(2)
-print(f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {sentence_transformers.__version__}, "
-      f"tokenizers {tokenizers.__version__}", file=sys.stderr)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_fixtures import corpus, parity, reference_row, root, start, tidy  # noqa: E402
+
+start()
 
 specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
 tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -76,12 +72,7 @@ def build(config, dense, max_seq_length, out):
         st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
         shutil.rmtree(out, ignore_errors=True)
         st.save(out)
-    for dirpath, _, files in os.walk(out):
-        for fn in files:
-            if fn == "README.md":
-                os.remove(os.path.join(dirpath, fn))
-            else:
-                os.chmod(os.path.join(dirpath, fn), 0o644)
+    tidy(out)
 
 
 common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=2, use_bidirectional_attention=True,
@@ -108,10 +99,9 @@ plain = st.encode(parity, batch_size=8, convert_to_numpy=True)
 query = st.encode(parity, batch_size=8, convert_to_numpy=True, prompt_name="query")
 with open(os.path.join(root, "tests/fixtures", f"{name}-reference.jsonl"), "w") as f:
     for text, v, q in zip(parity, plain, query):
-        ids = st.tokenizer(text, truncation=True, max_length=st.max_seq_length)["input_ids"]
-        qids = st.tokenizer(prompts["query"] + text, truncation=True, max_length=st.max_seq_length)["input_ids"]
-        f.write(json.dumps({"text": text, "input_ids": ids, "embedding": [float(f"{x:.8g}") for x in v],
-                            "query_input_ids": qids, "query_embedding": [float(f"{x:.8g}") for x in q]}) + "\n")
+        ids, emb = reference_row(st, text, v)
+        qids, qemb = reference_row(st, text, q, prompts["query"])
+        f.write(json.dumps({"text": text, "input_ids": ids, "embedding": emb, "query_input_ids": qids, "query_embedding": qemb}) + "\n")
 longest = max(len(st.tokenizer(t)["input_ids"]) for t in parity)
 print(f"{name}: vocab {vocab}, dim {plain.shape[1]}, max_seq_length {st.max_seq_length}, longest parity text {longest} tokens",
       file=sys.stderr)

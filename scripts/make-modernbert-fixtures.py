@@ -22,26 +22,21 @@ With `--bench DIR` it writes instead, for scripts/bench, a model of ModernBERT-b
 weights (transformers' defaults: hidden 768, 22 layers, 12 heads, GeGLU 1152, window 128) and the same
 tokenizer, mean pooling, max_seq_length 512, to DIR.
 """
-import json
 import os
 import shutil
 import sys
 import tempfile
 
-import sentence_transformers
-import tokenizers
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-parity = [json.loads(line)["text"] for line in open(os.path.join(root, "tests/fixtures/minilm-l6-v2-reference.jsonl"))]
-corpus = [t for t in (json.loads(line).get("text") for line in open(os.path.join(root, "data/sample.jsonl"))) if t] + parity
-torch.set_num_threads(2)
-print(f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {sentence_transformers.__version__}, "
-      f"tokenizers {tokenizers.__version__}", file=sys.stderr)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_fixtures import corpus, parity, root, start, tidy, write_reference  # noqa: E402
+
+start()
 
 specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 tok = Tokenizer(models.BPE(unk_token=None))
@@ -85,17 +80,8 @@ with tempfile.TemporaryDirectory() as tmp:
     shutil.rmtree(out, ignore_errors=True)
     st.save(out)
 st = SentenceTransformer(out, device="cpu")
-vectors = st.encode(parity, batch_size=8, convert_to_numpy=True)
-with open(os.path.join(root, "tests/fixtures", f"{name}-reference.jsonl"), "w") as f:
-    for text, v in zip(parity, vectors):
-        ids = st.tokenizer(text, truncation=True, max_length=st.max_seq_length)["input_ids"]
-        f.write(json.dumps({"text": text, "input_ids": ids, "embedding": [float(f"{x:.8g}") for x in v]}) + "\n")
-for dirpath, _, files in os.walk(out):
-    for fn in files:
-        if fn == "README.md":
-            os.remove(os.path.join(dirpath, fn))
-        else:
-            os.chmod(os.path.join(dirpath, fn), 0o644)
+vectors = write_reference(st, name)
+tidy(out)
 longest = max(len(st.tokenizer(t)["input_ids"]) for t in parity)
 print(f"{name}: vocab {vocab}, dim {vectors.shape[1]}, max_seq_length {st.max_seq_length}, longest parity text {longest} tokens",
       file=sys.stderr)

@@ -148,6 +148,7 @@ fn interrupted_runs_resume_to_the_uninterrupted_result() {
         chain += 1;
         let out: PathBuf = dir.path().join(format!("chain-{chain}"));
         let mut resume = false;
+        let mut unfinished = false;
         // Up to 5 interruptions per chain, then run to completion.
         for _ in 0..5 {
             let ranks = launchers[rng.next(launchers.len() as u64) as usize];
@@ -171,6 +172,9 @@ fn interrupted_runs_resume_to_the_uninterrupted_result() {
             if manifest_exists(&out) {
                 verify_ok(&out);
                 resume = true;
+                // A run can be killed after it committed its last shard (while it exits): then the next
+                // launch finds the output complete and records no resume.
+                unfinished |= read_output(&out).0.status != chatspace_mpi::manifest::Status::Complete;
             }
         }
         // Finish (several resumes may be needed if this run is also interrupted; here it is not).
@@ -185,7 +189,7 @@ fn interrupted_runs_resume_to_the_uninterrupted_result() {
         for (id, v) in &rows {
             assert!(max_abs_diff(v, &baseline[id]) <= 1e-5, "chain {chain}: row {id} differs");
         }
-        assert!(m.runs.len() >= 2 || interrupts == 0, "resumes are recorded");
+        assert!(m.runs.len() >= 2 || !unfinished, "chain {chain}: an interrupted run left work, so a resume is recorded");
     }
 }
 
