@@ -129,7 +129,7 @@ fn hosts(m: &Manifest) -> Vec<String> {
 /// Waits until the output has `shards` committed shards.
 fn wait_for_shards(out: &Path, shards: usize, what: &str) {
     let start = Instant::now();
-    while !out.join("indexes").exists() || read_output(out).0.shards.len() < shards {
+    while !manifest_exists(out) || read_output(out).0.shards.len() < shards {
         assert!(start.elapsed() < Duration::from_secs(180), "{what}: no {shards} shards committed");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -208,28 +208,6 @@ fn wait_started(child: &mut Child, out: &Path, launched: std::time::SystemTime) 
     }
 }
 
-fn manifest_exists(out: &Path) -> bool {
-    std::fs::read_dir(out.join("indexes")).map(|mut d| d.next().is_some()).unwrap_or(false) && {
-        let idx = out.join("indexes");
-        walk_has_manifest(&idx)
-    }
-}
-
-fn walk_has_manifest(p: &Path) -> bool {
-    std::fs::read_dir(p)
-        .map(|d| {
-            d.flatten().any(|e| {
-                let path = e.path();
-                if path.is_dir() {
-                    walk_has_manifest(&path)
-                } else {
-                    e.file_name().to_string_lossy().starts_with("manifest-")
-                }
-            })
-        })
-        .unwrap_or(false)
-}
-
 /// Each way a resume could lose or duplicate rows is refused with a clear line, and nothing is written.
 #[test]
 fn resume_refuses_what_would_lose_or_duplicate_rows() {

@@ -132,7 +132,7 @@ fn sbatch_jobs_complete_checkpoint_requeue_and_cancel_on_a_real_cluster() {
     let out = work.path().join("out-cancel");
     let job = cluster.submit("cancel", &big, &out, "srun", &["--time=10"], embed);
     let start = Instant::now();
-    while !out.join("indexes").exists() || read_output(&out).0.shards.is_empty() {
+    while !manifest_exists(&out) || read_output(&out).0.shards.is_empty() {
         assert!(start.elapsed() < Duration::from_secs(120), "no shard committed: {}", cluster.log("cancel", &job));
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -91,6 +91,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Whether an output root holds a manifest yet (its folders are made before the manifest is renamed in).
+pub fn manifest_exists(out: &Path) -> bool {
+    fn walk(p: &Path) -> bool {
+        std::fs::read_dir(p)
+            .map(|d| d.flatten().any(|e| if e.path().is_dir() { walk(&e.path()) } else { e.file_name().to_string_lossy().starts_with("manifest-") }))
+            .unwrap_or(false)
+    }
+    walk(&out.join("indexes"))
+}
+
 /// The only manifest under an output root.
 pub fn manifest_path(out: &Path) -> PathBuf {
     let idx = out.join("indexes");
