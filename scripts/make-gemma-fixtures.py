@@ -26,18 +26,15 @@ sliding layers to one full) and the same tokenizer and modules (Dense 768 -> 307
 """
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from st_fixtures import corpus, parity, reference_row, root, start, tidy  # noqa: E402
+from st_fixtures import corpus, parity, reference_row, root, save_folder, start, tidy  # noqa: E402
 
 start()
 
@@ -60,18 +57,7 @@ def build(config, dense, max_seq_length, out):
     """A sentence-transformers folder at `out`: the Gemma3TextModel of `config`, mean pooling, Dense layers of
     sizes `dense` (Identity, no bias), Normalize, embeddinggemma's prompts."""
     torch.manual_seed(20261207)
-    model = transformers.Gemma3TextModel(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        fast.save_pretrained(tmp)
-        h = config.hidden_size
-        modules = [Transformer(tmp, max_seq_length=max_seq_length), Pooling(h, pooling_mode="mean")]
-        for i, o in zip(dense, dense[1:]):
-            modules.append(Dense(i, o, bias=False, activation_function=torch.nn.Identity()))
-        modules.append(Normalize())
-        st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
-        shutil.rmtree(out, ignore_errors=True)
-        st.save(out)
+    save_folder(transformers.Gemma3TextModel(config), fast, out, max_seq_length, "mean", dense, prompts)
     tidy(out)
 
 

@@ -23,18 +23,15 @@ weights (transformers' defaults: hidden 768, 22 layers, 12 heads, GeGLU 1152, wi
 tokenizer, mean pooling, max_seq_length 512, to DIR.
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from st_fixtures import corpus, parity, root, start, tidy, write_reference  # noqa: E402
+from st_fixtures import corpus, parity, root, save_folder, start, tidy, write_reference  # noqa: E402
 
 start()
 
@@ -55,12 +52,7 @@ vocab = tok.get_vocab_size()
 if len(sys.argv) == 3 and sys.argv[1] == "--bench":
     torch.manual_seed(20261207)
     base = transformers.ModernBertConfig(vocab_size=vocab, pad_token_id=3, cls_token_id=1, sep_token_id=2, bos_token_id=1, eos_token_id=2)
-    with tempfile.TemporaryDirectory() as tmp:
-        transformers.ModernBertModel(base).save_pretrained(tmp)
-        fast.save_pretrained(tmp)
-        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=512), Pooling(768, pooling_mode="mean"), Normalize()], device="cpu")
-        shutil.rmtree(sys.argv[2], ignore_errors=True)
-        st.save(sys.argv[2])
+    save_folder(transformers.ModernBertModel(base), fast, sys.argv[2], 512, "mean")
     print(f"{sys.argv[2]}: ModernBERT-base size, random weights", file=sys.stderr)
     sys.exit(0)
 
@@ -71,14 +63,8 @@ config = transformers.ModernBertConfig(
 assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "full_attention"], config.layer_types
 name = "tiny-modernbert"
 torch.manual_seed(20261207)
-model = transformers.ModernBertModel(config)
-with tempfile.TemporaryDirectory() as tmp:
-    model.save_pretrained(tmp)
-    fast.save_pretrained(tmp)
-    st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=128), Pooling(64, pooling_mode="mean"), Normalize()], device="cpu")
-    out = os.path.join(root, "tests/fixtures", name)
-    shutil.rmtree(out, ignore_errors=True)
-    st.save(out)
+out = os.path.join(root, "tests/fixtures", name)
+save_folder(transformers.ModernBertModel(config), fast, out, 128, "mean")
 st = SentenceTransformer(out, device="cpu")
 vectors = write_reference(st, name)
 tidy(out)

@@ -25,19 +25,16 @@ size with random weights (hidden 768, 12 layers, 12 heads, 3072) and the same to
 Normalize, max_seq_length 512, to DIR.
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import tokenizers
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from st_fixtures import corpus, root, start, tidy, write_reference  # noqa: E402
+from st_fixtures import corpus, root, save_folder, start, tidy, write_reference  # noqa: E402
 
 start()
 
@@ -59,12 +56,7 @@ if len(sys.argv) == 3 and sys.argv[1] == "--bench":
     config = transformers.XLMRobertaConfig(vocab_size=vocab, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                            intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
                                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    with tempfile.TemporaryDirectory() as tmp:
-        transformers.XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(tmp)
-        fast.save_pretrained(tmp)
-        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=512), Pooling(768, pooling_mode="mean"), Normalize()], device="cpu")
-        shutil.rmtree(sys.argv[2], ignore_errors=True)
-        st.save(sys.argv[2])
+    save_folder(transformers.XLMRobertaModel(config, add_pooling_layer=False), fast, sys.argv[2], 512, "mean")
     print(f"{sys.argv[2]}: multilingual-e5-base's transformer size, random weights", file=sys.stderr)
     sys.exit(0)
 
@@ -77,14 +69,8 @@ variants = {
 }
 for name, (config, cls, pooling) in variants.items():
     torch.manual_seed(20261206)
-    model = cls(config, add_pooling_layer=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        fast.save_pretrained(tmp)
-        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=128), Pooling(64, pooling_mode=pooling), Normalize()], device="cpu")
-        out = os.path.join(root, "tests/fixtures", name)
-        shutil.rmtree(out, ignore_errors=True)
-        st.save(out)
+    out = os.path.join(root, "tests/fixtures", name)
+    save_folder(cls(config, add_pooling_layer=False), fast, out, 128, pooling)
     st = SentenceTransformer(out, device="cpu")
     vectors = write_reference(st, name)
     tidy(out)

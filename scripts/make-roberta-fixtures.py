@@ -15,18 +15,15 @@ max_seq_length 128.
     target/stvenv/bin/python scripts/make-roberta-fixtures.py
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
 import transformers
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from st_fixtures import corpus, root, start, tidy, write_reference  # noqa: E402
+from st_fixtures import corpus, root, save_folder, start, tidy, write_reference  # noqa: E402
 
 start()
 
@@ -45,14 +42,8 @@ config = transformers.RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size
                                     pad_token_id=1, bos_token_id=0, eos_token_id=2)
 name = "tiny-roberta"
 torch.manual_seed(20261207)
-model = transformers.RobertaModel(config, add_pooling_layer=False)
 out = os.path.join(root, "tests/fixtures", name)
-with tempfile.TemporaryDirectory() as tmp:
-    model.save_pretrained(tmp)
-    fast.save_pretrained(tmp)
-    st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=128), Pooling(64, pooling_mode="mean"), Normalize()], device="cpu")
-    shutil.rmtree(out, ignore_errors=True)
-    st.save(out)
+save_folder(transformers.RobertaModel(config, add_pooling_layer=False), fast, out, 128, "mean")
 st = SentenceTransformer(out, device="cpu")
 vectors = write_reference(st, name)
 tidy(out)

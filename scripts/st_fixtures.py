@@ -1,10 +1,13 @@
 """What the scripts that make tiny models for tests/fixtures share (make-multilingual-, make-roberta-,
 make-modernbert- and make-gemma-fixtures.py): the 64 parity texts and the tokenizer-training corpus, the
-versions line, sentence-transformers' reference outputs as JSON lines, and a saved folder tidied for git.
+versions line, the sentence-transformers folder of a model and tokenizer, sentence-transformers' reference
+outputs as JSON lines, and a saved folder tidied for git.
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -22,6 +25,23 @@ def start():
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers {sentence_transformers.__version__}, "
           f"tokenizers {tokenizers.__version__}", file=sys.stderr)
+
+
+def save_folder(model, tokenizer, out, max_seq_length, pooling, dense=(), prompts=None):
+    """`out` as a sentence-transformers folder (replaced if there): Transformer(`model`, `tokenizer`), Pooling
+    `pooling`, Dense layers of sizes `dense` (Identity, no bias) when given, Normalize; `prompts` if any."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        modules = [Transformer(tmp, max_seq_length=max_seq_length), Pooling(model.config.hidden_size, pooling_mode=pooling)]
+        for i, o in zip(dense, dense[1:]):
+            modules.append(Dense(i, o, bias=False, activation_function=torch.nn.Identity()))
+        modules.append(Normalize())
+        st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
+        shutil.rmtree(out, ignore_errors=True)
+        st.save(out)
 
 
 def reference_row(st, text, vector, prefix=""):

@@ -551,39 +551,17 @@ impl BertCpu {
     /// Scaled dot-product attention of each row and head over that row's own tokens (plus `relative`, the
     /// relative position bias per head, when the model has one).
     fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32], relative: &[Vec<f32>]) {
-        let (h, d) = (self.hidden, self.hidden / self.heads);
-        let scale = 1.0 / (d as f32).sqrt();
-        let stride = 3 * h as isize;
-        let mut at = 0;
-        for &n in lengths {
-            let n = n as usize;
-            for head in 0..self.heads {
-                let q = qkv[at * 3 * h + head * d..].as_ptr();
-                let k = qkv[at * 3 * h + h + head * d..].as_ptr();
-                let v = qkv[at * 3 * h + 2 * h + head * d..].as_ptr();
-                let s = &mut scores[..n * n];
-                // SAFETY: rows at..at+n of qkv (3h wide) hold this row's q, k and v; head columns stay within
-                // each h-wide part; `s` is n x n; ctx rows at..at+n, columns head*d.., are in bounds.
-                unsafe {
-                    // s = scale * q k^T: k^T as a (d x n) matrix is k with row stride 1 and column stride 3h.
-                    kernels::gemm_raw(n, n, d, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
-                }
-                if let Some(bias) = relative.get(head) {
-                    // Query row `r`'s biases for keys 0..n: entries centre - r .. centre - r + n.
-                    let centre = bias.len().div_ceil(2) - 1;
-                    for (r, row) in s.chunks_exact_mut(n).enumerate() {
-                        kernels::add_assign(row, &bias[centre - r..centre - r + n]);
-                    }
-                }
-                kernels::softmax_rows(s, n);
-                let out = ctx[at * h + head * d..].as_mut_ptr();
-                // SAFETY: as above.
-                unsafe {
-                    kernels::gemm_raw(n, d, n, s.as_ptr(), n as isize, 1, v, stride, 1, out, h as isize, 1, false, 1.0);
+        let d = self.hidden / self.heads;
+        let layout = kernels::QkvLayout { heads: self.heads, kv_heads: self.heads, head_dim: d };
+        kernels::packed_attention(qkv, layout, lengths, 1.0 / (d as f32).sqrt(), None, ctx, scores, |head, s, n| {
+            if let Some(bias) = relative.get(head) {
+                // Query row `r`'s biases for keys 0..n: entries centre - r .. centre - r + n.
+                let centre = bias.len().div_ceil(2) - 1;
+                for (r, row) in s.chunks_exact_mut(n).enumerate() {
+                    kernels::add_assign(row, &bias[centre - r..centre - r + n]);
                 }
             }
-            at += n;
-        }
+        });
     }
 }
 

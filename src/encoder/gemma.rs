@@ -424,35 +424,13 @@ impl GemmaCpu {
     /// Attention of each row and query head over that row's tokens, its key/value head shared by a group of
     /// query heads; in a sliding layer a query's softmax runs over the keys at most `half_window` away.
     fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32], sliding: bool) {
-        let (hd, heads, kv) = (self.s.head_dim, self.s.heads, self.s.kv_heads);
-        let width = (heads + 2 * kv) * hd;
-        let stride = width as isize;
-        let group = heads / kv;
-        let mut at = 0;
-        for &n in lengths {
-            let n = n as usize;
-            for head in 0..heads {
-                let q = qkv[at * width + head * hd..].as_ptr();
-                let k = qkv[at * width + (heads + head / group) * hd..].as_ptr();
-                let v = qkv[at * width + (heads + kv + head / group) * hd..].as_ptr();
-                let sc = &mut scores[..n * n];
-                // SAFETY: rows at..at+n of qkv (`width` wide) hold this row's q, k and v; head columns stay
-                // within each part; `sc` is n x n.
-                unsafe {
-                    kernels::gemm_raw(n, n, hd, q, stride, 1, k, 1, stride, sc.as_mut_ptr(), n as isize, 1, false, self.s.scale as f32);
-                }
-                if let Some(cap) = self.softcap {
-                    sc.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
-                }
-                kernels::softmax_band(sc, n, sliding.then_some(self.s.half_window));
-                let out = ctx[at * heads * hd + head * hd..].as_mut_ptr();
-                // SAFETY: as above; ctx rows at..at+n (heads * head_dim wide), columns head*hd.., are in bounds.
-                unsafe {
-                    kernels::gemm_raw(n, hd, n, sc.as_ptr(), n as isize, 1, v, stride, 1, out, (heads * hd) as isize, 1, false, 1.0);
-                }
+        let layout = kernels::QkvLayout { heads: self.s.heads, kv_heads: self.s.kv_heads, head_dim: self.s.head_dim };
+        let window = sliding.then_some(self.s.half_window);
+        kernels::packed_attention(qkv, layout, lengths, self.s.scale as f32, window, ctx, scores, |_, s, _| {
+            if let Some(cap) = self.softcap {
+                s.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
             }
-            at += n;
-        }
+        });
     }
 }
 

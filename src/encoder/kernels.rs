@@ -1,4 +1,5 @@
-//! CPU kernels for the encoder: GEMM (through the `gemm` crate), layer norm, exact (erf) GELU and softmax.
+//! CPU kernels for the encoder: GEMM (through the `gemm` crate), layer norm, exact (erf) GELU, softmax and the
+//! attention of packed rows that the BERT, MPNet, ModernBERT and Gemma forward passes share.
 //!
 //! The element-wise kernels are written as plain loops over fixed-width lanes so that LLVM vectorizes them;
 //! on x86_64 each one is also compiled for AVX-512 and for AVX2+FMA, and the widest the CPU has is picked at
@@ -130,6 +131,75 @@ pub fn softmax_band(s: &mut [f32], n: usize, half_window: Option<usize>) {
             }
         }
         _ => softmax_rows(s, n),
+    }
+}
+
+/// How each token's row of a fused projection holds its queries, keys and values: `heads` query heads, then
+/// `kv_heads` key heads, then `kv_heads` value heads, each `head_dim` wide. Query head `i` reads key/value head
+/// `i / (heads / kv_heads)` (grouped-query attention when `kv_heads < heads`).
+#[derive(Clone, Copy, Debug)]
+pub struct QkvLayout {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl QkvLayout {
+    /// Floats per token in the fused projection.
+    pub fn width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// Scaled dot-product attention of packed rows: `lengths` rows of tokens lie one after another in `qkv`
+/// (tokens x `layout.width()`), and each query head of a row attends over that row's tokens only. For each row
+/// and head, `adjust(head, scores, n)` may change the n x n scores (a relative position bias, a soft cap)
+/// before the softmax, which runs over keys at most `half_window` away when one is given (the others get
+/// weight 0). Writes `ctx` (tokens x `heads * head_dim`); `scores` is scratch of at least the longest row squared.
+#[allow(clippy::too_many_arguments)]
+pub fn packed_attention(
+    qkv: &[f32],
+    layout: QkvLayout,
+    lengths: &[u32],
+    scale: f32,
+    half_window: Option<usize>,
+    ctx: &mut [f32],
+    scores: &mut [f32],
+    mut adjust: impl FnMut(usize, &mut [f32], usize),
+) {
+    let QkvLayout { heads, kv_heads, head_dim: hd } = layout;
+    let (width, out_width) = (layout.width(), heads * hd);
+    let tokens: usize = lengths.iter().map(|&n| n as usize).sum();
+    let longest = lengths.iter().map(|&n| n as usize).max().unwrap_or(0);
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0 && qkv.len() >= tokens * width && ctx.len() >= tokens * out_width && scores.len() >= longest * longest,
+        "packed_attention: shapes (this is a bug)"
+    );
+    let group = heads / kv_heads;
+    let stride = width as isize;
+    let mut at = 0;
+    for &n in lengths {
+        let n = n as usize;
+        for head in 0..heads {
+            let q = qkv[at * width + head * hd..].as_ptr();
+            let k = qkv[at * width + (heads + head / group) * hd..].as_ptr();
+            let v = qkv[at * width + (heads + kv_heads + head / group) * hd..].as_ptr();
+            let s = &mut scores[..n * n];
+            // SAFETY: the assert above puts rows at..at+n of qkv (`width` wide) and of ctx (`out_width` wide) in
+            // bounds; each head's columns stay within its part of the row; `s` is n x n and apart from both.
+            // s = scale * q k^T: k^T as a (head_dim x n) matrix is k with row stride 1 and column stride `width`.
+            unsafe {
+                gemm_raw(n, n, hd, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
+            }
+            adjust(head, s, n);
+            softmax_band(s, n, half_window);
+            let out = ctx[at * out_width + head * hd..].as_mut_ptr();
+            // SAFETY: as above.
+            unsafe {
+                gemm_raw(n, hd, n, s.as_ptr(), n as isize, 1, v, stride, 1, out, out_width as isize, 1, false, 1.0);
+            }
+        }
+        at += n;
     }
 }
 
@@ -620,6 +690,47 @@ unsafe fn int8_gemm(a: &[u32], kq: usize, row_scale: &[f32], zero: &[i32], w: &I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_attention_matches_the_formula_per_row_and_head() {
+        // Two packed rows (3 and 5 tokens), 4 query heads over 2 key/value heads of 3 dims, a window of 1 and
+        // an adjustment per head, against the textbook formula computed one row and head at a time.
+        let layout = QkvLayout { heads: 4, kv_heads: 2, head_dim: 3 };
+        let (lengths, width, hd) = ([3u32, 5], layout.width(), 3);
+        let qkv: Vec<f32> = (0..8 * width).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let bump = |head: usize, r: usize, c: usize| 0.1 * head as f32 - 0.05 * (r as f32 - c as f32).abs();
+        for window in [None, Some(1)] {
+            let mut ctx = vec![f32::NAN; 8 * 12];
+            let mut scores = vec![0f32; 25];
+            packed_attention(&qkv, layout, &lengths, 0.5, window, &mut ctx, &mut scores, |head, s, n| {
+                for (i, x) in s.iter_mut().enumerate() {
+                    *x += bump(head, i / n, i % n);
+                }
+            });
+            let mut at = 0;
+            for n in lengths.map(|n| n as usize) {
+                for head in 0..4 {
+                    let kv = head / 2;
+                    for r in 0..n {
+                        let tok = |t: usize, part: usize| &qkv[(at + t) * width + part * hd..(at + t) * width + part * hd + hd];
+                        let keys: Vec<usize> = (0..n).filter(|&c| window.is_none_or(|w| r.abs_diff(c) <= w)).collect();
+                        let logits: Vec<f32> = keys
+                            .iter()
+                            .map(|&c| 0.5 * tok(r, head).iter().zip(tok(c, 4 + kv)).map(|(a, b)| a * b).sum::<f32>() + bump(head, r, c))
+                            .collect();
+                        let top = logits.iter().cloned().fold(f32::MIN, f32::max);
+                        let total: f32 = logits.iter().map(|l| (l - top).exp()).sum();
+                        for j in 0..hd {
+                            let want: f32 = keys.iter().zip(&logits).map(|(&c, l)| (l - top).exp() / total * tok(c, 6 + kv)[j]).sum();
+                            let got = ctx[(at + r) * 12 + head * hd + j];
+                            assert!((got - want).abs() < 1e-5, "window {window:?} row at {at} head {head} token {r} dim {j}: {got} vs {want}");
+                        }
+                    }
+                }
+                at += n;
+            }
+        }
+    }
 
     #[test]
     fn banded_softmax_spreads_over_the_window_only() {

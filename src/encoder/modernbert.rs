@@ -370,31 +370,10 @@ impl ModernBertCpu {
     /// Scaled dot-product attention of each row and head over that row's own tokens; in a sliding layer a
     /// query's softmax runs over the keys at most `half_window` away and the others get weight 0.
     fn attention(&self, qkv: &[f32], lengths: &[u32], ctx: &mut [f32], scores: &mut [f32], sliding: bool) {
-        let (h, d) = (self.hidden, self.hidden / self.heads);
-        let scale = 1.0 / (d as f32).sqrt();
-        let stride = 3 * h as isize;
-        let mut at = 0;
-        for &n in lengths {
-            let n = n as usize;
-            for head in 0..self.heads {
-                let q = qkv[at * 3 * h + head * d..].as_ptr();
-                let k = qkv[at * 3 * h + h + head * d..].as_ptr();
-                let v = qkv[at * 3 * h + 2 * h + head * d..].as_ptr();
-                let s = &mut scores[..n * n];
-                // SAFETY: rows at..at+n of qkv (3h wide) hold this row's q, k and v; head columns stay within
-                // each h-wide part; `s` is n x n.
-                unsafe {
-                    kernels::gemm_raw(n, n, d, q, stride, 1, k, 1, stride, s.as_mut_ptr(), n as isize, 1, false, scale);
-                }
-                kernels::softmax_band(s, n, sliding.then_some(self.half_window));
-                let out = ctx[at * h + head * d..].as_mut_ptr();
-                // SAFETY: as above; ctx rows at..at+n, columns head*d.., are in bounds.
-                unsafe {
-                    kernels::gemm_raw(n, d, n, s.as_ptr(), n as isize, 1, v, stride, 1, out, h as isize, 1, false, 1.0);
-                }
-            }
-            at += n;
-        }
+        let d = self.hidden / self.heads;
+        let layout = kernels::QkvLayout { heads: self.heads, kv_heads: self.heads, head_dim: d };
+        let window = sliding.then_some(self.half_window);
+        kernels::packed_attention(qkv, layout, lengths, 1.0 / (d as f32).sqrt(), window, ctx, scores, |_, _, _| {});
     }
 }
 
