@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
+use crate::encoder::parts::{config_error, read_config_json};
 use crate::encoder::pool::{Packed, PackedModel};
 use crate::model::ModelSpec;
 
@@ -331,11 +332,8 @@ impl Weights {
 /// A model folder's config.json, checked for what both BERT forward passes (this one and `bert_candle`)
 /// support, with its activation.
 pub(crate) fn read_config(folder: &Path) -> Result<(BertConfig, Activation), EncoderError> {
-    let config_path = folder.join("config.json");
-    let file = config_path.display().to_string();
-    let bad = |message: String| EncoderError::BadWeights { file: file.clone(), message };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| bad(e.to_string()))?;
-    let c: BertConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let bad = |message: String| config_error(folder, message);
+    let c: BertConfig = read_config_json(folder)?;
     let act = match c.hidden_act.as_str() {
         "gelu" => Activation::GeluErf,
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
@@ -445,14 +443,14 @@ impl BertCpu {
         let position_offset = padding_idx.map_or(0, |p| p + 1);
         let buckets = c.relative_attention_num_buckets.unwrap_or(32);
         if position_offset >= c.max_position_embeddings || (mpnet && buckets < 4) {
-            return Err(EncoderError::BadWeights {
-                file: folder.join("config.json").display().to_string(),
-                message: format!(
+            return Err(config_error(
+                folder,
+                format!(
                     "pad_token_id {} (below max_position_embeddings {} - 1) or relative_attention_num_buckets {buckets} (at least 4) out of range",
                     c.pad_token_id.unwrap_or(1),
                     c.max_position_embeddings
                 ),
-            });
+            ));
         }
         let relative =
             if mpnet { Some((w.vec("encoder.relative_attention_bias.weight", &[buckets, c.num_attention_heads])?, buckets)) } else { None };

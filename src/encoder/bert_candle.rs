@@ -12,6 +12,7 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
 use crate::encoder::bert::{read_config, Activation};
 use crate::encoder::contract::EncoderError;
+use crate::encoder::parts::config_error;
 use crate::encoder::pool::{Padded, PaddedModel};
 use crate::model::ModelSpec;
 
@@ -128,10 +129,10 @@ impl BertCandle {
         let h = c.hidden_size;
         let padding_idx = matches!(c.model_type.as_deref(), Some("xlm-roberta" | "roberta")).then(|| c.pad_token_id.unwrap_or(1));
         if padding_idx.is_some_and(|p| p + 1 >= c.max_position_embeddings) {
-            return Err(EncoderError::BadWeights {
-                file: folder.join("config.json").display().to_string(),
-                message: format!("pad_token_id {:?} must be below max_position_embeddings {} - 1", c.pad_token_id, c.max_position_embeddings),
-            });
+            return Err(config_error(
+                folder,
+                format!("pad_token_id {:?} must be below max_position_embeddings {} - 1", c.pad_token_id, c.max_position_embeddings),
+            ));
         }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {

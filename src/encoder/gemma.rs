@@ -20,6 +20,7 @@ use crate::encoder::bert::{self, Activation, Weights};
 use crate::encoder::bert_candle::{padding_bias, window_bias};
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
+use crate::encoder::parts::{config_error, read_config_json};
 use crate::encoder::pool::{check_packed, Packed, PackedModel, Padded, PaddedModel};
 use crate::encoder::rope::{rope_angles, rope_tables, rotate, sliding_layers, theta, RopeParameters};
 use crate::model::ModelSpec;
@@ -182,14 +183,18 @@ fn linear(vb: &VarBuilder, inputs: usize, outputs: usize, bias: bool) -> Result<
     Ok(Linear::new(vb.get((outputs, inputs), "weight")?, b))
 }
 
+/// A folder's config.json, read and settled.
+fn read_config(folder: &Path) -> Result<(Config, Settled), EncoderError> {
+    let c: Config = read_config_json(folder)?;
+    let s = c.settle().map_err(|m| config_error(folder, m))?;
+    Ok((c, s))
+}
+
 impl GemmaCandle {
     /// Loads a sentence-transformers gemma3_text folder onto `device`, weights converted to `dtype` (the
     /// norms stay float32).
     pub fn load(folder: &Path, device: &Device, dtype: DType) -> Result<GemmaCandle, EncoderError> {
-        let file = folder.join("config.json");
-        let bad = |message: String| EncoderError::BadWeights { file: file.display().to_string(), message };
-        let c: Config = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-        let s = c.settle().map_err(bad)?;
+        let (c, s) = read_config(folder)?;
         let weights = folder.join("model.safetensors");
         // SAFETY: the weights file is memory-mapped read-only; we do not modify it while loading.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device)? };
@@ -351,10 +356,7 @@ impl GemmaCpu {
             return Err(EncoderError::Setting(format!("--dtype {}: on cpu for gemma3_text models use float32 or bfloat16", dtype.name())));
         }
         dtype.cpu_has_instructions().map_err(EncoderError::Setting)?;
-        let file = folder.join("config.json");
-        let bad = |message: String| EncoderError::BadWeights { file: file.display().to_string(), message };
-        let c: Config = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-        let s = c.settle().map_err(bad)?;
+        let (c, s) = read_config(folder)?;
         let w = Weights::open(folder, "embed_tokens.weight", &["".to_string(), "model.".to_string()])?;
         let (h, i, hd) = (c.hidden_size, c.intermediate_size, s.head_dim);
         let norm =

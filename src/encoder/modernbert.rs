@@ -20,6 +20,7 @@ use crate::encoder::bert::{self, Activation, Weights};
 use crate::encoder::bert_candle::{padding_bias, window_bias};
 use crate::encoder::contract::{Dtype, EncoderError};
 use crate::encoder::kernels;
+use crate::encoder::parts::{config_error, read_config_json};
 use crate::encoder::pool::{check_packed, Packed, PackedModel, Padded, PaddedModel};
 use crate::encoder::rope::{rope_angles, rope_tables, rotate, sliding_layers, theta, RopeParameters};
 use crate::model::ModelSpec;
@@ -112,10 +113,8 @@ impl Config {
 
 /// A folder's config.json, read and settled.
 fn read_config(folder: &Path) -> Result<(Config, Settled), EncoderError> {
-    let file = folder.join("config.json");
-    let bad = |message: String| EncoderError::BadWeights { file: file.display().to_string(), message };
-    let c: Config = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-    let s = c.settle().map_err(bad)?;
+    let c: Config = read_config_json(folder)?;
+    let s = c.settle().map_err(|m| config_error(folder, m))?;
     Ok((c, s))
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::encoder::bert::{relative_buckets, Activation};
 use crate::encoder::bert_candle::{linear, norm, padding_bias, position_embeddings, Layer};
 use crate::encoder::contract::EncoderError;
+use crate::encoder::parts::{config_error, read_config_json};
 use crate::encoder::pool::{Padded, PaddedModel};
 use crate::model::ModelSpec;
 
@@ -76,9 +77,8 @@ pub struct MpnetCandle {
 impl MpnetCandle {
     /// Loads a sentence-transformers MPNet folder onto `device`, weights converted to `dtype`.
     pub fn load(folder: &Path, device: &Device, dtype: DType) -> Result<MpnetCandle, EncoderError> {
-        let file = folder.join("config.json");
-        let bad = |message: String| EncoderError::BadWeights { file: file.display().to_string(), message };
-        let c: MpnetConfig = serde_json::from_slice(&std::fs::read(&file).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+        let bad = |message: String| config_error(folder, message);
+        let c: MpnetConfig = read_config_json(folder)?;
         let act = match c.hidden_act.as_str() {
             "gelu" => Activation::GeluErf,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,

@@ -8,6 +8,18 @@ use candle_core::{DType, Device};
 use crate::encoder::contract::EncoderError;
 use crate::model::{read_json, ModelError, ModelSpec};
 
+/// A model folder's config.json as `C` for this crate's own forward passes: an unreadable file, or one that
+/// is not a `C`, is a [`EncoderError::BadWeights`] naming it (as are later complaints, through [`config_error`]).
+pub(crate) fn read_config_json<C: serde::de::DeserializeOwned>(folder: &Path) -> Result<C, EncoderError> {
+    let bytes = std::fs::read(folder.join("config.json")).map_err(|e| config_error(folder, e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| config_error(folder, e.to_string()))
+}
+
+/// What is wrong with a model folder's config.json, naming the file.
+pub(crate) fn config_error(folder: &Path, message: String) -> EncoderError {
+    EncoderError::BadWeights { file: folder.join("config.json").display().to_string(), message }
+}
+
 /// A model folder's config.json as `C`, and its float32 weights (memory-mapped) on the CPU.
 pub(crate) fn load_parts<C: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<(C, candle_nn::VarBuilder<'static>, Device), EncoderError> {
     load_parts_on(spec, &Device::Cpu, DType::F32)
